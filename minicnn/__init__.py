@@ -1,0 +1,18 @@
+"""minicnn: a from-scratch convolutional neural network library.
+
+    from minicnn import Sequential, Conv2D, MaxPooling2D, Flatten, Dense
+"""
+from . import initializers, nn
+from .config import floatx, set_floatx
+from .kernels import backend_info, get_backend, set_backend
+from .layers import Conv2D, Dense, Flatten, Layer, MaxPooling2D, ReLU, Softmax
+from .model import Sequential
+from .seeding import set_seed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sequential", "Layer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "ReLU", "Softmax",
+    "nn", "initializers", "floatx", "set_floatx", "set_seed",
+    "set_backend", "get_backend", "backend_info",
+]

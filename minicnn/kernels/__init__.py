@@ -1,0 +1,193 @@
+"""The kernel face: the only door from the layers to the number crunching.
+
+Two engines sit behind it with the same functions and the same numerics:
+
+    numpy   pure NumPy im2col (numpy_engine.py), always available
+    c       the cffi extension ``minicnn._kernels`` built from csrc/ (c_engine.py)
+
+Layers call the functions below and never know which engine runs. The engine is chosen by
+``MINICNN_BACKEND=auto|c|numpy`` at import (auto = C when it was built) and can be changed with
+``set_backend``; ``backend_info`` says which one runs, with its build flags and threads.
+
+Every forward returns ``(y, cache)``; the cache is opaque and remembers the engine that made
+it, so a backward always runs on the engine of its forward.
+
+Arrays are validated here once (rank, dtype agreement, channel counts, window fits); the C
+wrapper additionally checks contiguity and sizes before it hands a pointer to C.
+"""
+import os
+import warnings
+
+import numpy as np
+
+from . import numpy_engine
+from .geometry import output_shape_2d, pads_2d  # noqa: F401  (re-exported for layers/tests)
+
+_BACKEND_ENV = "MINICNN_BACKEND"
+_BUILD_HINT = (
+    "build it with `pip install -e .` (or `pip install .`) from the minicnn source tree; this "
+    "needs a C compiler and cffi. Use MINICNN_BACKEND=numpy (or minicnn.set_backend('numpy')) "
+    "to run on the pure-NumPy engine instead"
+)
+
+_engines = {"numpy": numpy_engine}
+_c_engine_error = None
+try:
+    from . import c_engine as _c_engine
+    _engines["c"] = _c_engine
+except ImportError as error:  # not built, or built for another platform
+    _c_engine_error = error
+
+_active = numpy_engine
+
+
+def available_backends():
+    """Names of the engines that can run here, e.g. ['c', 'numpy']."""
+    return sorted(_engines)
+
+
+def set_backend(name):
+    """Select the engine: 'auto' (C when built, else NumPy), 'c' or 'numpy'.
+
+    Raises ImportError for 'c' when the extension was not built, and ValueError for an
+    unknown name.
+    """
+    global _active
+    if not isinstance(name, str) or name.lower() not in ("auto", "c", "numpy"):
+        raise ValueError(f"backend must be 'auto', 'c' or 'numpy', received {name!r}")
+    name = name.lower()
+    if name == "auto":
+        name = "c" if "c" in _engines else "numpy"
+    if name not in _engines:
+        raise ImportError(
+            f"the C engine (minicnn._kernels) is not available ({_c_engine_error}); {_BUILD_HINT}"
+        )
+    _active = _engines[name]
+
+
+def get_backend():
+    """Name of the engine that runs now: 'c' or 'numpy'."""
+    return _active.NAME
+
+
+def backend_info():
+    """What runs: engine name, compiler flags, SIMD level, threads, and why C is missing if it is."""
+    info = dict(_active.engine_info())
+    info["available"] = available_backends()
+    if _c_engine_error is not None:
+        info["c_engine_error"] = str(_c_engine_error)
+    return info
+
+
+def _select_from_environment():
+    requested = os.environ.get(_BACKEND_ENV, "auto").strip() or "auto"
+    set_backend(requested)  # ImportError if 'c' was forced and is missing: that is the point
+    if requested.lower() == "auto" and "c" not in _engines:
+        warnings.warn(
+            f"minicnn is running on its pure-NumPy engine because the C engine could not be "
+            f"loaded ({_c_engine_error}); {_BUILD_HINT}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _check_image_batch(x, who, name="x"):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{who}: {name} must be a NumPy array, received {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(
+            f"{who}: {name} must be 4-D (batch, height, width, channels), received shape {x.shape}"
+        )
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{who}: {name} must be float32 or float64, received dtype {x.dtype}")
+
+
+def _check_same_dtype(who, **arrays):
+    dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name}={dtype}" for name, dtype in dtypes.items())
+        raise TypeError(f"{who}: all arrays must share one dtype, received {listed}")
+
+
+def _check_grad(dy, expected_shape, dtype, who):
+    if not isinstance(dy, np.ndarray) or dy.shape != tuple(expected_shape):
+        got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+        raise ValueError(f"{who}: upstream gradient must have shape {tuple(expected_shape)}, received {got}")
+    if dy.dtype != dtype:
+        raise TypeError(f"{who}: upstream gradient must be {dtype}, received {dy.dtype}")
+
+
+def _check_pair(value, who, name):
+    if len(value) != 2 or any(int(v) != v or v < 1 for v in value):
+        raise ValueError(f"{who}: {name} must be two positive integers, received {value!r}")
+
+
+def _check_pads(pads, who):
+    if len(pads) != 4 or any(int(p) != p or p < 0 for p in pads):
+        raise ValueError(f"{who}: pads must be four non-negative integers, received {pads!r}")
+
+
+def conv2d_forward(x, kernel, bias, strides, pads):
+    """2-D convolution (cross-correlation, as in every framework), NHWC.
+
+    x: (N, H, W, C); kernel: (KH, KW, C, F); bias: (F,) or None; strides: (sh, sw);
+    pads: (top, bottom, left, right) zero padding. Returns (y, cache) with
+    y: (N, OH, OW, F), OH = 1 + (H + top + bottom - KH) // sh, OW likewise.
+    """
+    who = "conv2d_forward"
+    _check_image_batch(x, who)
+    if not isinstance(kernel, np.ndarray) or kernel.ndim != 4:
+        raise ValueError(f"{who}: kernel must be 4-D (KH, KW, C_in, F), received {getattr(kernel, 'shape', kernel)!r}")
+    _check_same_dtype(who, x=x, kernel=kernel, bias=bias)
+    _check_pair(strides, who, "strides")
+    _check_pads(pads, who)
+    kh, kw, c, f = kernel.shape
+    if x.shape[3] != c:
+        raise ValueError(f"{who}: x has {x.shape[3]} channels but the kernel expects {c}")
+    if bias is not None and bias.shape != (f,):
+        raise ValueError(f"{who}: bias must have shape ({f},), received {bias.shape}")
+    if x.shape[1] + pads[0] + pads[1] < kh or x.shape[2] + pads[2] + pads[3] < kw:
+        raise ValueError(
+            f"{who}: a {kh}x{kw} kernel does not fit the padded input {x.shape[1:3]} with pads {pads}"
+        )
+    y, cache = _active.conv2d_forward(x, kernel, bias, tuple(strides), tuple(pads))
+    return y, (_active, y.shape, y.dtype, cache)
+
+
+def conv2d_backward(dy, cache, need_dx=True):
+    """Gradients of conv2d_forward: returns (dx or None, dkernel, dbias or None).
+
+    dy: (N, OH, OW, F) like the forward output. need_dx=False skips the input gradient
+    (the first layer of a model never needs it).
+    """
+    engine, y_shape, dtype, engine_cache = cache
+    _check_grad(dy, y_shape, dtype, "conv2d_backward")
+    return engine.conv2d_backward(dy, engine_cache, need_dx)
+
+
+def maxpool2d_forward(x, pool_size, strides, pads):
+    """Max pooling, NHWC: x (N, H, W, C) -> (y (N, OH, OW, C), cache).
+
+    pads (top, bottom, left, right) are filled with -inf, so they never win.
+    Ties: the first maximum in row-major window order takes the whole gradient (PyTorch's rule);
+    a NaN in a window propagates to the output.
+    """
+    who = "maxpool2d_forward"
+    _check_image_batch(x, who)
+    _check_pair(pool_size, who, "pool_size")
+    _check_pair(strides, who, "strides")
+    _check_pads(pads, who)
+    if x.shape[1] + pads[0] + pads[1] < pool_size[0] or x.shape[2] + pads[2] + pads[3] < pool_size[1]:
+        raise ValueError(f"{who}: a {pool_size} window does not fit the input {x.shape[1:3]}")
+    y, cache = _active.maxpool2d_forward(x, tuple(pool_size), tuple(strides), tuple(pads))
+    return y, (_active, y.shape, y.dtype, cache)
+
+
+def maxpool2d_backward(dy, cache):
+    """Gradient of maxpool2d_forward: dy (N, OH, OW, C) -> dx (N, H, W, C)."""
+    engine, y_shape, dtype, engine_cache = cache
+    _check_grad(dy, y_shape, dtype, "maxpool2d_backward")
+    return engine.maxpool2d_backward(dy, engine_cache)
+
+
+_select_from_environment()

@@ -1,0 +1,140 @@
+"""The pure-NumPy engine: im2col convolution and max pooling.
+
+Layout: images NHWC (N, H, W, C), kernels (KH, KW, C, F) as in Keras.
+Output size: OH = 1 + (H + pad_top + pad_bottom - KH) // stride_h (same for W).
+
+The only Python loops run over the KH x KW kernel offsets (or the pooling window offsets);
+each iteration moves a whole strided slice of every image, pixel and channel at once, in the
+manner of deep-learning-from-scratch's im2col. col2im *adds* overlapping contributions: it is
+the adjoint of im2col, not its inverse, which is exactly what the input gradient needs.
+
+Every function keeps the input dtype: float32 in, float32 out; float64 in, float64 out.
+"""
+import numpy as np
+
+NAME = "numpy"
+
+
+def _pad(x, pads, value=0.0):
+    top, bottom, left, right = pads
+    if not (top or bottom or left or right):
+        return x
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
+
+
+def _output_size(padded_h, padded_w, kh, kw, strides):
+    sh, sw = strides
+    return (padded_h - kh) // sh + 1, (padded_w - kw) // sw + 1
+
+
+def im2col(x, kh, kw, strides, pads):
+    """Gather every receptive field into a row.
+
+    x: (N, H, W, C) -> cols: (N, OH, OW, KH, KW, C). Reshaped to (N*OH*OW, KH*KW*C) its rows
+    line up with the kernel reshaped to (KH*KW*C, F), so the convolution is one GEMM.
+    """
+    xp = _pad(x, pads)
+    n, hp, wp, c = xp.shape
+    sh, sw = strides
+    oh, ow = _output_size(hp, wp, kh, kw, strides)
+    cols = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :]
+    return cols
+
+
+def col2im(dcols, x_shape, strides, pads):
+    """Adjoint of im2col: scatter-add (N, OH, OW, KH, KW, C) back onto (N, H, W, C)."""
+    n, h, w, c = x_shape
+    top, bottom, left, right = pads
+    _, oh, ow, kh, kw, _ = dcols.shape
+    sh, sw = strides
+    dxp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += dcols[:, :, :, i, j, :]
+    return dxp[:, top:top + h, left:left + w, :]
+
+
+def conv2d_forward(x, kernel, bias, strides, pads):
+    """y[n, p, q, f] = bias[f] + sum_{i, j, c} xpad[n, p*sh + i, q*sw + j, c] * kernel[i, j, c, f].
+
+    x: (N, H, W, C); kernel: (KH, KW, C, F); bias: (F,) or None; strides: (sh, sw);
+    pads: (top, bottom, left, right). Returns y: (N, OH, OW, F) and the cache for backward.
+    """
+    kh, kw, c, f = kernel.shape
+    cols = im2col(x, kh, kw, strides, pads)
+    n, oh, ow = cols.shape[:3]
+    y = cols.reshape(n * oh * ow, kh * kw * c) @ kernel.reshape(kh * kw * c, f)
+    if bias is not None:
+        y += bias
+    return y.reshape(n, oh, ow, f), (x.shape, cols, kernel, strides, pads, bias is not None)
+
+
+def conv2d_backward(dy, cache, need_dx=True):
+    """Gradients of conv2d_forward.
+
+    dy: (N, OH, OW, F). Returns (dx (N, H, W, C) or None, dkernel (KH, KW, C, F),
+    dbias (F,) or None). The recipe of Darknet and cs231n: bias gradient, weight-gradient GEMM,
+    input-gradient GEMM, col2im.
+    """
+    x_shape, cols, kernel, strides, pads, has_bias = cache
+    kh, kw, c, f = kernel.shape
+    n, oh, ow, _ = dy.shape
+    dy2d = dy.reshape(n * oh * ow, f)
+    dbias = dy2d.sum(axis=0) if has_bias else None
+    dkernel = (cols.reshape(n * oh * ow, kh * kw * c).T @ dy2d).reshape(kernel.shape)
+    dx = None
+    if need_dx:
+        dcols = (dy2d @ kernel.reshape(kh * kw * c, f).T).reshape(n, oh, ow, kh, kw, c)
+        dx = col2im(dcols, x_shape, strides, pads)
+    return dx, dkernel, dbias
+
+
+def maxpool2d_forward(x, pool_size, strides, pads):
+    """y[n, p, q, c] = max over the window at (p*sh, q*sw) of the (-inf padded) input.
+
+    x: (N, H, W, C) -> y: (N, OH, OW, C). The cache records, for every output, which window
+    offset (row-major index into the PH x PW window) won. Ties go to the first maximum in that
+    order, and a NaN in a window wins (it propagates), as in PyTorch.
+    """
+    ph, pw = pool_size
+    sh, sw = strides
+    xp = _pad(x, pads, value=-np.inf)
+    oh, ow = _output_size(xp.shape[1], xp.shape[2], ph, pw, strides)
+    y = xp[:, 0:sh * oh:sh, 0:sw * ow:sw, :].copy()
+    winner = np.zeros(y.shape, dtype=np.uint8 if ph * pw < 256 else np.int32)
+    y_is_nan = np.isnan(y)
+    for k in range(1, ph * pw):
+        i, j = divmod(k, pw)
+        window = xp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :]
+        # Strictly greater keeps the first maximum; a NaN beats any number and stays.
+        better = (window > y) & ~y_is_nan
+        window_is_nan = np.isnan(window)
+        if window_is_nan.any():
+            better |= window_is_nan & ~y_is_nan
+            y_is_nan = y_is_nan | window_is_nan
+        np.copyto(y, window, where=better)
+        winner[better] = k
+    return y, (x.shape, winner, pool_size, strides, pads)
+
+
+def maxpool2d_backward(dy, cache):
+    """Route each output gradient to the input position that won its window.
+
+    dy: (N, OH, OW, C) -> dx: (N, H, W, C). Overlapping windows (stride < pool) add up.
+    """
+    x_shape, winner, (ph, pw), (sh, sw), pads = cache
+    n, h, w, c = x_shape
+    top, bottom, left, right = pads
+    oh, ow = dy.shape[1:3]
+    dxp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=dy.dtype)
+    for k in range(ph * pw):
+        i, j = divmod(k, pw)
+        dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += np.where(winner == k, dy, 0)
+    return dxp[:, top:top + h, left:left + w, :]
+
+
+def engine_info():
+    return {"engine": NAME, "compiler_flags": None, "simd": None, "threads": None}

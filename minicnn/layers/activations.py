@@ -1,0 +1,132 @@
+"""Activation layers. Each can stand alone in a model or be used through `activation=`.
+
+ReLU:     y = max(x, 0);           dx = dy * (x > 0)   (the gradient at exactly 0 is 0, as in
+                                                       Keras and PyTorch)
+Softmax:  y = exp(x - max x) / sum exp(x - max x) along `axis` (max-subtracted, so no overflow)
+          dx = y * (dy - sum(dy * y))  -- the Jacobian-vector product J^T dy, not an
+          approximation; when softmax feeds cross-entropy the model uses the fused gradient.
+"""
+import numpy as np
+
+from .base import Layer
+
+
+class Activation(Layer):
+    """Base for element-wise or row-wise activations: no parameters, shape preserved."""
+
+    activation_name = None
+
+    def _build(self, input_shape):
+        return input_shape
+
+
+class Linear(Activation):
+    """Identity; what activation=None or 'linear' means."""
+
+    activation_name = "linear"
+
+    def _forward(self, x, training):
+        return x
+
+    def _backward(self, dy, need_input_gradient=True):
+        self._check_grad_array(dy, (dy.shape[0],) + self.output_shape)
+        return dy
+
+
+class ReLU(Activation):
+    """Rectified linear unit. Input and output: any shape (batch, ...)."""
+
+    activation_name = "relu"
+
+    def _forward(self, x, training):
+        y = np.maximum(x, 0)
+        self._positive = y > 0 if training else None
+        return y
+
+    def _backward(self, dy, need_input_gradient=True):
+        if self._positive is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        self._check_grad_array(dy, self._positive.shape)
+        return dy * self._positive  # a new array: dy is never modified
+
+
+class Softmax(Activation):
+    """Softmax along `axis` (default -1, the class axis). Input and output: (batch, ..., classes)."""
+
+    activation_name = "softmax"
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"{self.describe()}: axis must be an int, received {axis!r}")
+        self.axis = int(axis)
+
+    def _build(self, input_shape):
+        if not -len(input_shape) - 1 <= self.axis <= len(input_shape) or self.axis == 0:
+            raise ValueError(
+                f"{self.describe()}: axis {self.axis} is not a feature axis of inputs shaped "
+                f"(batch, {', '.join(map(str, input_shape))})"
+            )
+        return input_shape
+
+    def _forward(self, x, training):
+        y = softmax(x, self.axis)
+        self._y = y if training else None
+        return y
+
+    def _backward(self, dy, need_input_gradient=True):
+        if self._y is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        self._check_grad_array(dy, self._y.shape)
+        y = self._y
+        return y * (dy - np.sum(dy * y, axis=self.axis, keepdims=True))
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
+# The functions below are what minicnn.nn exports, so that tutorial code written as
+# `activation=tf.nn.relu` ports as `activation=minicnn.nn.relu`. On arrays they compute directly;
+# given to `activation=` they stand for the matching layer, whose backward pass is hand-written.
+
+def relu(x):
+    """max(x, 0), element-wise."""
+    return np.maximum(x, 0)
+
+
+def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along axis, max-subtracted so large logits cannot overflow."""
+    x = np.asarray(x)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def linear(x):
+    """The identity."""
+    return x
+
+
+ACTIVATION_LAYERS = {cls.activation_name: cls for cls in (Linear, ReLU, Softmax)}
+_FUNCTION_NAMES = {relu: "relu", softmax: "softmax", linear: "linear"}
+
+
+def activation_name(identifier, who):
+    """'relu' / 'softmax' / 'linear' for a string, None, or one of the functions above."""
+    if identifier is None:
+        return "linear"
+    if isinstance(identifier, str) and identifier.lower() in ACTIVATION_LAYERS:
+        return identifier.lower()
+    if callable(identifier) and identifier in _FUNCTION_NAMES:
+        return _FUNCTION_NAMES[identifier]
+    raise ValueError(
+        f"{who}: unknown activation {identifier!r}; expected None, one of "
+        f"{sorted(ACTIVATION_LAYERS)}, or minicnn.nn.relu / minicnn.nn.softmax (an arbitrary "
+        f"function has no backward pass minicnn could use)"
+    )
+
+
+def make_activation(name, dtype, owner_name):
+    """A fresh activation layer for `name`, or None for 'linear'."""
+    if name == "linear":
+        return None
+    return ACTIVATION_LAYERS[name](name=f"{owner_name}_{name}", dtype=dtype)

@@ -1,0 +1,211 @@
+"""The layer contract every minicnn layer follows.
+
+Layout: images are NHWC (batch, height, width, channels); conv kernels are (KH, KW, C_in, F).
+
+    __init__(...)            validates hyperparameters; errors name the layer and what it got
+    build(input_shape)       input_shape WITHOUT the batch axis; creates `params`, returns the
+                             output shape (also without batch)
+    forward(x, training)     returns y; keeps exactly what `backward` needs
+    backward(dy)             returns dx and fills `grads` (same keys as `params`); never
+                             mutates dy
+    get_weights()/set_weights(list)   Keras order (kernel, bias) and shapes
+
+dtype in = dtype out: a layer computes in its dtype ('float32' by default, see
+minicnn.set_floatx) and refuses input of another float type instead of silently casting.
+"""
+import itertools
+from collections import defaultdict
+
+import numpy as np
+
+from ..config import standardize_dtype
+
+_name_counters = defaultdict(itertools.count)
+
+
+def _snake_case(class_name):
+    out = []
+    for i, ch in enumerate(class_name):
+        if ch.isupper() and i and not class_name[i - 1].isupper() and not class_name[i - 1].isdigit():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+def unique_name(class_name):
+    """Keras-style automatic names: conv2d, conv2d_1, max_pooling2d, dense_2 ..."""
+    base = _snake_case(class_name)
+    n = next(_name_counters[base])
+    return base if n == 0 else f"{base}_{n}"
+
+
+class Layer:
+    """Base class: bookkeeping shared by all layers; the maths lives in subclasses."""
+
+    def __init__(self, name=None, dtype=None, input_shape=None, trainable=True):
+        who = type(self).__name__
+        self.name = name if name is not None else unique_name(who)
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"{who}: name must be a non-empty string, received {name!r}")
+        self.dtype = standardize_dtype(dtype, who)
+        self.trainable = bool(trainable)
+        self.params = {}
+        self.grads = {}
+        self.built = False
+        self.input_shape = None
+        self.output_shape = None
+        self.declared_input_shape = None
+        if input_shape is not None:
+            self.declared_input_shape = _as_shape(input_shape, who, "input_shape")
+
+    # -- building ---------------------------------------------------------------------------
+    def build(self, input_shape):
+        """Create parameters for inputs of `input_shape` (no batch axis); return the output shape."""
+        input_shape = _as_shape(input_shape, self.describe(), "input_shape")
+        if self.declared_input_shape is not None and input_shape != self.declared_input_shape:
+            raise ValueError(
+                f"{self.describe()}: was declared with input_shape={self.declared_input_shape} "
+                f"but is being built for {input_shape}"
+            )
+        self.output_shape = self._build(input_shape)
+        self.input_shape = input_shape
+        self.built = True
+        return self.output_shape
+
+    def _build(self, input_shape):
+        """Subclasses: check the shape, create params, return the output shape."""
+        return input_shape
+
+    # -- computing --------------------------------------------------------------------------
+    def forward(self, x, training=False):
+        """y = layer(x). Builds the layer on first use like Keras."""
+        if not self.built:
+            self._check_input_array(x, expected_shape=None)
+            self.build(x.shape[1:])
+        self._check_input_array(x, expected_shape=self.input_shape)
+        return self._forward(x, training)
+
+    def backward(self, dy, need_input_gradient=True):
+        """dx for an upstream gradient dy of the forward output's shape; fills self.grads.
+
+        need_input_gradient=False lets a layer skip computing dx (the first layer of a model
+        never needs it) and return None.
+        """
+        if not self.built:
+            raise RuntimeError(f"{self.describe()}: backward called before forward")
+        return self._backward(dy, need_input_gradient)
+
+    def __call__(self, x, training=False):
+        return self.forward(x, training=training)
+
+    def _forward(self, x, training):
+        raise NotImplementedError
+
+    def _backward(self, dy, need_input_gradient):
+        raise NotImplementedError
+
+    # -- weights ----------------------------------------------------------------------------
+    weight_names = ()
+
+    def get_weights(self):
+        """Copies of the parameters in Keras' order (e.g. [kernel, bias])."""
+        return [self.params[key].copy() for key in self.weight_names if key in self.params]
+
+    def set_weights(self, weights):
+        """Overwrite the parameters in place (Keras order and shapes); the arrays are copied."""
+        keys = [key for key in self.weight_names if key in self.params]
+        if not self.built:
+            raise RuntimeError(f"{self.describe()}: set_weights before the layer is built")
+        weights = list(weights)
+        if len(weights) != len(keys):
+            raise ValueError(
+                f"{self.describe()}: expected {len(keys)} weight arrays {keys}, received {len(weights)}"
+            )
+        for key, value in zip(keys, weights):
+            value = np.asarray(value)
+            if value.shape != self.params[key].shape:
+                raise ValueError(
+                    f"{self.describe()}: weight '{key}' must have shape {self.params[key].shape}, "
+                    f"received {value.shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{self.describe()}: weight '{key}' contains NaN or inf")
+        for key, value in zip(keys, weights):
+            self.params[key][...] = value  # in place: optimizers and models keep their references
+
+    def count_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    # -- description ------------------------------------------------------------------------
+    def get_config(self):
+        """Keyword arguments that recreate this layer (JSON-ready)."""
+        config = {"name": self.name, "dtype": self.dtype, "trainable": self.trainable}
+        if self.declared_input_shape is not None:
+            config["input_shape"] = list(self.declared_input_shape)
+        return config
+
+    def describe(self):
+        return f"{type(self).__name__} '{self.name}'"
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def _check_input_array(self, x, expected_shape):
+        who = self.describe()
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{who}: input must be a NumPy array, received {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{who}: input dtype must be {self.dtype} (the layer's dtype), received {x.dtype}; "
+                f"cast with x.astype('{self.dtype}') or create the layer with dtype='{x.dtype}'"
+            )
+        if x.ndim < 1 or x.shape[0] < 1:
+            raise ValueError(f"{who}: input must have a non-empty batch axis, received shape {x.shape}")
+        if expected_shape is not None and x.shape[1:] != tuple(expected_shape):
+            raise ValueError(
+                f"{who}: expected input of shape (batch, {', '.join(map(str, expected_shape))}), "
+                f"received {x.shape}"
+            )
+
+    def _check_grad_array(self, dy, expected_shape):
+        who = self.describe()
+        if not isinstance(dy, np.ndarray) or dy.shape != tuple(expected_shape):
+            got = dy.shape if isinstance(dy, np.ndarray) else type(dy).__name__
+            raise ValueError(f"{who}: upstream gradient must have shape {tuple(expected_shape)}, received {got}")
+        if dy.dtype != self.dtype:
+            raise TypeError(f"{who}: upstream gradient must be {self.dtype}, received {dy.dtype}")
+
+
+def _as_shape(shape, who, what):
+    try:
+        shape = tuple(int(d) if d is not None else None for d in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{who}: {what} must be a tuple of positive integers, received {shape!r}") from None
+    if not shape or any(d is None or d < 1 for d in shape):
+        raise ValueError(f"{who}: {what} must be a tuple of positive integers, received {shape!r}")
+    return shape
+
+
+def normalize_tuple(value, n, who, what, allow_zero=False):
+    """An int or an n-sequence of ints -> an n-tuple, as Keras' conv_utils.normalize_tuple."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        values = (int(value),) * n
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise TypeError(f"{who}: {what} must be an int or a tuple of {n} ints, received {value!r}") from None
+        if len(values) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{who}: {what} must be an int or a tuple of {n} ints, received {value!r}")
+        values = tuple(int(v) for v in values)
+    low = 0 if allow_zero else 1
+    if any(v < low for v in values):
+        raise ValueError(f"{who}: {what} must be >= {low}, received {value!r}")
+    return values
+
+
+def normalize_padding(value, who):
+    if not isinstance(value, str) or value.lower() not in ("valid", "same"):
+        raise ValueError(f"{who}: padding must be 'valid' or 'same', received {value!r}")
+    return value.lower()

@@ -1,0 +1,97 @@
+"""Dense and Flatten."""
+import numpy as np
+
+from .. import initializers
+from .activations import activation_name, make_activation
+from .base import Layer
+
+
+class Flatten(Layer):
+    """(N, H, W, C) -> (N, H*W*C), row-major over (H, W, C) exactly as Keras flattens NHWC."""
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.describe()}: only data_format='channels_last' is supported, received {data_format!r}")
+
+    def _build(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def _forward(self, x, training):
+        return x.reshape(x.shape[0], -1)
+
+    def _backward(self, dy, need_input_gradient=True):
+        self._check_grad_array(dy, (dy.shape[0],) + self.output_shape)
+        return dy.reshape((dy.shape[0],) + self.input_shape)
+
+
+class Dense(Layer):
+    """Fully connected layer: y = activation(x @ kernel + bias).
+
+    Input x: (N, in_features); kernel: (in_features, units); bias: (units,); output: (N, units).
+    Put Flatten() before it for image inputs.
+    """
+
+    weight_names = ("kernel", "bias")
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        who = self.describe()
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise ValueError(f"{who}: units must be a positive integer, received {units!r}")
+        self.units = units
+        self.activation_name = activation_name(activation, who)
+        self.activation = make_activation(self.activation_name, self.dtype, self.name)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
+        self._x = None
+
+    def _build(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"{self.describe()}: expected inputs of shape (batch, features), received per-sample "
+                f"shape {input_shape}; put a Flatten() layer before Dense"
+            )
+        self.params = {"kernel": self.kernel_initializer((input_shape[0], self.units), self.dtype)}
+        if self.use_bias:
+            self.params["bias"] = self.bias_initializer((self.units,), self.dtype)
+        self.grads = {key: None for key in self.params}
+        if self.activation is not None:
+            self.activation.build((self.units,))
+        return (self.units,)
+
+    def _forward(self, x, training):
+        y = x @ self.params["kernel"]
+        if self.use_bias:
+            y += self.params["bias"]
+        self._x = x if training else None
+        if self.activation is not None:
+            y = self.activation.forward(y, training)
+        return y
+
+    def _backward(self, dy, need_input_gradient=True):
+        if self.activation is not None:
+            dy = self.activation.backward(dy)
+        return self.backward_preactivation(dy, need_input_gradient)
+
+    def backward_preactivation(self, dz, need_input_gradient=True):
+        """Backward from the gradient w.r.t. the output *before* the activation."""
+        if self._x is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        self._check_grad_array(dz, (self._x.shape[0], self.units))
+        self.grads["kernel"] = self._x.T @ dz
+        if self.use_bias:
+            self.grads["bias"] = dz.sum(axis=0)
+        return dz @ self.params["kernel"].T if need_input_gradient else None
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": self.activation_name,
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+        }

@@ -1,0 +1,59 @@
+"""MaxPooling2D over NHWC images."""
+from .. import kernels
+from .base import Layer, normalize_padding, normalize_tuple
+
+
+class MaxPooling2D(Layer):
+    """Max over pool_size windows moved by strides (default: strides = pool_size).
+
+    Input  x: (N, H, W, C)  ->  output y: (N, OH, OW, C)
+        padding="valid": OH = 1 + (H - PH) // stride_h   (odd sizes floor, as Keras)
+        padding="same":  OH = ceil(H / stride_h), the border padded with -inf so it never wins
+
+    Gradient rule for ties: when several inputs of a window share the maximum, the FIRST one in
+    row-major window order takes the whole gradient and the others get zero. This is PyTorch's
+    rule (TensorFlow's differs in rare cases); the tests pin it. A NaN in a window propagates to
+    the output and takes the gradient.
+    """
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        who = self.describe()
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {data_format!r}")
+        self.pool_size = normalize_tuple(pool_size, 2, who, "pool_size")
+        self.strides = self.pool_size if strides is None else normalize_tuple(strides, 2, who, "strides")
+        self.padding = normalize_padding(padding, who)
+        self._cache = None
+
+    def _build(self, input_shape):
+        who = self.describe()
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"{who}: expected inputs of shape (height, width, channels) per image, received {input_shape}"
+            )
+        height, width, channels = input_shape
+        try:
+            out_h, out_w = kernels.output_shape_2d(height, width, self.pool_size, self.strides, self.padding)
+        except ValueError as error:
+            raise ValueError(f"{who}: pool_size {self.pool_size} does not fit input {input_shape}: {error}") from None
+        self.pads = kernels.pads_2d(height, width, self.pool_size, self.strides, self.padding)
+        return (out_h, out_w, channels)
+
+    def _forward(self, x, training):
+        y, cache = kernels.maxpool2d_forward(x, self.pool_size, self.strides, self.pads)
+        self._cache = cache if training else None
+        return y
+
+    def _backward(self, dy, need_input_gradient=True):
+        if self._cache is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        return kernels.maxpool2d_backward(dy, self._cache)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pool_size": list(self.pool_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+        }
