@@ -1,0 +1,220 @@
+"""Layer contract, Keras-compatible arguments, shapes, dtypes, weights and error messages."""
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ReLU, Sequential, Softmax, initializers
+
+import naive
+
+
+def seed_model(**first_layer_kwargs):
+    return Sequential([
+        Conv2D(32, (3, 3), padding="same", activation="relu", input_shape=(28, 28, 1), **first_layer_kwargs),
+        MaxPooling2D((2, 2), strides=2),
+        Conv2D(64, (3, 3), padding="same", activation=minicnn.nn.relu),
+        MaxPooling2D((2, 2), strides=2),
+        Flatten(),
+        Dense(128, activation=minicnn.nn.relu),
+        Dense(10, activation=minicnn.nn.softmax),
+    ])
+
+
+def test_seed_model_shapes_and_parameter_count():
+    model = seed_model()
+    shapes = [layer.output_shape for layer in model.layers]
+    assert shapes == [(28, 28, 32), (14, 14, 32), (14, 14, 64), (7, 7, 64), (3136,), (128,), (10,)]
+    assert [layer.count_params() for layer in model.layers] == [320, 0, 18496, 0, 0, 401536, 1290]
+    assert model.count_params() == 421_642
+
+
+def test_summary_prints_keras_style_rows():
+    model = seed_model()
+    lines = []
+    model.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    header = next(line for line in lines if "Layer (type)" in line)
+    assert "Output Shape" in header and "Param #" in header
+    conv_row = next(line for line in lines if f"({'Conv2D'})" in line)
+    assert "(None, 28, 28, 32)" in conv_row and conv_row.rstrip().endswith("320")
+    assert any("(None, 7, 7, 64)" in line and "MaxPooling2D" in line for line in lines)
+    assert any("(None, 3136)" in line and "Flatten" in line for line in lines)
+    assert any("(None, 128)" in line and line.rstrip().endswith("401,536") for line in lines)
+    assert "Total params: 421,642" in text and "Trainable params: 421,642" in text
+
+
+def test_forward_backward_shapes_and_float32_default():
+    model = seed_model()
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    y = model.forward(x, training=True)
+    assert y.shape == (3, 10) and y.dtype == np.float32
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+    dx = model.backward(np.ones_like(y))
+    assert dx.shape == x.shape and dx.dtype == np.float32
+    for layer in model.layers:
+        for key, param in layer.params.items():
+            assert param.dtype == np.float32
+            assert layer.grads[key].shape == param.shape and layer.grads[key].dtype == np.float32
+
+
+def test_set_floatx_changes_the_default_dtype():
+    try:
+        minicnn.set_floatx("float64")
+        layer = Dense(3)
+        layer.build((4,))
+        assert layer.params["kernel"].dtype == np.float64
+        assert layer.forward(np.ones((2, 4))).dtype == np.float64
+    finally:
+        minicnn.set_floatx("float32")
+    assert minicnn.floatx() == "float32"
+    with pytest.raises(ValueError, match="float32' or 'float64"):
+        minicnn.set_floatx("float16")
+
+
+def test_layers_refuse_input_of_another_dtype_instead_of_upcasting():
+    layer = Dense(3)
+    layer.build((4,))
+    with pytest.raises(TypeError, match=r"Dense 'dense.*input dtype must be float32.*received float64"):
+        layer.forward(np.ones((2, 4)))
+
+
+def test_get_and_set_weights_follow_keras_order_and_shapes():
+    model = seed_model()
+    weights = model.get_weights()
+    assert [w.shape for w in weights] == [(3, 3, 1, 32), (32,), (3, 3, 32, 64), (64,), (3136, 128), (128,), (128, 10), (10,)]
+    new = [np.full_like(w, i + 1) for i, w in enumerate(weights)]
+    kernel_object = model.layers[0].params["kernel"]
+    model.set_weights(new)
+    assert model.layers[0].params["kernel"] is kernel_object  # written in place, never rebound
+    for got, expected in zip(model.get_weights(), new):
+        np.testing.assert_array_equal(got, expected)
+    got = model.get_weights()
+    got[0][...] = -5  # get_weights returns copies
+    assert model.layers[0].params["kernel"][0, 0, 0, 0] == 1
+    with pytest.raises(ValueError, match=r"expects a weight of shape \(3, 3, 1, 32\), received \(3, 3, 2, 32\)"):
+        model.set_weights([np.zeros((3, 3, 2, 32))] + new[1:])
+    with pytest.raises(ValueError, match="expected 8 weight arrays, received 7"):
+        model.set_weights(new[:-1])
+
+
+def test_dense_and_conv_layers_match_naive_references_through_the_layer_api(rng):
+    dense = Dense(4, dtype="float64")
+    x = rng.standard_normal((3, 5))
+    dense.build((5,))
+    dense.set_weights([rng.standard_normal((5, 4)), rng.standard_normal(4)])
+    kernel, bias = dense.get_weights()
+    np.testing.assert_allclose(dense.forward(x, training=True), naive.dense(x, kernel, bias), rtol=0, atol=1e-12)
+    dy = rng.standard_normal((3, 4))
+    dx = dense.backward(dy)
+    ref_dx, ref_dkernel, ref_dbias = naive.dense_backward(dy, x, kernel)
+    np.testing.assert_allclose(dx, ref_dx, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dense.grads["kernel"], ref_dkernel, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dense.grads["bias"], ref_dbias, rtol=0, atol=1e-12)
+
+
+def test_relu_backward_does_not_mutate_dy(rng):
+    layer = ReLU(dtype="float64")
+    x = rng.standard_normal((4, 3))
+    layer.forward(x, training=True)
+    dy = rng.standard_normal((4, 3))
+    before = dy.copy()
+    dx = layer.backward(dy)
+    np.testing.assert_array_equal(dy, before)
+    np.testing.assert_array_equal(dx, np.where(x > 0, dy, 0))
+
+
+def test_softmax_is_stable_for_huge_logits():
+    layer = Softmax(dtype="float64")
+    y = layer.forward(np.array([[1e4, -1e4, 0.0], [1000.0, 1000.0, 1000.0]]))
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]], rtol=0, atol=1e-15)
+
+
+def test_activation_argument_accepts_strings_none_and_nn_functions():
+    for activation, expected in [("relu", "relu"), (None, "linear"), ("linear", "linear"),
+                                 (minicnn.nn.relu, "relu"), (minicnn.nn.softmax, "softmax"), ("Softmax", "softmax")]:
+        assert Dense(2, activation=activation).activation_name == expected
+    np.testing.assert_array_equal(minicnn.nn.relu(np.array([-1.0, 2.0])), [0.0, 2.0])
+    np.testing.assert_allclose(minicnn.nn.softmax(np.array([[0.0, 0.0]])), [[0.5, 0.5]])
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: Conv2D(8, 3, padding="full"), r"Conv2D 'conv2d.*padding must be 'valid' or 'same', received 'full'"),
+    (lambda: Conv2D(8, 3, activation="foo"), r"Conv2D 'conv2d.*unknown activation 'foo'"),
+    (lambda: Conv2D(8, 0), r"Conv2D 'conv2d.*kernel_size must be >= 1, received 0"),
+    (lambda: Conv2D(8, (3, 3, 3)), r"kernel_size must be an int or a tuple of 2 ints, received \(3, 3, 3\)"),
+    (lambda: Conv2D(0, 3), r"filters must be a positive integer, received 0"),
+    (lambda: Conv2D(4, 3, strides=0), r"strides must be >= 1, received 0"),
+    (lambda: Conv2D(4, 3, data_format="channels_first"), r"channels_last"),
+    (lambda: Conv2D(4, 3, kernel_initializer="nope"), r"unknown initializer 'nope'"),
+    (lambda: MaxPooling2D(0), r"MaxPooling2D 'max_pooling2d.*pool_size must be >= 1, received 0"),
+    (lambda: MaxPooling2D(2, padding="full"), r"padding must be 'valid' or 'same', received 'full'"),
+    (lambda: Dense(-3), r"Dense 'dense.*units must be a positive integer, received -3"),
+    (lambda: Dense(3, activation=np.tanh), r"unknown activation"),
+    (lambda: Dense(3, dtype="int32"), r"dtype must be 'float32' or 'float64', received 'int32'"),
+])
+def test_bad_hyperparameters_raise_naming_the_layer_and_the_value(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_wrong_input_shapes_raise_naming_layer_expected_and_received():
+    conv = Conv2D(4, 3, input_shape=(8, 8, 3))
+    model = Sequential([conv, Flatten(), Dense(2)])
+    with pytest.raises(ValueError, match=r"Conv2D 'conv2d.*expected input of shape \(batch, 8, 8, 3\), received \(2, 8, 8, 1\)"):
+        model.forward(np.zeros((2, 8, 8, 1), np.float32))
+    with pytest.raises(ValueError, match=r"expected input of shape \(batch, 8, 8, 3\), received \(8, 8, 3\)"):
+        model.forward(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"Dense 'dense.*put a Flatten\(\) layer before Dense"):
+        Dense(3).build((4, 4, 2))
+    with pytest.raises(ValueError, match=r"Conv2D.*expected inputs of shape \(height, width, channels\)"):
+        Conv2D(2, 3).build((10, 10))
+    with pytest.raises(ValueError, match=r"kernel_size \(5, 5\) does not fit input \(3, 3, 1\)"):
+        Conv2D(2, 5).build((3, 3, 1))
+    with pytest.raises(TypeError, match="must be a NumPy array, received list"):
+        Dense(2).forward([[1.0, 2.0]])
+
+
+def test_built_layer_rejects_a_different_channel_count():
+    layer = Conv2D(4, 3)
+    layer.forward(np.zeros((1, 6, 6, 3), np.float32))
+    with pytest.raises(ValueError, match=r"expected input of shape \(batch, 6, 6, 3\), received \(1, 6, 6, 2\)"):
+        layer.forward(np.zeros((1, 6, 6, 2), np.float32))
+
+
+def test_glorot_uniform_and_he_normal_follow_keras_formulas():
+    shape = (3, 3, 32, 64)
+    fan_in, fan_out = 3 * 3 * 32, 3 * 3 * 64
+    assert initializers.compute_fans(shape) == (fan_in, fan_out)
+    limit = np.sqrt(6 / (fan_in + fan_out))
+    w = initializers.get("glorot_uniform")(shape)
+    assert w.dtype == np.float32 and np.abs(w).max() <= limit
+    assert abs(w.std() - limit / np.sqrt(3)) < 0.02 * limit  # uniform std = limit / sqrt(3)
+    he = initializers.HeNormal(seed=3)((200, 300), "float64")
+    std = np.sqrt(2 / 200)
+    assert np.abs(he).max() <= 2 * std / 0.87962566103423978 + 1e-12  # truncated at 2 sigma
+    assert abs(he.std() - std) < 0.03 * std
+    assert not initializers.get("zeros")((3,)).any()
+    np.testing.assert_array_equal(initializers.HeNormal(seed=3)((5, 4)), initializers.HeNormal(seed=3)((5, 4)))
+
+
+def test_set_seed_makes_initialization_repeatable():
+    minicnn.set_seed(42)
+    first = seed_model().get_weights()
+    minicnn.set_seed(42)
+    second = seed_model().get_weights()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sequential_add_and_lazy_build():
+    model = Sequential()
+    model.add(Dense(3, activation="relu"))
+    model.add(Dense(2))
+    assert not model.built
+    y = model.forward(np.ones((4, 5), np.float32))
+    assert model.built and y.shape == (4, 2) and model.layers[0].params["kernel"].shape == (5, 3)
+    with pytest.raises(TypeError, match="add\\(\\) takes a minicnn layer, received str"):
+        model.add("dense")
+    with pytest.raises(ValueError, match="only the first layer may declare input_shape"):
+        model.add(Dense(2, input_shape=(3,)))
