@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Train the classic Fashion-MNIST CNN with minicnn, then say what clothing items images show.
+
+    python examples/fashion_mnist.py                     # 10 epochs, Adam, batch 32
+    python examples/fashion_mnist.py --subset 5000 --epochs 2      # a quick run
+    python examples/fashion_mnist.py --model runs/fashion_mnist/model.npz --predict shoe.jpg
+
+It prints the test accuracy, per-class accuracy and wall time, saves the model, prints a few
+test images' predicted items with their probability, and, when matplotlib is installed, draws
+pictures into --out.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import minicnn
+from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+from minicnn.datasets import fashion_mnist
+from minicnn.evaluation import confusion_matrix, per_class_accuracy
+from minicnn.predict import describe, predict_image_files
+
+CLASS_NAMES = fashion_mnist.CLASS_NAMES
+
+
+def build_model():
+    """The seed model: the Keras tutorial's CNN, only the import changed."""
+    model = Sequential([
+        Conv2D(32, (3, 3), padding="same", activation=minicnn.nn.relu, input_shape=(28, 28, 1)),
+        MaxPooling2D((2, 2), strides=2),
+        Conv2D(64, (3, 3), padding="same", activation=minicnn.nn.relu),
+        MaxPooling2D((2, 2), strides=2),
+        Flatten(),
+        Dense(128, activation=minicnn.nn.relu),
+        Dense(10, activation=minicnn.nn.softmax),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def load_images(subset, seed):
+    """Fashion-MNIST scaled to [0, 1] with a channel axis: (N, 28, 28, 1) float32."""
+    (x_train, y_train), (x_test, y_test) = fashion_mnist.load_data()
+    if subset:
+        pick = np.random.default_rng(seed).permutation(len(x_train))[:subset]
+        x_train, y_train = x_train[pick], y_train[pick]
+    scale = np.float32(1 / 255)
+    return (x_train[..., None] * scale, y_train), (x_test[..., None] * scale, y_test)
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=10, help="passes over the training images")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per training step")
+    parser.add_argument("--backend", choices=["auto", "c", "numpy"], default="auto",
+                        help="convolution engine: C when built (auto), or force one")
+    parser.add_argument("--subset", type=int, default=0, metavar="N",
+                        help="train on N random training images only (0 = all 60,000), for quick runs")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and --subset")
+    parser.add_argument("--out", type=Path, default=Path("runs/fashion_mnist"),
+                        help="directory for the saved model and the pictures")
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
+                        help="reuse a saved model instead of training")
+    parser.add_argument("--predict", nargs="+", default=[], metavar="IMAGE",
+                        help="your own photos or drawings (PNG/JPEG) to classify; prints the top 3 items")
+    parser.add_argument("--show", type=int, default=8, metavar="K", help="test images to print predictions for")
+    parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                        help="0 silent, 1 progress bar per epoch, 2 one line per epoch")
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.subset < 0:
+        parser.error("--subset must be 0 (all) or a positive number of images")
+    return args
+
+
+def draw_pictures(out, model, history, x_test, y_test, probabilities, counts):
+    from minicnn import visualize
+
+    if not visualize.available():
+        print(f"pictures skipped: matplotlib is not installed ({visualize.INSTALL_HINT})")
+        return
+    drawn = [
+        visualize.prediction_grid(out / "predictions.png", x_test[:15], probabilities[:15], y_test[:15], CLASS_NAMES),
+        visualize.confusion_matrix(out / "confusion_matrix.png", counts, CLASS_NAMES),
+        visualize.first_layer_filters(out / "first_layer_filters.png", model.layers[0].get_weights()[0]),
+        visualize.feature_maps(out / "feature_maps.png", model, x_test[0]),
+    ]
+    if history is not None:
+        drawn.append(visualize.training_curves(out / "training_curves.png", history.history))
+    print("pictures: " + ", ".join(str(path) for path in drawn))
+
+
+def train(model, args, x_train, y_train, x_test, y_test):
+    """fit with a live progress bar; prints the wall time and saves the model into --out."""
+    print(f"training on {len(x_train):,} images, {args.epochs} epochs, batch {args.batch_size}")
+    start = time.perf_counter()
+    history = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=(x_test, y_test), verbose=args.verbose)
+    seconds = time.perf_counter() - start
+    print(f"training wall time: {seconds:.1f} s ({seconds / args.epochs:.1f} s per epoch, "
+          f"validation on the test set included)")
+    model_path = args.out / "model.npz"
+    model.save(model_path)
+    print(f"saved the model to {model_path}")
+    return history
+
+
+def report_on_test_set(args, model, history, x_test, y_test):
+    """Test accuracy, per-class accuracy, a few predictions in words, and the pictures."""
+    probabilities = model.predict(x_test, batch_size=1000, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    print(f"test accuracy: {np.mean(predicted == y_test):.4f} on {len(y_test):,} images")
+    counts = confusion_matrix(y_test, predicted, len(CLASS_NAMES))
+    print("per-class accuracy:")
+    for name, accuracy in zip(CLASS_NAMES, per_class_accuracy(counts)):
+        print(f"  {name:<12} {accuracy:.3f}")
+    print("some test images:")
+    for i in range(min(args.show, len(x_test))):
+        print("  " + describe(probabilities[i], CLASS_NAMES, y_test[i]))
+    draw_pictures(args.out, model, history, x_test, y_test, probabilities, counts)
+
+
+def main(argv=None):
+    args = parse_arguments(argv)
+    minicnn.set_backend(args.backend)
+    minicnn.set_seed(args.seed)
+    info = minicnn.backend_info()
+    print(f"minicnn {minicnn.__version__}, engine: {info['engine']}"
+          + (f" ({info.get('simd')}, {info.get('threads')} threads)" if info["engine"] == "c" else ""))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    history = None
+    if args.model is not None:
+        model = minicnn.load_model(args.model)
+        print(f"loaded {args.model}")
+    else:
+        (x_train, y_train), (x_test, y_test) = load_images(args.subset, args.seed)
+        model = build_model()
+        model.summary()
+        history = train(model, args, x_train, y_train, x_test, y_test)
+
+    # A saved model asked only about the user's images needs no data set at all.
+    if args.model is None or not args.predict:
+        if args.model is not None:
+            (_, _), (x_test, y_test) = load_images(0, args.seed)
+        report_on_test_set(args, model, history, x_test, y_test)
+
+    failures = 0
+    if args.predict:
+        print("your images (top 3):")
+        failures = predict_image_files(model, args.predict, CLASS_NAMES, print_fn=lambda line: print("  " + line))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

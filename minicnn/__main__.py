@@ -1,0 +1,35 @@
+"""Command line: python -m minicnn predict --model PATH IMAGE...   and   python -m minicnn info"""
+import argparse
+import json
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minicnn", description="minicnn from the command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="say which Fashion-MNIST item each image shows (top 3)")
+    predict.add_argument("--model", required=True, help="a model saved by model.save / examples/fashion_mnist.py")
+    predict.add_argument("--top", type=int, default=3, help="how many items to list per image")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG photos or drawings")
+    commands.add_parser("info", help="which engine runs, with its build flags and threads")
+    args = parser.parse_args(argv)
+
+    import minicnn
+
+    if args.command == "info":
+        print(json.dumps(minicnn.backend_info(), indent=2))
+        return 0
+    from minicnn.datasets.fashion_mnist import CLASS_NAMES
+    from minicnn.predict import predict_image_files
+
+    try:
+        model = minicnn.load_model(args.model)
+    except (OSError, ValueError) as error:
+        print(f"error: cannot load the model {args.model}: {error}", file=sys.stderr)
+        return 2
+    failures = predict_image_files(model, args.images, CLASS_NAMES, k=args.top)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
