@@ -70,8 +70,15 @@ def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, bac
 
 
 def _describe(exc):
+    """A one-line reason, without the layers requests and urllib3 wrap around it."""
+    if isinstance(exc, (_TransientError, _GiveUpOnURL)):
+        return str(exc)
+    # requests.ConnectionError wraps urllib3's MaxRetryError, whose .reason is the real cause.
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if reason is not None:
+        exc = reason
     text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
 
 
 def _fetch_once(session, url, dest, verify, max_bytes, timeout, progress, desc):

@@ -182,7 +182,10 @@ def _load_file(name, spec, local_dirs, bases, options):
         return download(urls, dest, verify=lambda part, url: _read_verified(part, name, spec, url),
                         max_bytes=_download_cap(spec), desc=name, **options)
     except OSError as exc:   # DownloadError, or the cache directory cannot be written
-        tried.append(str(exc) if isinstance(exc, DownloadError) else f"download into {dest}: {exc}")
+        if isinstance(exc, DownloadError):
+            tried.append(str(exc).replace("\n", "\n    "))
+        else:
+            tried.append(f"download into {dest}: {exc}")
     raise DataNotFoundError(_not_found_message(name, tried))
 
 
