@@ -373,6 +373,11 @@ def test_offline_with_no_copy_names_the_three_ways(tiny):
     assert fm.BASE_URLS[0] in message                     # which download was tried
 
 
+def test_an_empty_url_list_never_downloads(tiny):
+    with pytest.raises(fm.DataNotFoundError, match="no URL to download it from"):
+        fm.load_data(base_urls=[], progress=False)
+
+
 # ------------------------------------------------------------------------------------ downloads
 
 def test_download_fills_the_cache_with_verified_files(tiny, server):
@@ -469,6 +474,16 @@ def test_an_announced_oversize_body_is_refused_before_reading(tmp_path, server):
         dl.download([f"{server.base}/big.gz"], tmp_path / "big.gz", max_bytes=4000, timeout=2,
                     progress=False)
     assert not (tmp_path / "big.gz").exists() and no_part_files(tmp_path)
+
+
+def test_an_unwritable_cache_fails_before_any_request(tmp_path, tiny, server, monkeypatch):
+    raws, _ = tiny
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(fm.DataNotFoundError, match="download into .*not-a-dir"):
+        fm.load_data(base_urls=[server.serve("mirror", raws)], progress=False)
+    assert server.hits == {}
 
 
 def test_a_silent_server_times_out(tmp_path):

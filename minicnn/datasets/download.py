@@ -46,16 +46,20 @@ def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, bac
     progress: tqdm bar on stderr: True, False, or None (only on a terminal).
     desc:     label of the progress bar (default: dest's name).
 
-    Raises DownloadError (an OSError) listing each URL and its failure when none succeeded.
+    Raises DownloadError (an OSError) listing each URL and its failure when none succeeded;
+    the OSError itself when dest's directory cannot be created.
     """
     import requests   # imported here so that `import minicnn` stays fast
 
     dest = Path(dest)
     backoff = BACKOFF_SECONDS if backoff is None else backoff
+    # An unwritable destination is not the network's fault: fail now, before any request.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    attempts = max(1, retries)
     failures = []
     with requests.Session() as session:
         for url in urls:
-            for attempt in range(1, max(1, retries) + 1):
+            for attempt in range(1, attempts + 1):
                 try:
                     return _fetch_once(session, url, dest, verify, max_bytes, timeout, progress,
                                        desc or dest.name)
@@ -63,10 +67,11 @@ def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, bac
                     failures.append(f"{url}: {exc}")
                     break
                 except (requests.RequestException, OSError, _TransientError) as exc:
-                    failures.append(f"{url} (attempt {attempt}/{retries}): {_describe(exc)}")
-                    if attempt < retries:
+                    failures.append(f"{url} (attempt {attempt}/{attempts}): {_describe(exc)}")
+                    if attempt < attempts:
                         time.sleep(backoff * 2 ** (attempt - 1))
-    raise DownloadError(f"could not download {dest.name}:\n  " + "\n  ".join(failures))
+    raise DownloadError(f"could not download {dest.name}:\n  "
+                        + ("\n  ".join(failures) or "no URL to download it from"))
 
 
 def _describe(exc):
@@ -96,7 +101,6 @@ def _fetch_once(session, url, dest, verify, max_bytes, timeout, progress, desc):
         if announced is not None and announced > max_bytes:
             raise _GiveUpOnURL(f"announced {announced:,} bytes, over the {max_bytes:,}-byte cap")
 
-        dest.parent.mkdir(parents=True, exist_ok=True)
         fd, part = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
         try:
             received = 0

@@ -94,7 +94,7 @@ def load_data(path=None, *, base_urls=None, timeout=30.0, retries=3, progress=No
     path:      a directory holding the four files (.gz or not); tried first. Default: the
                MINICNN_DATA environment variable, if set.
     base_urls: download locations, "<base>/<file>.gz" each; default MINICNN_DATA_URLS, else
-               BASE_URLS.
+               BASE_URLS. An empty list means: never download.
     timeout:   seconds for connecting and for each read of a download.
     retries:   attempts per URL for failures that may pass (connection, time-out, 5xx).
     progress:  download progress bar: True, False, or None (only when stderr is a terminal).
