@@ -153,7 +153,11 @@ def main(argv=None):
     failures = 0
     if args.predict:
         print("your images (top 3):")
-        failures = predict_image_files(model, args.predict, CLASS_NAMES, print_fn=lambda line: print("  " + line))
+        try:
+            failures = predict_image_files(model, args.predict, CLASS_NAMES, print_fn=lambda line: print("  " + line))
+        except ImportError as error:  # no Pillow: no file can be read
+            print(f"  error: {error}")
+            failures = len(args.predict)
     return 1 if failures else 0
 
 

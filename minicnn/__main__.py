@@ -27,7 +27,11 @@ def main(argv=None):
     except (OSError, ValueError) as error:
         print(f"error: cannot load the model {args.model}: {error}", file=sys.stderr)
         return 2
-    failures = predict_image_files(model, args.images, CLASS_NAMES, k=args.top)
+    try:
+        failures = predict_image_files(model, args.images, CLASS_NAMES, k=args.top)
+    except ImportError as error:  # no Pillow: no file can be read
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 1 if failures else 0
 
 

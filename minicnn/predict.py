@@ -25,21 +25,21 @@ def predict_image_files(model, paths, class_names, k=3, print_fn=print):
     """Print the top-k items for each image file; a bad file gets its error, the others their answer.
 
     Returns the number of files that could not be read (0 means every file got an answer).
+    Raises ImportError (with the install hint) when Pillow is missing, since then no file can be read.
     """
     results = load_images(paths)
-    good = [(path, image) for path, image in results if isinstance(image, np.ndarray)]
+    readable = [i for i, (_, image) in enumerate(results) if isinstance(image, np.ndarray)]
     probabilities = {}
-    if good:
-        batch = np.stack([image for _, image in good])[..., None].astype(model.dtype)
-        for (path, _), row in zip(good, model.predict(batch, verbose=0)):
-            probabilities[path] = row
+    if readable:
+        batch = np.stack([results[i][1] for i in readable])[..., None].astype(model.dtype)
+        probabilities = dict(zip(readable, model.predict(batch, verbose=0)))
     failures = 0
-    for path, image in results:
-        if not isinstance(image, np.ndarray):
+    for i, (path, image) in enumerate(results):
+        if i not in probabilities:
             failures += 1
             print_fn(f"{path}: error: {image}")
             continue
-        indices, values = top_k(probabilities[path][None, :], k)
-        answer = ", ".join(f"{class_names[i]} {100 * p:.1f}%" for i, p in zip(indices[0], values[0]))
+        indices, values = top_k(probabilities[i][None, :], k)
+        answer = ", ".join(f"{class_names[c]} {100 * p:.1f}%" for c, p in zip(indices[0], values[0]))
         print_fn(f"{path}: {answer}")
     return failures
