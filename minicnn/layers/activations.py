@@ -130,3 +130,29 @@ def make_activation(name, dtype, owner_name):
     if name == "linear":
         return None
     return ACTIVATION_LAYERS[name](name=f"{owner_name}_{name}", dtype=dtype)
+
+
+class WithActivation:
+    """Mixin for layers that take `activation=` (Conv2D, Dense): y = activation(z).
+
+    The subclass computes z and implements `backward_preactivation(dz)`; this mixin runs the
+    activation forward and backward around it. The model's fused softmax + cross-entropy calls
+    `backward_preactivation` directly with dL/dz.
+    """
+
+    def _set_activation(self, activation):
+        self.activation_name = activation_name(activation, self.describe())
+        self.activation = make_activation(self.activation_name, self.dtype, self.name)
+
+    def _build_activation(self, output_shape):
+        if self.activation is not None:
+            self.activation.build(output_shape)
+        return output_shape
+
+    def _activate(self, z, training):
+        return self.activation.forward(z, training) if self.activation is not None else z
+
+    def _backward(self, dy, need_input_gradient=True):
+        if self.activation is not None:
+            dy = self.activation.backward(dy)
+        return self.backward_preactivation(dy, need_input_gradient)

@@ -1,10 +1,10 @@
 """Conv2D: 2-D convolution over NHWC images, Keras' arguments and weight layout."""
 from .. import initializers, kernels
-from .activations import activation_name, make_activation
+from .activations import WithActivation
 from .base import Layer, normalize_padding, normalize_tuple
 
 
-class Conv2D(Layer):
+class Conv2D(WithActivation, Layer):
     """2-D convolution (cross-correlation) with optional bias and activation.
 
     Input  x:      (N, H, W, C_in)
@@ -32,8 +32,7 @@ class Conv2D(Layer):
         self.kernel_size = normalize_tuple(kernel_size, 2, who, "kernel_size")
         self.strides = normalize_tuple(strides, 2, who, "strides")
         self.padding = normalize_padding(padding, who)
-        self.activation_name = activation_name(activation, who)
-        self.activation = make_activation(self.activation_name, self.dtype, self.name)
+        self._set_activation(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
@@ -57,24 +56,14 @@ class Conv2D(Layer):
         if self.use_bias:
             self.params["bias"] = self.bias_initializer((self.filters,), self.dtype)
         self.grads = {key: None for key in self.params}
-        output_shape = (out_h, out_w, self.filters)
-        if self.activation is not None:
-            self.activation.build(output_shape)
-        return output_shape
+        return self._build_activation((out_h, out_w, self.filters))
 
     def _forward(self, x, training):
         y, cache = kernels.conv2d_forward(
             x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads
         )
         self._cache = cache if training else None
-        if self.activation is not None:
-            y = self.activation.forward(y, training)
-        return y
-
-    def _backward(self, dy, need_input_gradient=True):
-        if self.activation is not None:
-            dy = self.activation.backward(dy)
-        return self.backward_preactivation(dy, need_input_gradient)
+        return self._activate(y, training)
 
     def backward_preactivation(self, dz, need_input_gradient=True):
         """Backward from the gradient w.r.t. the output *before* the activation."""

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import initializers
-from .activations import activation_name, make_activation
+from .activations import WithActivation
 from .base import Layer
 
 
@@ -25,7 +25,7 @@ class Flatten(Layer):
         return dy.reshape((dy.shape[0],) + self.input_shape)
 
 
-class Dense(Layer):
+class Dense(WithActivation, Layer):
     """Fully connected layer: y = activation(x @ kernel + bias).
 
     Input x: (N, in_features); kernel: (in_features, units); bias: (units,); output: (N, units).
@@ -41,8 +41,7 @@ class Dense(Layer):
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"{who}: units must be a positive integer, received {units!r}")
         self.units = units
-        self.activation_name = activation_name(activation, who)
-        self.activation = make_activation(self.activation_name, self.dtype, self.name)
+        self._set_activation(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
@@ -58,23 +57,14 @@ class Dense(Layer):
         if self.use_bias:
             self.params["bias"] = self.bias_initializer((self.units,), self.dtype)
         self.grads = {key: None for key in self.params}
-        if self.activation is not None:
-            self.activation.build((self.units,))
-        return (self.units,)
+        return self._build_activation((self.units,))
 
     def _forward(self, x, training):
         y = x @ self.params["kernel"]
         if self.use_bias:
             y += self.params["bias"]
         self._x = x if training else None
-        if self.activation is not None:
-            y = self.activation.forward(y, training)
-        return y
-
-    def _backward(self, dy, need_input_gradient=True):
-        if self.activation is not None:
-            dy = self.activation.backward(dy)
-        return self.backward_preactivation(dy, need_input_gradient)
+        return self._activate(y, training)
 
     def backward_preactivation(self, dz, need_input_gradient=True):
         """Backward from the gradient w.r.t. the output *before* the activation."""
