@@ -1,0 +1,338 @@
+"""Callbacks with Keras' names and hooks, and the History that fit returns.
+
+    class PrintEpochs(minicnn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            print(epoch, logs["loss"])
+
+Hooks (all optional): on_train_begin/end(logs), on_epoch_begin/end(epoch, logs),
+on_train_batch_begin/end(batch, logs) (on_batch_begin/end are the Keras 1 spellings and are
+called by the defaults). `self.model` is the model being trained, `self.params` holds
+{'epochs', 'steps', 'verbose'}; set `self.model.stop_training = True` to stop after the current
+batch. Batch hooks cost time on every step, so fit only calls those of callbacks that override
+them.
+"""
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+
+class Callback:
+    """Base class for user callbacks; every hook does nothing."""
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = params
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+    def _overrides(self, *names):
+        return any(getattr(type(self), name) is not getattr(Callback, name) for name in names)
+
+
+class CallbackList:
+    """Calls each hook on every callback in order; batch hooks only on those that define them."""
+
+    def __init__(self, callbacks, model, params):
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"fit: callbacks must be minicnn.callbacks.Callback instances, received "
+                    f"{type(callback).__name__}"
+                )
+            callback.set_model(model)
+            callback.set_params(params)
+        self.batch_begin = [c for c in self.callbacks if c._overrides("on_train_batch_begin", "on_batch_begin")]
+        self.batch_end = [c for c in self.callbacks if c._overrides("on_train_batch_end", "on_batch_end")]
+
+    @property
+    def wants_batch_logs(self):
+        return bool(self.batch_begin or self.batch_end)
+
+    def on_train_begin(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for callback in self.batch_begin:
+            callback.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        for callback in self.batch_end:
+            callback.on_train_batch_end(batch, logs)
+
+
+class History(Callback):
+    """What fit returns: `.history` maps each log key ('loss', 'accuracy', 'val_loss', ...) to
+    its per-epoch values, `.epoch` lists the epoch indices, `.epoch_times` the wall seconds of
+    each epoch (kept apart from `.history` so that two seeded runs have identical histories)."""
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+        self.epoch = []
+        self.epoch_times = []
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        self.epoch_times.append(time.perf_counter() - self._started)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self):
+        return f"<History epochs={len(self.epoch)} keys={sorted(self.history)}>"
+
+
+def _format_logs(logs):
+    return " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
+
+
+class ProgressLogger(Callback):
+    """What verbose=1 and verbose=2 show (fit adds it; like Keras' ProgbarLogger).
+
+    verbose=1: one tqdm bar per epoch with ETA and the running loss and metrics. The running
+    values are refreshed every `refresh_every` steps, not every step, so the bar costs the
+    training loop almost nothing. verbose=2: one line per epoch when it ends.
+    """
+
+    def __init__(self, verbose=1, refresh_every=16, file=None):
+        super().__init__()
+        self.verbose = verbose
+        self.refresh_every = refresh_every
+        self.file = file
+        self._bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._started = time.perf_counter()
+        if self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.params["steps"], unit="step", file=self.file or sys.stderr,
+                             desc=f"Epoch {epoch + 1}/{self.params['epochs']}", dynamic_ncols=True,
+                             leave=True)
+
+    def advance(self, steps_done, running_logs):
+        """Called by fit every `refresh_every` steps (and at the end) with the running values."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(_format_logs(running_logs), refresh=False)
+            self._bar.update(steps_done - self._bar.n)
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._started
+        if self._bar is not None:
+            self._bar.set_postfix_str(_format_logs(logs), refresh=False)
+            self._bar.update(self._bar.total - self._bar.n)
+            self._bar.close()
+            self._bar = None
+        elif self.verbose == 2:
+            print(f"Epoch {epoch + 1}/{self.params['epochs']} - {seconds:.1f}s - {_format_logs(logs)}",
+                  file=self.file or sys.stdout, flush=True)
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:   # training stopped mid-epoch
+            self._bar.close()
+            self._bar = None
+
+
+def _monitor_mode(monitor, mode, who):
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', received {mode!r}")
+    if mode == "auto":
+        mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+    return mode
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has stopped improving (Keras' EarlyStopping).
+
+    An epoch improves when its value beats the best so far by more than min_delta (lower for
+    mode 'min', higher for 'max'; 'auto' means 'max' for accuracies). After `patience` epochs
+    without improvement training stops. restore_best_weights=True puts back the weights of the
+    best epoch when training ends, as Keras 3 does (also when patience never ran out); the
+    optimizer state is not rewound. `baseline`: training stops unless the value beats it within
+    `patience` epochs. `start_from_epoch`: epochs to wait before watching at all.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+        super().__init__()
+        self.monitor = monitor
+        self.min_delta = abs(float(min_delta))
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be a non-negative integer, received {patience!r}")
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.mode = _monitor_mode(monitor, mode, "EarlyStopping")
+        self.baseline = baseline
+        self.restore_best_weights = bool(restore_best_weights)
+        self.start_from_epoch = int(start_from_epoch)
+        self._reset()
+
+    def _reset(self):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def _is_improvement(self, value, reference):
+        if self.mode == "min":
+            return value + self.min_delta < reference
+        return value - self.min_delta > reference
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            warnings.warn(
+                f"EarlyStopping: monitor '{self.monitor}' is not among the logs {sorted(logs or {})}; "
+                f"give fit validation data for val_ values", RuntimeWarning, stacklevel=2,
+            )
+            return
+        if epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+        self.wait += 1
+        if self._is_improvement(value, self.best):
+            self.best = value
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._is_improvement(value, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model at the end of every epoch, or only when `monitor` improved.
+
+    filepath may hold format fields: the epoch (1-based, as Keras) and any log value, e.g.
+    "ckpt/model-{epoch:02d}-{val_loss:.2f}.npz". The file is written atomically (see
+    minicnn.io). save_weights_only=False writes the whole model with its optimizer state, so
+    minicnn.load_model(path) continues training exactly where it stopped.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
+                 save_weights_only=False, mode="auto", initial_value_threshold=None):
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_best_only = bool(save_best_only)
+        self.save_weights_only = bool(save_weights_only)
+        self.mode = _monitor_mode(monitor, mode, "ModelCheckpoint")
+        if initial_value_threshold is not None:
+            self.best = float(initial_value_threshold)
+        else:
+            self.best = math.inf if self.mode == "min" else -math.inf
+        self.last_saved = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as error:
+            raise KeyError(
+                f"ModelCheckpoint: filepath {self.filepath!r} names {error} which is not among the "
+                f"logs {sorted(logs)} of epoch {epoch + 1}"
+            ) from None
+        if self.save_best_only:
+            value = logs.get(self.monitor)
+            if value is None:
+                warnings.warn(
+                    f"ModelCheckpoint: can save best model only with '{self.monitor}' available, "
+                    f"skipping (logs hold {sorted(logs)})", RuntimeWarning, stacklevel=2,
+                )
+                return
+            better = value < self.best if self.mode == "min" else value > self.best
+            if not better:
+                if self.verbose > 0:
+                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+                return
+            if self.verbose > 0:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
+                      f"{value:.5f}, saving model to {path}")
+            self.best = value
+        elif self.verbose > 0:
+            print(f"Epoch {epoch + 1}: saving model to {path}")
+        if self.save_weights_only:
+            self.last_saved = self.model.save_weights(path)
+        else:
+            self.last_saved = self.model.save(path)
+
+
+class TerminateOnNaN(Callback):
+    """Stop training when a batch loss is NaN or inf (Keras' TerminateOnNaN).
+
+    minicnn's fit already stops by itself on a non-finite loss, before that batch's update
+    reaches the weights; this callback exists so Keras code that lists it runs unchanged.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True

@@ -1,0 +1,332 @@
+"""Optimizers with Keras' names, defaults and update rules.
+
+An optimizer walks a model's trainable layers and updates each `layer.params[key]` IN PLACE
+from `layer.grads[key]`; layers know nothing of training. Its state (Adam's m and v, SGD's
+velocity) is kept per parameter, keyed by (layer name, param key), so it can be saved with the
+model and training can resume exactly where it stopped.
+
+Every update works on preallocated arrays: the state arrays are made once, and one scratch
+buffer per dtype (as large as the largest parameter) holds the temporaries, so a step allocates
+no parameter-sized memory. The arithmetic is a fixed sequence of NumPy ufuncs: the same seed
+and the same engine give bit-identical parameters.
+
+    opt = Adam(learning_rate=1e-3)
+    opt.apply(model)              # one step from the grads the last backward left in the layers
+    state = opt.get_state()       # {'iterations': ..., 'slots': {(layer, key, slot): array}}
+"""
+import math
+
+import numpy as np
+
+
+class Optimizer:
+    """Base class. Subclasses name their per-parameter state in `slot_names` and implement
+    `_update(param, grad, slots, scratch, coefficients)` for one parameter, where
+    `coefficients` is what `_step_coefficients()` returned once for the whole step."""
+
+    slot_names = ()
+
+    def __init__(self, learning_rate=0.001, name=None):
+        who = type(self).__name__
+        self.name = name if name is not None else who.lower()
+        self.learning_rate = _positive_float(learning_rate, who, "learning_rate")
+        self.iterations = 0          # steps taken; Keras' optimizer.iterations
+        self._variables = None       # [(layer, key)] in update order, once built
+        self._slots = {}             # (layer name, key) -> {slot name: array}
+        self._scratch = {}           # dtype name -> 1-D buffer as large as the largest param
+
+    # -- binding to a model -----------------------------------------------------------------
+    def build(self, model):
+        """Create zeroed state for every trainable parameter of `model` (done by the first
+        `apply` too). A built optimizer refuses a model whose parameters differ."""
+        variables = _trainable_variables(model)
+        if self._variables is not None:
+            if _signature(variables) != _signature(self._variables):
+                raise ValueError(
+                    f"{type(self).__name__}: this optimizer was built for parameters "
+                    f"{_describe(self._variables)} but the model now has {_describe(variables)}; "
+                    f"call model.compile() again with a new optimizer after changing the model"
+                )
+            self._variables = variables   # same names and shapes: follow the current layers
+            return
+        slots = {}
+        for layer, key in variables:
+            param = layer.params[key]
+            slots[(layer.name, key)] = {name: np.zeros_like(param) for name in self.slot_names}
+            size = self._scratch.get(param.dtype.name, np.empty(0, param.dtype)).size
+            if param.size > size:
+                self._scratch[param.dtype.name] = np.empty(param.size, dtype=param.dtype)
+        self._slots = slots
+        self._variables = variables
+
+    @property
+    def built(self):
+        return self._variables is not None
+
+    # -- the step ---------------------------------------------------------------------------
+    def apply(self, model):
+        """One update of every trainable parameter from the gradients its layer holds now."""
+        if self._variables is None:
+            self.build(model)
+        self.iterations += 1
+        coefficients = self._step_coefficients()
+        for layer, key in self._variables:
+            param = layer.params[key]
+            grad = layer.grads[key]
+            if grad is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}: {layer.describe()} has no gradient for '{key}'; "
+                    f"run a forward with training=True and a backward first"
+                )
+            scratch = self._scratch[param.dtype.name]
+            # A view on the front of the shared buffer, shaped like the parameter: no allocation.
+            self._update(param, grad, self._slots[(layer.name, key)],
+                         scratch[:param.size].reshape(param.shape), coefficients)
+
+    def _step_coefficients(self):
+        return self.learning_rate
+
+    def _update(self, param, grad, slots, scratch, coefficients):
+        raise NotImplementedError
+
+    # -- saving -----------------------------------------------------------------------------
+    def get_config(self):
+        return {"name": self.name, "learning_rate": self.learning_rate}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def get_state(self):
+        """{'iterations': int, 'slots': {(layer name, param key, slot name): array}} (copies)."""
+        return {
+            "iterations": self.iterations,
+            "slots": {(layer, key, slot): array.copy()
+                      for (layer, key), named in self._slots.items() for slot, array in named.items()},
+        }
+
+    def set_state(self, state, model):
+        """Restore `get_state()`'s result for `model` (builds first); every slot is checked
+        before any is written."""
+        self.build(model)
+        arrays = dict(state["slots"])
+        expected = {(layer, key, slot) for (layer, key), named in self._slots.items() for slot in named}
+        if set(arrays) != expected:
+            missing = sorted(expected - set(arrays))
+            extra = sorted(set(arrays) - expected)
+            raise ValueError(
+                f"{type(self).__name__}: optimizer state does not fit the model (missing {missing[:4]}, "
+                f"unexpected {extra[:4]})"
+            )
+        for (layer, key, slot), value in arrays.items():
+            target = self._slots[(layer, key)][slot]
+            value = np.asarray(value)
+            if value.shape != target.shape or value.dtype != target.dtype:
+                raise ValueError(
+                    f"{type(self).__name__}: state '{slot}' of {layer}/{key} must be "
+                    f"{target.dtype}{target.shape}, received {value.dtype}{value.shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{type(self).__name__}: state '{slot}' of {layer}/{key} contains NaN or inf")
+        iterations = state["iterations"]
+        if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+            raise ValueError(f"{type(self).__name__}: iterations must be a non-negative integer, received {iterations!r}")
+        for (layer, key, slot), value in arrays.items():
+            self._slots[(layer, key)][slot][...] = value
+        self.iterations = int(iterations)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, Keras' formulation.
+
+        momentum == 0:   p -= lr * g
+        otherwise:       v = momentum * v - lr * g
+                         p += v                          (nesterov=False)
+                         p += momentum * v - lr * g      (nesterov=True)
+
+    PyTorch's SGD (buf = momentum * buf + g; p -= lr * buf, nesterov: p -= lr * (g + momentum *
+    buf)) gives the same trajectory for a constant learning rate: v = -lr * buf.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, name=None):
+        super().__init__(learning_rate, name)
+        momentum = _float(momentum, "SGD", "momentum")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1], received {momentum!r}")
+        self.momentum = momentum
+        self.nesterov = bool(nesterov)
+        self.slot_names = ("momentum",) if momentum > 0 else ()
+
+    def _update(self, param, grad, slots, scratch, lr):
+        np.multiply(grad, lr, out=scratch)           # lr * g
+        if not self.slot_names:
+            param -= scratch
+            return
+        velocity = slots["momentum"]
+        velocity *= self.momentum
+        velocity -= scratch                          # v = momentum * v - lr * g
+        if self.nesterov:
+            param -= scratch
+            np.multiply(velocity, self.momentum, out=scratch)
+            param += scratch                         # p += momentum * v - lr * g
+        else:
+            param += velocity
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) exactly as Keras computes it, epsilon included:
+
+        t   = iterations + 1
+        m   = beta_1 * m + (1 - beta_1) * g
+        v   = beta_2 * v + (1 - beta_2) * g**2
+        lr_t = learning_rate * sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        p  -= lr_t * m / (sqrt(v) + epsilon)
+
+    epsilon (1e-7, Keras' default) is added to sqrt(v) of the *uncorrected* v: Keras 2's
+    "epsilon hat" placement. PyTorch adds its eps to sqrt(v_hat) = sqrt(v / (1 - beta_2**t)), so
+    the same trajectory in PyTorch needs eps_torch(t) = epsilon / sqrt(1 - beta_2**t), a value
+    that changes every step (set param_group['eps'] before each step; tests/test_optimizers.py
+    does exactly that). With a fixed eps the two differ by O(eps) relative, mostly in the
+    first steps.
+    """
+
+    slot_names = ("m", "v")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, name=None):
+        super().__init__(learning_rate, name)
+        for what, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            value = _float(value, "Adam", what)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"Adam: {what} must be in [0, 1), received {value!r}")
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = _positive_float(epsilon, "Adam", "epsilon")
+
+    def _step_coefficients(self):
+        t = self.iterations
+        return self.learning_rate * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
+
+    def _update(self, param, grad, slots, scratch, lr_t):
+        m, v = slots["m"], slots["v"]
+        m *= self.beta_1
+        np.multiply(grad, 1.0 - self.beta_1, out=scratch)
+        m += scratch
+        v *= self.beta_2
+        np.multiply(grad, grad, out=scratch)
+        scratch *= 1.0 - self.beta_2
+        v += scratch
+        np.sqrt(v, out=scratch)
+        scratch += self.epsilon
+        np.divide(m, scratch, out=scratch)
+        scratch *= lr_t
+        param -= scratch
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class RMSprop(Optimizer):
+    """RMSprop, Keras' formulation (Keras' default optimizer in compile):
+
+        a  = rho * a + (1 - rho) * g**2
+        p -= learning_rate * g / (sqrt(a) + epsilon)
+
+    PyTorch's RMSprop (alpha=rho, same eps) computes the same thing.
+    """
+
+    slot_names = ("rms",)
+
+    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7, name=None):
+        super().__init__(learning_rate, name)
+        rho = _float(rho, "RMSprop", "rho")
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"RMSprop: rho must be in [0, 1), received {rho!r}")
+        self.rho = rho
+        self.epsilon = _positive_float(epsilon, "RMSprop", "epsilon")
+
+    def _update(self, param, grad, slots, scratch, lr):
+        a = slots["rms"]
+        a *= self.rho
+        np.multiply(grad, grad, out=scratch)
+        scratch *= 1.0 - self.rho
+        a += scratch
+        np.sqrt(a, out=scratch)
+        scratch += self.epsilon
+        np.divide(grad, scratch, out=scratch)
+        scratch *= lr
+        param -= scratch
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+_BY_CLASS_NAME = {cls.__name__: cls for cls in _BY_NAME.values()}
+
+
+def get(identifier):
+    """An Optimizer from 'adam' / 'sgd' / 'rmsprop' (Keras' defaults), a class, or an instance."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Optimizer):
+        return identifier()
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    raise ValueError(
+        f"compile: unknown optimizer {identifier!r}; expected one of {sorted(_BY_NAME)} or an "
+        f"instance such as minicnn.optimizers.Adam(learning_rate=1e-3)"
+    )
+
+
+def serialize(optimizer):
+    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+
+
+def deserialize(description):
+    """Inverse of serialize; only minicnn's own optimizer classes are accepted."""
+    name = description.get("class_name") if isinstance(description, dict) else None
+    if name not in _BY_CLASS_NAME:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_BY_CLASS_NAME)}")
+    config = description.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"optimizer config must be a mapping, received {type(config).__name__}")
+    return _BY_CLASS_NAME[name].from_config(config)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _trainable_variables(model):
+    return [(layer, key) for layer in model.layers if layer.trainable for key in layer.params]
+
+
+def _signature(variables):
+    return [(layer.name, key, layer.params[key].shape, layer.params[key].dtype) for layer, key in variables]
+
+
+def _describe(variables):
+    names = [f"{layer.name}/{key}" for layer, key in variables]
+    return "[" + ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") + "]"
+
+
+def _float(value, who, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{who}: {what} must be a number, received {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{who}: {what} must be finite, received {value!r}")
+    return value
+
+
+def _positive_float(value, who, what):
+    value = _float(value, who, what)
+    if value <= 0:
+        raise ValueError(f"{who}: {what} must be > 0, received {value!r}")
+    return value
+

@@ -1,0 +1,255 @@
+"""Optimizers: Keras' update rules by hand, against PyTorch where importable, in place, saveable."""
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import Dense, Sequential
+from minicnn.optimizers import SGD, Adam, RMSprop
+
+
+def make_model(dtype="float64", units=3, inputs=4, seed=0):
+    model = Sequential([Dense(units, input_shape=(inputs,), dtype=dtype,
+                              kernel_initializer=minicnn.initializers.GlorotUniform(seed=seed))])
+    model.layers[0].params["bias"][...] = np.arange(units) * 0.1
+    return model
+
+
+def set_grads(model, rng):
+    """Random gradients, as a backward would leave them (new arrays each step)."""
+    for layer in model.layers:
+        for key, param in layer.params.items():
+            layer.grads[key] = rng.standard_normal(param.shape).astype(param.dtype)
+
+
+def params_of(model):
+    return [p.copy() for layer in model.layers for p in layer.params.values()]
+
+
+# -- hand-computed steps -------------------------------------------------------------------------
+
+def test_adam_first_step_by_hand():
+    # g = 2, lr = 0.1: m = 0.2, v = 0.004, lr_t = 0.1 * sqrt(1 - 0.999) / (1 - 0.9) = 0.0316227766,
+    # step = lr_t * m / (sqrt(v) + 1e-7) = 0.0316227766 * 0.2 / (0.0632455532 + 1e-7) = 0.09999984189
+    model = make_model(units=1, inputs=1)
+    layer = model.layers[0]
+    layer.params["kernel"][...] = 1.0
+    layer.params["bias"][...] = -1.0
+    layer.grads["kernel"] = np.array([[2.0]])
+    layer.grads["bias"] = np.array([-2.0])
+    Adam(learning_rate=0.1).apply(model)
+    assert layer.params["kernel"][0, 0] == pytest.approx(1.0 - 0.09999984189, abs=1e-11)
+    assert layer.params["bias"][0] == pytest.approx(-1.0 + 0.09999984189, abs=1e-11)
+
+
+def reference_adam(params, grads_per_step, lr, b1, b2, eps):
+    """Keras' Adam written out plainly, float64."""
+    params = [p.astype(np.float64).copy() for p in params]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t, grads in enumerate(grads_per_step, start=1):
+        lr_t = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        for i, g in enumerate(grads):
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            params[i] = params[i] - lr_t * m[i] / (np.sqrt(v[i]) + eps)
+    return params
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 2e-6)])
+def test_adam_matches_the_written_out_rule_for_several_steps(dtype, tolerance):
+    rng = np.random.default_rng(0)
+    model = make_model(dtype)
+    start = params_of(model)
+    optimizer = Adam(learning_rate=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-7)
+    history = []
+    for _ in range(6):
+        set_grads(model, rng)
+        history.append([g.astype(np.float64) for layer in model.layers for g in layer.grads.values()])
+        optimizer.apply(model)
+    expected = reference_adam(start, history, 0.01, 0.8, 0.99, 1e-7)
+    for got, want in zip(params_of(model), expected):
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+    assert optimizer.iterations == 6
+
+
+def test_sgd_plain_momentum_and_nesterov_by_hand():
+    # One parameter p0 = 1, gradients 1 then 3, lr 0.1, momentum 0.5.
+    # plain:    p = 1 - 0.1 - 0.3 = 0.6
+    # momentum: v1 = -0.1, p1 = 0.9; v2 = -0.05 - 0.3 = -0.35, p2 = 0.55
+    # nesterov: p1 = 1 + 0.5 * -0.1 - 0.1 = 0.85; p2 = 0.85 + 0.5 * -0.35 - 0.3 = 0.375
+    for optimizer, expected in ((SGD(0.1), 0.6), (SGD(0.1, momentum=0.5), 0.55),
+                                (SGD(0.1, momentum=0.5, nesterov=True), 0.375)):
+        model = make_model(units=1, inputs=1)
+        layer = model.layers[0]
+        layer.params["kernel"][...] = 1.0
+        for g in (1.0, 3.0):
+            layer.grads["kernel"] = np.array([[g]])
+            layer.grads["bias"] = np.array([0.0])
+            optimizer.apply(model)
+        assert layer.params["kernel"][0, 0] == pytest.approx(expected, abs=1e-14), optimizer
+
+
+def test_rmsprop_by_hand():
+    # a = 0.1 * 4 = 0.4; p = 1 - 0.01 * 2 / (sqrt(0.4) + 1e-7)
+    model = make_model(units=1, inputs=1)
+    layer = model.layers[0]
+    layer.params["kernel"][...] = 1.0
+    layer.grads["kernel"] = np.array([[2.0]])
+    layer.grads["bias"] = np.array([0.0])
+    RMSprop(learning_rate=0.01).apply(model)
+    assert layer.params["kernel"][0, 0] == pytest.approx(1 - 0.02 / (math.sqrt(0.4) + 1e-7), abs=1e-14)
+
+
+# -- against PyTorch -----------------------------------------------------------------------------
+
+def run_against_torch(make_minicnn, make_torch, steps=8, before_torch_step=None):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    model = make_model("float64", units=5, inputs=7)
+    tensors = [torch.tensor(p, requires_grad=True) for p in params_of(model)]
+    ours, theirs = make_minicnn(), make_torch(tensors)
+    for t in range(1, steps + 1):
+        set_grads(model, rng)
+        for tensor, g in zip(tensors, [g for layer in model.layers for g in layer.grads.values()]):
+            tensor.grad = torch.tensor(g)
+        ours.apply(model)
+        if before_torch_step:
+            before_torch_step(theirs, t)
+        theirs.step()
+    for got, tensor in zip(params_of(model), tensors):
+        np.testing.assert_allclose(got, tensor.detach().numpy(), rtol=1e-6, atol=1e-9)
+    return model
+
+
+def test_adam_matches_torch_with_epsilon_translated():
+    torch = pytest.importorskip("torch")
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-7
+
+    # Keras adds eps to sqrt(v); PyTorch to sqrt(v / (1 - b2^t)): eps_torch(t) = eps / sqrt(1 - b2^t).
+    def translate_epsilon(optimizer, t):
+        optimizer.param_groups[0]["eps"] = eps / math.sqrt(1 - b2 ** t)
+
+    run_against_torch(lambda: Adam(lr, b1, b2, eps),
+                      lambda ts: torch.optim.Adam(ts, lr=lr, betas=(b1, b2), eps=eps),
+                      before_torch_step=translate_epsilon)
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_sgd_matches_torch(momentum, nesterov):
+    torch = pytest.importorskip("torch")
+    run_against_torch(lambda: SGD(0.05, momentum=momentum, nesterov=nesterov),
+                      lambda ts: torch.optim.SGD(ts, lr=0.05, momentum=momentum, nesterov=nesterov))
+
+
+def test_rmsprop_matches_torch():
+    torch = pytest.importorskip("torch")
+    run_against_torch(lambda: RMSprop(0.01, rho=0.9, epsilon=1e-7),
+                      lambda ts: torch.optim.RMSprop(ts, lr=0.01, alpha=0.9, eps=1e-7))
+
+
+# -- in place, no allocation, state ---------------------------------------------------------------
+
+def test_update_is_in_place_and_allocates_no_parameter_sized_memory():
+    rng = np.random.default_rng(0)
+    model = make_model("float32", units=400, inputs=500)       # kernel: 800 kB
+    arrays_before = [p for layer in model.layers for p in layer.params.values()]
+    optimizer = Adam()
+    set_grads(model, rng)
+    optimizer.apply(model)   # the first step builds the state
+    set_grads(model, rng)
+    tracemalloc.start()
+    try:
+        optimizer.apply(model)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16_000, f"an Adam step allocated {peak} bytes (params are 800 kB)"
+    arrays_after = [p for layer in model.layers for p in layer.params.values()]
+    assert all(a is b for a, b in zip(arrays_before, arrays_after))
+
+
+def test_frozen_layers_are_not_updated():
+    rng = np.random.default_rng(0)
+    model = Sequential([Dense(3, input_shape=(4,), dtype="float64", trainable=False), Dense(2, dtype="float64")])
+    frozen = model.layers[0].get_weights()
+    set_grads(model, rng)
+    SGD(0.1).apply(model)
+    for before, after in zip(frozen, model.layers[0].get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_two_runs_are_bit_identical_and_state_round_trips():
+    def run(split_at=None):
+        rng = np.random.default_rng(5)
+        model = make_model("float32", units=6, inputs=9)
+        optimizer = Adam(0.003)
+        for step in range(10):
+            if step == split_at:   # continue with a fresh optimizer carrying the saved state
+                state = optimizer.get_state()
+                optimizer = Adam.from_config(optimizer.get_config())
+                optimizer.set_state(state, model)
+            set_grads(model, rng)
+            optimizer.apply(model)
+        return params_of(model)
+
+    first, second, resumed = run(), run(), run(split_at=4)
+    for a, b, c in zip(first, second, resumed):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
+
+
+def test_state_is_keyed_by_layer_and_parameter():
+    model = make_model()
+    optimizer = Adam()
+    optimizer.build(model)
+    name = model.layers[0].name
+    assert set(optimizer.get_state()["slots"]) == {(name, k, s) for k in ("kernel", "bias") for s in ("m", "v")}
+
+
+def test_set_state_rejects_state_of_another_shape():
+    model = make_model()
+    optimizer = Adam()
+    optimizer.build(model)
+    state = optimizer.get_state()
+    key = next(iter(state["slots"]))
+    state["slots"][key] = np.zeros((99,))
+    with pytest.raises(ValueError, match="must be"):
+        Adam().set_state(state, model)
+
+
+def test_a_built_optimizer_refuses_a_changed_model():
+    model = make_model()
+    optimizer = SGD(0.1, momentum=0.9)
+    optimizer.build(model)
+    model.add(Dense(2, dtype="float64"))
+    with pytest.raises(ValueError, match="compile"):
+        optimizer.build(model)
+
+
+# -- names and arguments -------------------------------------------------------------------------
+
+def test_get_by_keras_name_with_keras_defaults():
+    adam = minicnn.optimizers.get("adam")
+    assert (type(adam), adam.learning_rate, adam.beta_1, adam.beta_2, adam.epsilon) == (Adam, 0.001, 0.9, 0.999, 1e-7)
+    sgd = minicnn.optimizers.get("SGD")
+    assert (type(sgd), sgd.learning_rate, sgd.momentum, sgd.nesterov) == (SGD, 0.01, 0.0, False)
+    assert type(minicnn.optimizers.get("rmsprop")) is RMSprop
+    restored = minicnn.optimizers.deserialize(minicnn.optimizers.serialize(Adam(0.02, beta_1=0.5)))
+    assert restored.get_config() == Adam(0.02, beta_1=0.5).get_config()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: minicnn.optimizers.get("adamw"), "unknown optimizer"),
+    (lambda: Adam(learning_rate=-1), "learning_rate"),
+    (lambda: Adam(learning_rate="fast"), "learning_rate"),
+    (lambda: Adam(beta_1=1.0), "beta_1"),
+    (lambda: SGD(momentum=-0.1), "momentum"),
+    (lambda: Adam(epsilon=0), "epsilon"),
+    (lambda: minicnn.optimizers.deserialize({"class_name": "os.system", "config": {}}), "unknown optimizer"),
+])
+def test_bad_arguments_are_refused(make, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        make()
