@@ -1,0 +1,358 @@
+/* minicnn's C engine: the one translation unit.
+ *
+ * It instantiates the SIMD microkernels (tmpl_microkernel.h) once per instruction set and
+ * dtype, picks the best set this CPU supports at load time (a runtime CPUID check, so one
+ * binary runs everywhere: no -march=native), and instantiates the drivers (tmpl_driver.h)
+ * for float32 and float64. OpenMP is used when the build enabled it (-fopenmp); without it
+ * everything runs on one thread and the source is unchanged.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "minicnn_kernels.h"
+
+#ifndef MC_BUILD_FLAGS
+#define MC_BUILD_FLAGS "unknown"
+#endif
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MC_X86 1
+#else
+#define MC_X86 0
+#endif
+
+/* Tallest tile of any microkernel instance (rows kept in registers). */
+#define MK_MRMAX 12
+
+/* ---- microkernel instances ----
+ * AVX-512 has 32 vector registers: tiles 6x4, 8x3, 12x2, 12x1 vectors (<= 28 accumulators).
+ * AVX2 and the baseline have 16: tiles 6x2 and 12x1 (<= 12 accumulators). */
+#define MK_REAL float
+#define MK_INT int32_t
+#define MK_NVMAX 2
+#define MK_MR1 12
+#define MK_MR2 6
+#define MK_VBYTES 16
+#define MK_SFX base_f32
+#define MK_ATTR
+#include "tmpl_microkernel.h"
+#undef MK_VBYTES
+#undef MK_SFX
+#undef MK_ATTR
+#if MC_X86
+#define MK_VBYTES 32
+#define MK_SFX avx2_f32
+#define MK_ATTR __attribute__((target("avx2,fma")))
+#include "tmpl_microkernel.h"
+#undef MK_VBYTES
+#undef MK_SFX
+#undef MK_ATTR
+#undef MK_NVMAX
+#undef MK_MR1
+#undef MK_MR2
+#define MK_NVMAX 4
+#define MK_MR1 12
+#define MK_MR2 12
+#define MK_MR3 8
+#define MK_MR4 6
+#define MK_VBYTES 64
+#define MK_SFX avx512_f32
+#define MK_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#include "tmpl_microkernel.h"
+#undef MK_MR3
+#undef MK_MR4
+#undef MK_VBYTES
+#undef MK_SFX
+#undef MK_ATTR
+#endif
+#undef MK_NVMAX
+#undef MK_MR1
+#undef MK_MR2
+#undef MK_REAL
+#undef MK_INT
+
+#define MK_REAL double
+#define MK_INT int64_t
+#define MK_NVMAX 2
+#define MK_MR1 12
+#define MK_MR2 6
+#define MK_VBYTES 16
+#define MK_SFX base_f64
+#define MK_ATTR
+#include "tmpl_microkernel.h"
+#undef MK_VBYTES
+#undef MK_SFX
+#undef MK_ATTR
+#if MC_X86
+#define MK_VBYTES 32
+#define MK_SFX avx2_f64
+#define MK_ATTR __attribute__((target("avx2,fma")))
+#include "tmpl_microkernel.h"
+#undef MK_VBYTES
+#undef MK_SFX
+#undef MK_ATTR
+#undef MK_NVMAX
+#undef MK_MR1
+#undef MK_MR2
+#define MK_NVMAX 4
+#define MK_MR1 12
+#define MK_MR2 12
+#define MK_MR3 8
+#define MK_MR4 6
+#define MK_VBYTES 64
+#define MK_SFX avx512_f64
+#define MK_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#include "tmpl_microkernel.h"
+#undef MK_MR3
+#undef MK_MR4
+#undef MK_VBYTES
+#undef MK_SFX
+#undef MK_ATTR
+#endif
+#undef MK_NVMAX
+#undef MK_MR1
+#undef MK_MR2
+#undef MK_REAL
+#undef MK_INT
+
+/* ---- the tables: what each SIMD level runs ---- */
+#define MC_TABLE_TYPE(real, sfx)                                                              \
+    typedef struct {                                                                          \
+        int vlen, nvmax;                                                                      \
+        int mr[5];                                                                            \
+        void (*igemm[5])(ptrdiff_t, const real *const *, const ptrdiff_t *, const real *,     \
+                         real *const *, int, int, const real *, int);                         \
+        void (*wgrad[5])(const real *, ptrdiff_t, ptrdiff_t, int, int, const ptrdiff_t *,     \
+                         const real *, ptrdiff_t, ptrdiff_t, real *, ptrdiff_t, int);          \
+    } mc_isa_##sfx;
+MC_TABLE_TYPE(float, f32)
+MC_TABLE_TYPE(double, f64)
+
+#define MC_TABLE2(vlen, s) \
+    {vlen, 2, {0, 12, 6, 0, 0}, {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, \
+     {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}}
+#define MC_TABLE4(vlen, s) \
+    {vlen, 4, {0, 12, 12, 8, 6}, \
+     {0, mk_igemm_1_##s, mk_igemm_2_##s, mk_igemm_3_##s, mk_igemm_4_##s}, \
+     {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s}}
+
+#if MC_X86
+static const mc_isa_f32 mc_isa_tables_f32[3] = {
+    MC_TABLE2(4, base_f32), MC_TABLE2(8, avx2_f32), MC_TABLE4(16, avx512_f32)};
+static const mc_isa_f64 mc_isa_tables_f64[3] = {
+    MC_TABLE2(2, base_f64), MC_TABLE2(4, avx2_f64), MC_TABLE4(8, avx512_f64)};
+#else
+static const mc_isa_f32 mc_isa_tables_f32[3] = {
+    MC_TABLE2(4, base_f32), MC_TABLE2(4, base_f32), MC_TABLE2(4, base_f32)};
+static const mc_isa_f64 mc_isa_tables_f64[3] = {
+    MC_TABLE2(2, base_f64), MC_TABLE2(2, base_f64), MC_TABLE2(2, base_f64)};
+#endif
+
+/* ---- SIMD level and threads: the only state, set from Python before kernels run ---- */
+
+static int mc_best = -1;
+static int mc_level = MC_SIMD_BASELINE;
+static int mc_threads_requested = 0;
+
+static int mc_detect(void)
+{
+#if MC_X86
+    __builtin_cpu_init();   /* also checks that the OS saves the AVX / AVX-512 registers */
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return MC_SIMD_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return MC_SIMD_AVX2;
+#endif
+    return MC_SIMD_BASELINE;
+}
+
+static void mc_init(void)
+{
+    if (mc_best < 0) {
+        mc_best = mc_detect();
+        mc_level = mc_best;
+    }
+}
+
+const char *mc_build_flags(void) { return MC_BUILD_FLAGS; }
+
+int mc_have_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int mc_simd_best(void)
+{
+    mc_init();
+    return mc_best;
+}
+
+int mc_simd_level(void)
+{
+    mc_init();
+    return mc_level;
+}
+
+int mc_set_simd_level(int level)
+{
+    mc_init();
+    if (level < MC_SIMD_BASELINE) level = MC_SIMD_BASELINE;
+    mc_level = level > mc_best ? mc_best : level;
+    return mc_level;
+}
+
+const char *mc_simd_name(int level)
+{
+    switch (level) {
+    case MC_SIMD_AVX512: return "avx512";
+    case MC_SIMD_AVX2: return "avx2";
+    default: return MC_X86 ? "sse2" : "baseline";
+    }
+}
+
+static int mc_threads_now(void)
+{
+#ifdef _OPENMP
+    return mc_threads_requested > 0 ? mc_threads_requested : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int mc_max_threads(void) { return mc_threads_now(); }
+
+void mc_set_num_threads(int threads) { mc_threads_requested = threads > 0 ? threads : 0; }
+
+/* ---- argument checks shared by both dtypes ---- */
+
+/* Every dimension, stride and pad is at most 2^24 and every buffer at most 2^40 elements:
+ * far above any real network, and small enough that no index arithmetic can overflow. */
+#define MC_DIM_MAX (1 << 24)
+#define MC_LEN_MAX ((int64_t)1 << 40)
+
+typedef struct {
+    int64_t x, kernel, xpad, y;
+} mc_conv_sizes;
+
+static int mc_product(int64_t *out, int64_t a, int64_t b, int64_t c, int64_t d)
+{
+    int64_t p = a;
+    const int64_t f[3] = {b, c, d};
+    for (int i = 0; i < 3; i++) {
+        if (f[i] != 0 && p > MC_LEN_MAX / f[i]) return 0;
+        p *= f[i];
+    }
+    *out = p;
+    return p <= MC_LEN_MAX;
+}
+
+static int mc_dims_ok(const int *dims, int count, int lowest)
+{
+    for (int i = 0; i < count; i++)
+        if (dims[i] < lowest || dims[i] > MC_DIM_MAX) return 0;
+    return 1;
+}
+
+static int mc_check_conv(const mc_conv_geom *g, mc_conv_sizes *s)
+{
+    if (!g) return MC_ERR_NULL;
+    const int positive[] = {g->n, g->h, g->w, g->c, g->kh, g->kw, g->f, g->stride_h, g->stride_w};
+    const int pads[] = {g->pad_top, g->pad_bottom, g->pad_left, g->pad_right};
+    if (!mc_dims_ok(positive, 9, 1) || !mc_dims_ok(pads, 4, 0)) return MC_ERR_GEOMETRY;
+    const int64_t hp = (int64_t)g->h + g->pad_top + g->pad_bottom;
+    const int64_t wp = (int64_t)g->w + g->pad_left + g->pad_right;
+    if (hp < g->kh || wp < g->kw) return MC_ERR_GEOMETRY;
+    const int64_t oh = (hp - g->kh) / g->stride_h + 1, ow = (wp - g->kw) / g->stride_w + 1;
+    if (!mc_product(&s->x, g->n, g->h, g->w, g->c) || !mc_product(&s->kernel, g->kh, g->kw, g->c, g->f) ||
+        !mc_product(&s->xpad, g->n, hp, wp, g->c) || !mc_product(&s->y, g->n, oh, ow, g->f))
+        return MC_ERR_GEOMETRY;
+    /* the transposed convolution's frame (dy with margins) is at most (oh + kh) x (ow + kw) */
+    int64_t frame;
+    if (!mc_product(&frame, g->n, oh + g->kh + 1, ow + g->kw + 1, (int64_t)g->f + 64))
+        return MC_ERR_GEOMETRY;
+    return MC_OK;
+}
+
+static int mc_check_pool(const mc_pool_geom *g, int64_t *oh, int64_t *ow)
+{
+    if (!g) return MC_ERR_NULL;
+    const int positive[] = {g->n, g->h, g->w, g->c, g->pool_h, g->pool_w, g->stride_h, g->stride_w};
+    const int pads[] = {g->pad_top, g->pad_bottom, g->pad_left, g->pad_right};
+    if (!mc_dims_ok(positive, 8, 1) || !mc_dims_ok(pads, 4, 0)) return MC_ERR_GEOMETRY;
+    const int64_t hp = (int64_t)g->h + g->pad_top + g->pad_bottom;
+    const int64_t wp = (int64_t)g->w + g->pad_left + g->pad_right;
+    if (hp < g->pool_h || wp < g->pool_w) return MC_ERR_GEOMETRY;
+    *oh = (hp - g->pool_h) / g->stride_h + 1;
+    *ow = (wp - g->pool_w) / g->stride_w + 1;
+    int64_t in, out;
+    /* argmax stores an index inside one image as int32 */
+    if ((int64_t)g->h * g->w * g->c > INT32_MAX) return MC_ERR_GEOMETRY;
+    if (!mc_product(&in, g->n, g->h, g->w, g->c) || !mc_product(&out, g->n, *oh, *ow, g->c))
+        return MC_ERR_GEOMETRY;
+    return MC_OK;
+}
+
+/* ---- the drivers, once per dtype ---- */
+#define DR float
+#define DSFX f32
+#include "tmpl_driver.h"
+#undef DR
+#undef DSFX
+#define DR double
+#define DSFX f64
+#include "tmpl_driver.h"
+#undef DR
+#undef DSFX
+
+/* ---- sizes ---- */
+
+int64_t mc_conv2d_output_len(const mc_conv_geom *g)
+{
+    mc_conv_sizes s;
+    return mc_check_conv(g, &s) ? 0 : s.y;
+}
+
+int64_t mc_conv2d_padded_len(const mc_conv_geom *g)
+{
+    mc_conv_sizes s;
+    return mc_check_conv(g, &s) ? 0 : s.xpad;
+}
+
+int64_t mc_pool2d_output_len(const mc_pool_geom *g)
+{
+    int64_t oh, ow;
+    if (mc_check_pool(g, &oh, &ow)) return 0;
+    return (int64_t)g->n * oh * ow * g->c;
+}
+
+static int64_t mc_elements(int64_t bytes, int elem_size) { return (bytes + elem_size - 1) / elem_size; }
+
+int64_t mc_conv2d_forward_workspace(const mc_conv_geom *g, int elem_size)
+{
+    mc_conv_sizes s;
+    if (mc_check_conv(g, &s) || (elem_size != 4 && elem_size != 8)) return -1;
+    return mc_elements(elem_size == 4 ? forward_work_bytes_f32(g) : forward_work_bytes_f64(g), elem_size);
+}
+
+int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int need_dx, int relu)
+{
+    mc_conv_sizes s;
+    if (mc_check_conv(g, &s) || (elem_size != 4 && elem_size != 8)) return -1;
+    const int vlen_max = 64 / elem_size;
+    const int need_frame = need_dx || relu || g->f % vlen_max != 0;
+    int64_t per_thread;
+    const int64_t fixed = elem_size == 4 ? backward_fixed_bytes_f32(g, need_dx, need_frame, &per_thread)
+                                         : backward_fixed_bytes_f64(g, need_dx, need_frame, &per_thread);
+    return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
+}

@@ -1,0 +1,124 @@
+/* minicnn's C engine: convolution and max pooling for NHWC images, float32 and float64.
+ *
+ * Layout (as in Keras): images x (N, H, W, C) and kernels (KH, KW, C, F), all C-contiguous.
+ * Output size: OH = 1 + (H + pad_top + pad_bottom - KH) / stride_h, OW likewise.
+ *
+ * Contract with the Python wrapper (minicnn/kernels/c_engine.py):
+ *   - every buffer comes with its length in elements and every function checks those lengths
+ *     against the geometry before touching memory; a mismatch returns MC_ERR_SIZE and writes
+ *     nothing, so C never reads or writes past a buffer the caller handed over;
+ *   - scratch memory ("workspace") is owned by the caller, sized by the *_workspace functions;
+ *   - nothing here allocates memory, touches the Python API or keeps state between calls,
+ *     apart from the chosen SIMD level and thread count.
+ *
+ * The text between the cdef markers is read verbatim by csrc/build_kernels.py as the cffi
+ * declarations, so it must stay plain C declarations without preprocessor lines.
+ */
+#ifndef MINICNN_KERNELS_H
+#define MINICNN_KERNELS_H
+
+#include <stdint.h>
+
+/* cdef-begin */
+enum {
+    MC_OK = 0,
+    MC_ERR_GEOMETRY = 1,   /* impossible shape, stride or padding */
+    MC_ERR_SIZE = 2,       /* a buffer length does not match the geometry */
+    MC_ERR_NULL = 3        /* a required pointer is NULL */
+};
+
+enum { MC_SIMD_BASELINE = 0, MC_SIMD_AVX2 = 1, MC_SIMD_AVX512 = 2 };
+
+/* Geometry of one convolution: input (n, h, w, c), kernel (kh, kw, c, f), strides and pads. */
+typedef struct {
+    int n, h, w, c;
+    int kh, kw, f;
+    int stride_h, stride_w;
+    int pad_top, pad_bottom, pad_left, pad_right;
+} mc_conv_geom;
+
+/* Geometry of one max pooling: input (n, h, w, c), window, strides and pads. */
+typedef struct {
+    int n, h, w, c;
+    int pool_h, pool_w;
+    int stride_h, stride_w;
+    int pad_top, pad_bottom, pad_left, pad_right;
+} mc_pool_geom;
+
+/* Engine facts for backend_info(). */
+const char *mc_build_flags(void);
+int mc_have_openmp(void);
+int mc_simd_level(void);                  /* the level in use: MC_SIMD_* */
+int mc_simd_best(void);                   /* the best level this CPU and build support */
+int mc_set_simd_level(int level);         /* clamps to mc_simd_best(); returns the level set */
+const char *mc_simd_name(int level);
+int mc_max_threads(void);
+void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default */
+
+/* Output sizes; 0 when the geometry is invalid. */
+int64_t mc_conv2d_output_len(const mc_conv_geom *g);
+int64_t mc_conv2d_padded_len(const mc_conv_geom *g);
+
+/* Workspace sizes in elements of the given size (4 or 8 bytes); -1 for an invalid geometry. */
+int64_t mc_conv2d_forward_workspace(const mc_conv_geom *g, int elem_size);
+int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int need_dx, int relu);
+
+/* Forward: y = act(conv(x, kernel) + bias). Writes the zero-padded input to xpad
+ * (n, h + pad_top + pad_bottom, w + pad_left + pad_right, c): the backward pass reads it.
+ * bias may be NULL (bias_len 0). relu != 0 applies max(0, .) (NaN propagates). */
+int mc_conv2d_forward_f32(const mc_conv_geom *g,
+                          const float *x, int64_t x_len,
+                          const float *kernel, int64_t kernel_len,
+                          const float *bias, int64_t bias_len, int relu,
+                          float *xpad, int64_t xpad_len,
+                          float *y, int64_t y_len,
+                          float *work, int64_t work_len);
+int mc_conv2d_forward_f64(const mc_conv_geom *g,
+                          const double *x, int64_t x_len,
+                          const double *kernel, int64_t kernel_len,
+                          const double *bias, int64_t bias_len, int relu,
+                          double *xpad, int64_t xpad_len,
+                          double *y, int64_t y_len,
+                          double *work, int64_t work_len);
+
+/* Backward from the forward's xpad. relu_y, when not NULL, is the forward output of a fused
+ * ReLU: the gradient is masked by relu_y > 0 first. dx (NULL to skip) gets the input gradient,
+ * dkernel the kernel gradient, dbias (NULL to skip) the bias gradient. */
+int mc_conv2d_backward_f32(const mc_conv_geom *g,
+                           const float *xpad, int64_t xpad_len,
+                           const float *kernel, int64_t kernel_len,
+                           const float *dy, int64_t dy_len,
+                           const float *relu_y, int64_t relu_y_len,
+                           float *dx, int64_t dx_len,
+                           float *dkernel, int64_t dkernel_len,
+                           float *dbias, int64_t dbias_len,
+                           float *work, int64_t work_len);
+int mc_conv2d_backward_f64(const mc_conv_geom *g,
+                           const double *xpad, int64_t xpad_len,
+                           const double *kernel, int64_t kernel_len,
+                           const double *dy, int64_t dy_len,
+                           const double *relu_y, int64_t relu_y_len,
+                           double *dx, int64_t dx_len,
+                           double *dkernel, int64_t dkernel_len,
+                           double *dbias, int64_t dbias_len,
+                           double *work, int64_t work_len);
+
+int64_t mc_pool2d_output_len(const mc_pool_geom *g);
+
+/* Max pooling with -inf padding. argmax receives, for every output, the flat index of the
+ * winner inside its own image (h * w * c space), or -1 when a padding cell won. Ties: first
+ * maximum in row-major window order; a NaN wins and stays. */
+int mc_maxpool2d_forward_f32(const mc_pool_geom *g, const float *x, int64_t x_len,
+                             float *y, int64_t y_len, int32_t *argmax, int64_t argmax_len);
+int mc_maxpool2d_forward_f64(const mc_pool_geom *g, const double *x, int64_t x_len,
+                             double *y, int64_t y_len, int32_t *argmax, int64_t argmax_len);
+/* dx = 0, then dx[winner] += dy for every output (overlapping windows add up). */
+int mc_maxpool2d_backward_f32(const mc_pool_geom *g, const float *dy, int64_t dy_len,
+                              const int32_t *argmax, int64_t argmax_len,
+                              float *dx, int64_t dx_len);
+int mc_maxpool2d_backward_f64(const mc_pool_geom *g, const double *dy, int64_t dy_len,
+                              const int32_t *argmax, int64_t argmax_len,
+                              double *dx, int64_t dx_len);
+/* cdef-end */
+
+#endif

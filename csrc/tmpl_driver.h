@@ -1,0 +1,558 @@
+/* The convolution and pooling drivers, written once for both dtypes and compiled twice by
+ * csrc/kernels.c. No include guard: this file is a template.
+ *
+ * Before including, define DR (float or double) and DSFX (f32 or f64); csrc/kernels.c has
+ * already defined the microkernel table type DN(mc_isa) and the tables DN(mc_isa_tables).
+ *
+ * Every function below trusts its arguments: the public entry points at the bottom check
+ * the geometry and every buffer length first.
+ *
+ * Algorithm (docs/architecture.md has the measurements that chose it):
+ *   forward   copy x once into a zero-padded buffer (kept for backward), then for every tile of
+ *             MR output pixels x NB filters run the igemm microkernel straight on the padded
+ *             image: no im2col buffer, the kernel taps are a table of offsets.
+ *   dkernel   per thread, a private gradient; every image adds MR rows x NB filters at a time
+ *             with the wgrad microkernel (the reduction over the image's pixels stays in
+ *             registers); then the private gradients are summed in a fixed order.
+ *   dx        the transposed convolution of dy, again with igemm: dy is copied once into a
+ *             zero-margined buffer and, for strides > 1, the output pixels are split by their
+ *             phase (row mod stride_h, column mod stride_w) so that each phase is a dense
+ *             convolution with its own subset of kernel taps: no zeros are ever multiplied.
+ */
+#define DCAT2(a, b) a##_##b
+#define DCAT(a, b) DCAT2(a, b)
+#define DN(base) DCAT(base, DSFX)
+
+/* A bump allocator over the caller's workspace: 64-byte aligned regions. */
+typedef struct {
+    char *next;
+    char *end;
+} DN(mc_arena);
+
+static void *DN(arena_take)(DN(mc_arena) *arena, int64_t bytes)
+{
+    uintptr_t p = ((uintptr_t)arena->next + 63u) & ~(uintptr_t)63u;
+    if (bytes < 0 || (char *)p > arena->end || (int64_t)(arena->end - (char *)p) < bytes) return NULL;
+    arena->next = (char *)p + bytes;
+    return (void *)p;
+}
+
+/* Copy one image into its zero-padded frame. */
+static void DN(pad_image)(const DR *x, int h, int w, int c, int top, int bottom, int left,
+                          int right, DR *xp)
+{
+    const int wp = w + left + right;
+    const size_t row = (size_t)wp * c;
+    memset(xp, 0, (size_t)top * row * sizeof(DR));
+    for (int r = 0; r < h; r++) {
+        DR *dst = xp + (size_t)(top + r) * row;
+        memset(dst, 0, (size_t)left * c * sizeof(DR));
+        memcpy(dst + (size_t)left * c, x + (size_t)r * w * c, (size_t)w * c * sizeof(DR));
+        memset(dst + (size_t)(left + w) * c, 0, (size_t)right * c * sizeof(DR));
+    }
+    memset(xp + (size_t)(top + h) * row, 0, (size_t)bottom * row * sizeof(DR));
+}
+
+/* Column blocks: block b covers columns [b*nb, min(cols, (b+1)*nb)), stored as rows x width
+ * with width a whole number of vectors (zeros past cols), at offset b*nb*rows. */
+static int DN(block_vectors)(int cols, int b, int nb, int vlen)
+{
+    int width = cols - b * nb;
+    if (width > nb) width = nb;
+    return (width + vlen - 1) / vlen;
+}
+
+/* Run igemm over `tiles` of output rows. pixel_ptrs fills the a and c pointers of a tile. */
+typedef struct {
+    /* forward: pixel -> (n, p, q); dx: pixel -> (n, hh, ww) inside one phase */
+    int64_t count;                 /* pixels */
+    int rows, cols;                /* output pixels per image are rows x cols */
+    const DR *a_base;              /* input buffer */
+    ptrdiff_t a_img, a_row, a_col; /* strides in the input buffer per image, row, column */
+    DR *c_base;                    /* output buffer */
+    ptrdiff_t c_img, c_row, c_col; /* strides in the output per image, row, column */
+} DN(mc_tiling);
+
+static void DN(run_igemm)(const DN(mc_isa) *isa, const DN(mc_tiling) *tl, ptrdiff_t K,
+                          const ptrdiff_t *aoff, const DR *packed, const DR *packed_bias,
+                          int out_cols, int relu, int threads)
+{
+    const int vlen = isa->vlen, nb = isa->nvmax * vlen;
+    const int blocks = (out_cols + nb - 1) / nb;
+    const int64_t per_img = (int64_t)tl->rows * tl->cols;
+    if (tl->count <= 0) return;
+    for (int b = 0; b < blocks; b++) {
+        const int nv = DN(block_vectors)(out_cols, b, nb, vlen);
+        const int mr_max = isa->mr[nv];
+        const int last_cols = out_cols - b * nb - (nv - 1) * vlen;
+        const DR *bpack = packed + (ptrdiff_t)b * nb * K;
+        const DR *bbias = packed_bias ? packed_bias + (ptrdiff_t)b * nb : NULL;
+        const int64_t tiles = (tl->count + mr_max - 1) / mr_max;
+        void (*kernel)(ptrdiff_t, const DR *const *, const ptrdiff_t *, const DR *, DR *const *,
+                       int, int, const DR *, int) = isa->igemm[nv];
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tiles > 1)
+#endif
+        for (int64_t tile = 0; tile < tiles; tile++) {
+            const DR *a[MK_MRMAX];
+            DR *c[MK_MRMAX];
+            const int64_t first = tile * mr_max;
+            const int mr = (int)(tl->count - first < mr_max ? tl->count - first : mr_max);
+            int64_t n = first / per_img, r = first % per_img;
+            int row = (int)(r / tl->cols), col = (int)(r % tl->cols);
+            for (int t = 0; t < mr_max; t++) {
+                a[t] = tl->a_base + n * tl->a_img + row * tl->a_row + col * tl->a_col;
+                c[t] = tl->c_base + n * tl->c_img + row * tl->c_row + col * tl->c_col + b * nb;
+                /* rows past the end repeat the last pixel: computed, never stored */
+                if (t + 1 < mr && ++col == tl->cols) {
+                    col = 0;
+                    if (++row == tl->rows) { row = 0; n++; }
+                }
+            }
+            kernel(K, a, aoff, bpack, c, mr, last_cols, bbias, relu);
+        }
+        (void)threads;
+    }
+}
+
+/* ---- convolution geometry shared by forward, backward and the workspace queries ---- */
+
+typedef struct {
+    int64_t hp, wp, oh, ow, K;
+    /* transposed-convolution (dx) frame: dy with margins, per-phase sizes */
+    int64_t mt, mb, ml, mrt, hd, wd;
+} DN(mc_conv_dims);
+
+static int64_t DN(round_up)(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/* Largest vector length of any instruction set for this dtype: workspace sizes use it so
+ * that they do not depend on the SIMD level picked at run time. */
+#define DN_VLEN_MAX ((int)(64 / sizeof(DR)))
+
+static void DN(conv_dims)(const mc_conv_geom *g, DN(mc_conv_dims) *d)
+{
+    d->hp = (int64_t)g->h + g->pad_top + g->pad_bottom;
+    d->wp = (int64_t)g->w + g->pad_left + g->pad_right;
+    d->oh = (d->hp - g->kh) / g->stride_h + 1;
+    d->ow = (d->wp - g->kw) / g->stride_w + 1;
+    d->K = (int64_t)g->kh * g->kw * g->c;
+    /* dx[h] gathers dy[(h + top - i) / stride] for the taps i with (h + top - i) % stride == 0;
+     * the margins make every such row index land inside the dy frame (zeros outside dy). */
+    d->mt = d->mb = d->ml = d->mrt = 0;
+    for (int h = 0; h < g->h && h < g->stride_h * 2 + g->kh; h++) {
+        const int hp = h + g->pad_top, ph = hp % g->stride_h;
+        const int taps = ph < g->kh ? (g->kh - 1 - ph) / g->stride_h + 1 : 0;
+        if (taps > 0 && taps - 1 - hp / g->stride_h > d->mt) d->mt = taps - 1 - hp / g->stride_h;
+    }
+    if ((g->h - 1 + g->pad_top) / g->stride_h - (d->oh - 1) > 0)
+        d->mb = (g->h - 1 + g->pad_top) / g->stride_h - (d->oh - 1);
+    for (int w = 0; w < g->w && w < g->stride_w * 2 + g->kw; w++) {
+        const int wp = w + g->pad_left, pw = wp % g->stride_w;
+        const int taps = pw < g->kw ? (g->kw - 1 - pw) / g->stride_w + 1 : 0;
+        if (taps > 0 && taps - 1 - wp / g->stride_w > d->ml) d->ml = taps - 1 - wp / g->stride_w;
+    }
+    if ((g->w - 1 + g->pad_left) / g->stride_w - (d->ow - 1) > 0)
+        d->mrt = (g->w - 1 + g->pad_left) / g->stride_w - (d->ow - 1);
+    d->hd = d->mt + d->oh + d->mb;
+    d->wd = d->ml + d->ow + d->mrt;
+}
+
+/* Bytes of workspace, including 64 bytes of alignment slack per region. */
+static int64_t DN(forward_work_bytes)(const mc_conv_geom *g)
+{
+    DN(mc_conv_dims) d;
+    DN(conv_dims)(g, &d);
+    const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX);
+    return (d.K * fpad + fpad) * (int64_t)sizeof(DR) + d.K * (int64_t)sizeof(ptrdiff_t) + 3 * 64;
+}
+
+/* dyP (when used), per-thread kernel and bias gradients, packed transposed kernel, offsets. */
+static int64_t DN(backward_fixed_bytes)(const mc_conv_geom *g, int need_dx, int need_dy_frame,
+                                        int64_t *per_thread)
+{
+    DN(mc_conv_dims) d;
+    DN(conv_dims)(g, &d);
+    const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX);
+    const int64_t cpad = DN(round_up)(g->c, DN_VLEN_MAX);
+    const int64_t taps = (int64_t)g->kh * g->kw * g->f;
+    int64_t bytes = 4 * 64;
+    if (need_dy_frame) {
+        const int64_t frame = need_dx ? d.hd * d.wd : d.oh * d.ow;
+        bytes += (int64_t)g->n * frame * fpad * (int64_t)sizeof(DR);
+    }
+    if (need_dx) bytes += taps * cpad * (int64_t)sizeof(DR) + taps * (int64_t)sizeof(ptrdiff_t);
+    *per_thread = (d.K * fpad + fpad) * (int64_t)sizeof(DR) + 64;
+    return bytes;
+}
+
+/* ---- forward ---- */
+
+static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel,
+                             const DR *bias, int relu, DR *xpad, DR *y, DN(mc_arena) *arena,
+                             int threads)
+{
+    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
+    DN(mc_conv_dims) d;
+    DN(conv_dims)(g, &d);
+    const int vlen = isa->vlen, nb = isa->nvmax * vlen, F = g->f, C = g->c;
+    const int64_t K = d.K;
+    const int64_t fpad = DN(round_up)(F, DN_VLEN_MAX);
+    DR *packed = DN(arena_take)(arena, K * fpad * (int64_t)sizeof(DR));
+    DR *packed_bias = DN(arena_take)(arena, fpad * (int64_t)sizeof(DR));
+    ptrdiff_t *aoff = DN(arena_take)(arena, K * (int64_t)sizeof(ptrdiff_t));
+    const size_t img_in = (size_t)g->h * g->w * C, img_pad = (size_t)(d.hp * d.wp * C);
+
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
+#endif
+    for (int n = 0; n < g->n; n++)
+        DN(pad_image)(x + n * img_in, g->h, g->w, C, g->pad_top, g->pad_bottom, g->pad_left,
+                      g->pad_right, xpad + n * img_pad);
+
+    /* kernel (K, F) -> column blocks of whole vectors; tap k reads offset aoff[k] */
+    for (int b = 0; b * nb < F; b++) {
+        const int width = DN(block_vectors)(F, b, nb, vlen) * vlen;
+        DR *dst = packed + (ptrdiff_t)b * nb * K;
+        for (int64_t k = 0; k < K; k++)
+            for (int j = 0; j < width; j++)
+                dst[k * width + j] = b * nb + j < F ? kernel[k * F + b * nb + j] : (DR)0;
+        for (int j = 0; j < width; j++)
+            packed_bias[b * nb + j] = bias && b * nb + j < F ? bias[b * nb + j] : (DR)0;
+    }
+    for (int i = 0, k = 0; i < g->kh; i++)
+        for (int j = 0; j < g->kw; j++)
+            for (int c = 0; c < C; c++, k++) aoff[k] = ((ptrdiff_t)i * d.wp + j) * C + c;
+
+    DN(mc_tiling) tl = {
+        .count = (int64_t)g->n * d.oh * d.ow, .rows = (int)d.oh, .cols = (int)d.ow,
+        .a_base = xpad, .a_img = (ptrdiff_t)img_pad,
+        .a_row = (ptrdiff_t)g->stride_h * d.wp * C, .a_col = (ptrdiff_t)g->stride_w * C,
+        .c_base = y, .c_img = (ptrdiff_t)(d.oh * d.ow * F), .c_row = (ptrdiff_t)d.ow * F,
+        .c_col = F,
+    };
+    DN(run_igemm)(isa, &tl, K, aoff, packed, bias ? packed_bias : NULL, F, relu, threads);
+}
+
+/* ---- backward ---- */
+
+static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
+                              const DR *dy, const DR *relu_y, DR *dx, DR *dkernel, DR *dbias,
+                              DN(mc_arena) *arena, int64_t per_thread_bytes, int threads)
+{
+    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
+    DN(mc_conv_dims) d;
+    DN(conv_dims)(g, &d);
+    const int vlen = isa->vlen, nb = isa->nvmax * vlen, F = g->f, C = g->c;
+    const int64_t K = d.K, fpad = DN(round_up)(F, DN_VLEN_MAX), cpad = DN(round_up)(C, DN_VLEN_MAX);
+    const int64_t fv = DN(round_up)(F, vlen);   /* the dy frame's row length */
+    const int need_frame = dx != NULL || relu_y != NULL || F % vlen != 0;
+    const int64_t mt = dx ? d.mt : 0, ml = dx ? d.ml : 0;
+    const int64_t hd = dx ? d.hd : d.oh, wd = dx ? d.wd : d.ow;
+    const size_t img_dy = (size_t)(d.oh * d.ow * F), img_pad = (size_t)(d.hp * d.wp * C);
+
+    DR *frame = need_frame ? DN(arena_take)(arena, (int64_t)g->n * hd * wd * fpad * (int64_t)sizeof(DR)) : NULL;
+    DR *wpacked = NULL;
+    ptrdiff_t *toff = NULL;
+    if (dx) {
+        wpacked = DN(arena_take)(arena, (int64_t)g->kh * g->kw * F * cpad * (int64_t)sizeof(DR));
+        toff = DN(arena_take)(arena, (int64_t)g->kh * g->kw * F * (int64_t)sizeof(ptrdiff_t));
+    }
+    /* the rest of the arena: one private gradient (K x fpad, then fpad for the bias) per thread */
+    int parts = (int)((arena->end - arena->next) / per_thread_bytes);
+    if (parts > threads) parts = threads;
+    if (parts < 1) parts = 1;   /* the size check guarantees one */
+    DR *priv[64];
+    if (parts > 64) parts = 64;
+    for (int t = 0; t < parts; t++) priv[t] = DN(arena_take)(arena, per_thread_bytes - 64);
+
+    /* dy source for the kernel gradient: the frame's interior, or dy itself */
+    const DR *src = dy;
+    ptrdiff_t src_img = (ptrdiff_t)img_dy, src_row = (ptrdiff_t)d.ow * F, src_col = F;
+    if (need_frame) {
+        const size_t frame_img = (size_t)(hd * wd * fv);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
+#endif
+        for (int n = 0; n < g->n; n++) {
+            DR *fr = frame + n * frame_img;
+            memset(fr, 0, frame_img * sizeof(DR));
+            for (int64_t p = 0; p < d.oh; p++) {
+                for (int64_t q = 0; q < d.ow; q++) {
+                    const size_t at = n * img_dy + (size_t)((p * d.ow + q) * F);
+                    DR *o = fr + ((p + mt) * wd + q + ml) * fv;
+                    if (relu_y) {
+                        for (int f = 0; f < F; f++) o[f] = relu_y[at + f] > 0 ? dy[at + f] : (DR)0;
+                    } else {
+                        memcpy(o, dy + at, (size_t)F * sizeof(DR));
+                    }
+                }
+            }
+        }
+        src = frame + (mt * wd + ml) * fv;
+        src_img = (ptrdiff_t)frame_img;
+        src_row = (ptrdiff_t)(wd * fv);
+        src_col = (ptrdiff_t)fv;
+    }
+
+    /* kernel and bias gradients: images split over threads, each into its own accumulator */
+    const int nbw = (F + nb - 1) / nb;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(parts) if (parts > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num();
+#else
+        const int tid = 0;
+#endif
+        DR *acc = priv[tid];
+        DR *acc_bias = acc + K * fpad;
+        memset(acc, 0, (size_t)(K * fpad + fpad) * sizeof(DR));
+        ptrdiff_t offs[MK_MRMAX];
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int n = 0; n < g->n; n++) {
+            const DR *xi = xpad + n * img_pad;
+            const DR *di = src + n * src_img;
+            for (int b = 0; b < nbw; b++) {
+                const int nv = DN(block_vectors)(F, b, nb, vlen);
+                const int mr_max = isa->mr[nv];
+                for (int64_t m0 = 0; m0 < K; m0 += mr_max) {
+                    const int mr = (int)(K - m0 < mr_max ? K - m0 : mr_max);
+                    for (int t = 0; t < mr_max; t++) {
+                        const int64_t m = m0 + (t < mr ? t : mr - 1);
+                        const int64_t c = m % C, j = (m / C) % g->kw, i = m / C / g->kw;
+                        offs[t] = (ptrdiff_t)((i * d.wp + j) * C + c);
+                    }
+                    isa->wgrad[nv](xi, (ptrdiff_t)g->stride_h * d.wp * C, (ptrdiff_t)g->stride_w * C,
+                                   (int)d.oh, (int)d.ow, offs, di + b * nb, src_row, src_col,
+                                   acc + m0 * fpad + b * nb, (ptrdiff_t)fpad, mr);
+                }
+            }
+            if (dbias) {
+                for (int64_t p = 0; p < d.oh; p++)
+                    for (int64_t q = 0; q < d.ow; q++) {
+                        const DR *row = di + p * src_row + q * src_col;
+                        for (int f = 0; f < F; f++) acc_bias[f] += row[f];
+                    }
+            }
+        }
+    }
+    /* sum the private gradients in thread order: the result does not depend on scheduling */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && K > 64)
+#endif
+    for (int64_t k = 0; k < K; k++) {
+        for (int f = 0; f < F; f++) {
+            DR s = priv[0][k * fpad + f];
+            for (int t = 1; t < parts; t++) s += priv[t][k * fpad + f];
+            dkernel[k * F + f] = s;
+        }
+    }
+    if (dbias) {
+        for (int f = 0; f < F; f++) {
+            DR s = priv[0][K * fpad + f];
+            for (int t = 1; t < parts; t++) s += priv[t][K * fpad + f];
+            dbias[f] = s;
+        }
+    }
+    if (!dx) return;
+
+    /* input gradient: one dense transposed convolution per phase (row mod sh, column mod sw) */
+    const int sh = g->stride_h, sw = g->stride_w;
+    ptrdiff_t tap_base = 0;
+    for (int ph = 0; ph < sh; ph++) {
+        for (int pw = 0; pw < sw; pw++) {
+            const int nu = ph < g->kh ? (g->kh - 1 - ph) / sh + 1 : 0;
+            const int nvt = pw < g->kw ? (g->kw - 1 - pw) / sw + 1 : 0;
+            const int64_t kph = (int64_t)nu * nvt * F;
+            /* the dx pixels of this phase: h = h0 + hh * sh with (h + top) % sh == ph */
+            const int h0 = ((ph - g->pad_top) % sh + sh) % sh;
+            const int w0 = ((pw - g->pad_left) % sw + sw) % sw;
+            const int hph = h0 < g->h ? (g->h - 1 - h0) / sh + 1 : 0;
+            const int wph = w0 < g->w ? (g->w - 1 - w0) / sw + 1 : 0;
+            if (hph == 0 || wph == 0) continue;
+            DR *bp = wpacked + tap_base * cpad;
+            ptrdiff_t *aoff = toff + tap_base;
+            /* taps (u, v, f): kernel[ph + sh*u, pw + sw*v, :, f], read at dy row -u, column -v */
+            for (int b = 0; b * nb < C; b++) {
+                const int width = DN(block_vectors)(C, b, nb, vlen) * vlen;
+                DR *dst = bp + (ptrdiff_t)b * nb * kph;
+                int64_t k = 0;
+                for (int u = 0; u < nu; u++)
+                    for (int v = 0; v < nvt; v++)
+                        for (int f = 0; f < F; f++, k++) {
+                            const DR *w = kernel + ((ptrdiff_t)((ph + sh * u) * g->kw + pw + sw * v) * C) * F + f;
+                            for (int j = 0; j < width; j++)
+                                dst[k * width + j] = b * nb + j < C ? w[(ptrdiff_t)(b * nb + j) * F] : (DR)0;
+                        }
+            }
+            {
+                int64_t k = 0;
+                for (int u = 0; u < nu; u++)
+                    for (int v = 0; v < nvt; v++)
+                        for (int f = 0; f < F; f++, k++) aoff[k] = (ptrdiff_t)((-u * wd - v) * fv + f);
+            }
+            const int hp0 = h0 + g->pad_top, wp0 = w0 + g->pad_left;
+            DN(mc_tiling) tl = {
+                .count = (int64_t)g->n * hph * wph, .rows = hph, .cols = wph,
+                .a_base = frame + ((hp0 / sh + mt) * wd + wp0 / sw + ml) * fv,
+                .a_img = (ptrdiff_t)(hd * wd * fv), .a_row = (ptrdiff_t)(wd * fv), .a_col = (ptrdiff_t)fv,
+                .c_base = dx + ((ptrdiff_t)h0 * g->w + w0) * C,
+                .c_img = (ptrdiff_t)g->h * g->w * C, .c_row = (ptrdiff_t)sh * g->w * C,
+                .c_col = (ptrdiff_t)sw * C,
+            };
+            DN(run_igemm)(isa, &tl, kph, aoff, bp, NULL, C, 0, threads);
+            tap_base += kph;
+        }
+    }
+    /* dx pixels no tap reaches (their phase has no taps, or rows past the last window) were
+     * still written by run_igemm with K = 0 (zeros), except phases with no pixels at all. */
+}
+
+/* ---- max pooling ---- */
+
+static void DN(maxpool_forward)(const mc_pool_geom *g, const DR *x, DR *y, int32_t *argmax,
+                                int64_t oh, int64_t ow, int threads)
+{
+    const int C = g->c;
+    const int64_t rows = (int64_t)g->n * oh;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t n = r / oh, p = r % oh;
+        const DR *xi = x + n * (int64_t)g->h * g->w * C;
+        for (int64_t q = 0; q < ow; q++) {
+            DR *yo = y + (r * ow + q) * C;
+            int32_t *ao = argmax + (r * ow + q) * C;
+            for (int i = 0; i < g->pool_h; i++) {
+                for (int j = 0; j < g->pool_w; j++) {
+                    const int64_t hh = p * g->stride_h + i - g->pad_top;
+                    const int64_t ww = q * g->stride_w + j - g->pad_left;
+                    const int first = i == 0 && j == 0;
+                    if (hh < 0 || hh >= g->h || ww < 0 || ww >= g->w) {
+                        /* a padding cell is -inf: it wins only as the first of its window */
+                        if (first)
+                            for (int c = 0; c < C; c++) { yo[c] = -(DR)INFINITY; ao[c] = -1; }
+                        continue;
+                    }
+                    const int32_t base = (int32_t)((hh * g->w + ww) * C);
+                    const DR *xr = xi + base;
+                    if (first) {
+                        for (int c = 0; c < C; c++) { yo[c] = xr[c]; ao[c] = base + c; }
+                        continue;
+                    }
+                    for (int c = 0; c < C; c++) {
+                        const DR v = xr[c], best = yo[c];
+                        /* strictly greater keeps the first maximum; a NaN beats numbers */
+                        const int better = (v > best) | ((v != v) & (best == best));
+                        yo[c] = better ? v : best;
+                        ao[c] = better ? base + c : ao[c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void DN(maxpool_backward)(const mc_pool_geom *g, const DR *dy, const int32_t *argmax,
+                                 DR *dx, int64_t oh, int64_t ow, int threads)
+{
+    const int64_t img_in = (int64_t)g->h * g->w * g->c, img_out = oh * ow * g->c;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
+#endif
+    for (int n = 0; n < g->n; n++) {
+        DR *dxi = dx + n * img_in;
+        const DR *dyi = dy + n * img_out;
+        const int32_t *ai = argmax + n * img_out;
+        memset(dxi, 0, (size_t)img_in * sizeof(DR));
+        for (int64_t k = 0; k < img_out; k++)
+            if (ai[k] >= 0) dxi[ai[k]] += dyi[k];
+    }
+}
+
+/* ---- public entry points: check everything, then run ---- */
+
+int DN(mc_conv2d_forward)(const mc_conv_geom *g, const DR *x, int64_t x_len, const DR *kernel,
+                          int64_t kernel_len, const DR *bias, int64_t bias_len, int relu,
+                          DR *xpad, int64_t xpad_len, DR *y, int64_t y_len, DR *work,
+                          int64_t work_len)
+{
+    mc_conv_sizes s;
+    int err = mc_check_conv(g, &s);
+    if (err) return err;
+    mc_init();
+    if (!x || !kernel || !xpad || !y || !work) return MC_ERR_NULL;
+    if (x_len != s.x || kernel_len != s.kernel || xpad_len != s.xpad || y_len != s.y ||
+        (bias ? bias_len != g->f : bias_len != 0))
+        return MC_ERR_SIZE;
+    if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
+        work_len * (int64_t)sizeof(DR) < DN(forward_work_bytes)(g))
+        return MC_ERR_SIZE;
+    DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
+    DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &arena, mc_threads_now());
+    return MC_OK;
+}
+
+int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_len,
+                           const DR *kernel, int64_t kernel_len, const DR *dy, int64_t dy_len,
+                           const DR *relu_y, int64_t relu_y_len, DR *dx, int64_t dx_len,
+                           DR *dkernel, int64_t dkernel_len, DR *dbias, int64_t dbias_len,
+                           DR *work, int64_t work_len)
+{
+    mc_conv_sizes s;
+    int err = mc_check_conv(g, &s);
+    if (err) return err;
+    mc_init();
+    if (!xpad || !kernel || !dy || !dkernel || !work) return MC_ERR_NULL;
+    if (xpad_len != s.xpad || kernel_len != s.kernel || dy_len != s.y ||
+        dkernel_len != s.kernel || (relu_y ? relu_y_len != s.y : relu_y_len != 0) ||
+        (dx ? dx_len != s.x : dx_len != 0) || (dbias ? dbias_len != g->f : dbias_len != 0))
+        return MC_ERR_SIZE;
+    int64_t per_thread;
+    const int need_frame = dx != NULL || relu_y != NULL || g->f % DN_VLEN_MAX != 0;
+    const int64_t fixed = DN(backward_fixed_bytes)(g, dx != NULL, need_frame, &per_thread);
+    if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
+        work_len * (int64_t)sizeof(DR) < fixed + per_thread)
+        return MC_ERR_SIZE;
+    DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
+    DN(conv_backward)(g, xpad, kernel, dy, relu_y, dx, dkernel, dbias, &arena, per_thread,
+                      mc_threads_now());
+    return MC_OK;
+}
+
+int DN(mc_maxpool2d_forward)(const mc_pool_geom *g, const DR *x, int64_t x_len, DR *y,
+                             int64_t y_len, int32_t *argmax, int64_t argmax_len)
+{
+    int64_t oh, ow;
+    int err = mc_check_pool(g, &oh, &ow);
+    if (err) return err;
+    if (!x || !y || !argmax) return MC_ERR_NULL;
+    const int64_t out = (int64_t)g->n * oh * ow * g->c;
+    if (x_len != (int64_t)g->n * g->h * g->w * g->c || y_len != out || argmax_len != out)
+        return MC_ERR_SIZE;
+    DN(maxpool_forward)(g, x, y, argmax, oh, ow, mc_threads_now());
+    return MC_OK;
+}
+
+int DN(mc_maxpool2d_backward)(const mc_pool_geom *g, const DR *dy, int64_t dy_len,
+                              const int32_t *argmax, int64_t argmax_len, DR *dx, int64_t dx_len)
+{
+    int64_t oh, ow;
+    int err = mc_check_pool(g, &oh, &ow);
+    if (err) return err;
+    if (!dy || !argmax || !dx) return MC_ERR_NULL;
+    const int64_t out = (int64_t)g->n * oh * ow * g->c;
+    if (dx_len != (int64_t)g->n * g->h * g->w * g->c || dy_len != out || argmax_len != out)
+        return MC_ERR_SIZE;
+    DN(maxpool_backward)(g, dy, argmax, dx, oh, ow, mc_threads_now());
+    return MC_OK;
+}
+
+#undef DN_VLEN_MAX
+#undef DN
+#undef DCAT
+#undef DCAT2

@@ -1,0 +1,310 @@
+"""The C engine: a thin, checking wrapper over the cffi extension ``minicnn._kernels``.
+
+Importing this module raises ImportError when the extension was not built; the kernel face
+(minicnn/kernels/__init__.py) catches that and falls back to the NumPy engine.
+
+Every call into C goes through ``_call``, the one door: each array argument is wrapped in
+``_In`` (read by C) or ``_Out`` (written by C), which checks the dtype, C-contiguity,
+writability and the exact number of elements the geometry implies before the pointer is
+taken; C checks the same lengths again and returns an error code instead of touching memory
+when they disagree. Inputs that are not C-contiguous are copied first (``_contiguous``);
+outputs are always fresh arrays. Scratch memory ("workspace") is one growing buffer per dtype
+and Python thread, reused from call to call, so steady-state training allocates only the
+arrays it returns and the caches.
+
+Layout as everywhere in minicnn: images NHWC (N, H, W, C), kernels (KH, KW, C, F).
+Environment: MINICNN_SIMD=avx512|avx2|sse2 caps the SIMD level (default: the best the CPU
+has); OMP_NUM_THREADS sets the threads (default: all cores).
+"""
+import os
+import threading
+import warnings
+
+import numpy as np
+
+from .._kernels import ffi, lib
+
+NAME = "c"
+
+_SUFFIX = {np.dtype(np.float32): ("_f32", "float[]"), np.dtype(np.float64): ("_f64", "double[]")}
+_INT32 = np.dtype(np.int32)
+_ERRORS = {
+    1: "the geometry is invalid (shape, stride or padding)",
+    2: "a buffer length does not match the geometry",
+    3: "a required buffer is missing",
+}
+_SIMD_LEVELS = {"sse2": 0, "baseline": 0, "avx2": 1, "avx512": 2}
+
+
+# ---- the one door into C ----
+
+class _In:
+    """An array C reads: must already have the dtype and exactly `size` elements."""
+
+    writable = False
+
+    def __init__(self, name, array, dtype, size, optional=False):
+        self.name, self.array, self.dtype, self.size, self.optional = name, array, dtype, size, optional
+
+
+class _Out(_In):
+    """An array C writes."""
+
+    writable = True
+
+
+def _pointer(arg, who):
+    a = arg.array
+    if a is None:
+        if arg.optional:
+            return ffi.NULL, 0
+        raise ValueError(f"{who}: {arg.name} is required")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{who}: {arg.name} must be a NumPy array, received {type(a).__name__}")
+    if a.dtype != arg.dtype:
+        raise TypeError(f"{who}: {arg.name} must be {arg.dtype}, received {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{who}: {arg.name} must be C-contiguous")
+    if arg.writable and not a.flags.writeable:
+        raise ValueError(f"{who}: {arg.name} must be writable")
+    if a.size != arg.size:
+        raise ValueError(f"{who}: {arg.name} must have {arg.size} elements, received {a.size}")
+    ctype = "int32_t[]" if arg.dtype == _INT32 else _SUFFIX[arg.dtype][1]
+    return ffi.from_buffer(ctype, a, require_writable=arg.writable), a.size
+
+
+def _call(function_name, *args):
+    """Check every array argument, expand it to (pointer, length), call C, raise on an error code."""
+    c_args = []
+    for arg in args:
+        if isinstance(arg, _In):
+            c_args.extend(_pointer(arg, function_name))
+        else:
+            c_args.append(arg)
+    status = getattr(lib, function_name)(*c_args)
+    if status != 0:
+        raise ValueError(f"{function_name}: {_ERRORS.get(status, f'error {status}')}")
+
+
+def _contiguous(array, dtype, name, who):
+    """The array itself when C can read it, else a C-contiguous copy; never a silent cast."""
+    if array is None:
+        return None
+    if not isinstance(array, np.ndarray) or array.dtype != dtype:
+        got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+        raise TypeError(f"{who}: {name} must be a {dtype} array, received {got}")
+    return np.ascontiguousarray(array)
+
+
+def _suffix(dtype, who):
+    try:
+        return _SUFFIX[np.dtype(dtype)][0]
+    except KeyError:
+        raise TypeError(f"{who}: the C engine runs float32 and float64, received {dtype}") from None
+
+
+# ---- reusable scratch memory ----
+
+_scratch = threading.local()
+
+
+def _workspace(dtype, size, who):
+    """A C-contiguous scratch array of exactly `size` elements, reused across calls."""
+    if size < 0:
+        raise ValueError(f"{who}: invalid geometry")
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[dtype] = np.empty(max(int(size), 1024) * 5 // 4, dtype=dtype)
+    return buffer[:size]
+
+
+# ---- geometry ----
+
+def _conv_geometry(x_shape, kernel_shape, strides, pads):
+    n, h, w, c = x_shape
+    kh, kw, _, f = kernel_shape
+    values = dict(n=n, h=h, w=w, c=c, kh=kh, kw=kw, f=f, stride_h=strides[0], stride_w=strides[1],
+                  pad_top=pads[0], pad_bottom=pads[1], pad_left=pads[2], pad_right=pads[3])
+    return ffi.new("mc_conv_geom *", {k: int(v) for k, v in values.items()})
+
+
+def _out_len(size, window, stride, pad_before, pad_after):
+    return (size + pad_before + pad_after - window) // stride + 1
+
+
+# ---- the engine functions (same signatures as numpy_engine) ----
+
+def conv2d_forward(x, kernel, bias, strides, pads):
+    """y = conv(x, kernel) + bias; x (N, H, W, C), kernel (KH, KW, C, F) -> y (N, OH, OW, F)."""
+    return _conv_forward(x, kernel, bias, strides, pads, relu=False)
+
+
+def conv2d_backward(dy, cache, need_dx=True):
+    """(dx (N, H, W, C) or None, dkernel (KH, KW, C, F), dbias (F,) or None) from dy (N, OH, OW, F)."""
+    return _conv_backward(dy, cache, need_dx, relu_y=None)
+
+
+def _conv_forward(x, kernel, bias, strides, pads, relu):
+    who = "conv2d_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    kernel = _contiguous(kernel, dtype, "kernel", who)
+    bias = _contiguous(bias, dtype, "bias", who)
+    n, h, w, c = x.shape
+    kh, kw, kc, f = kernel.shape
+    if kc != c or (bias is not None and bias.shape != (f,)):
+        raise ValueError(f"{who}: x {x.shape}, kernel {kernel.shape} and bias do not match")
+    top, bottom, left, right = (int(p) for p in pads)
+    oh = _out_len(h, kh, strides[0], top, bottom)
+    ow = _out_len(w, kw, strides[1], left, right)
+    geometry = _conv_geometry(x.shape, kernel.shape, strides, pads)
+    xpad = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype)
+    y = np.empty((n, oh, ow, f), dtype=dtype)
+    work = _workspace(dtype, lib.mc_conv2d_forward_workspace(geometry, dtype.itemsize), who)
+    _call(
+        "mc_conv2d_forward" + sfx, geometry,
+        _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
+        _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
+        _Out("xpad", xpad, dtype, xpad.size), _Out("y", y, dtype, y.size),
+        _Out("workspace", work, dtype, work.size),
+    )
+    # The padded input is the cache: backward reads it, so later changes to x cannot leak in.
+    return y, (x.shape, tuple(int(s) for s in strides), (top, bottom, left, right), xpad, kernel,
+               bias is not None, y if relu else None)
+
+
+def _conv_backward(dy, cache, need_dx, relu_y):
+    who = "conv2d_backward"
+    x_shape, strides, pads, xpad, kernel, has_bias, fused_y = cache
+    dtype = xpad.dtype
+    sfx = _suffix(dtype, who)
+    dy = _contiguous(dy, dtype, "dy", who)
+    relu_y = fused_y if relu_y is None else relu_y
+    n, h, w, c = x_shape
+    kh, kw, _, f = kernel.shape
+    oh = _out_len(h, kh, strides[0], pads[0], pads[1])
+    ow = _out_len(w, kw, strides[1], pads[2], pads[3])
+    if dy.shape != (n, oh, ow, f):
+        raise ValueError(f"{who}: dy must have shape {(n, oh, ow, f)}, received {dy.shape}")
+    geometry = _conv_geometry(x_shape, kernel.shape, strides, pads)
+    dx = np.empty(x_shape, dtype=dtype) if need_dx else None
+    dkernel = np.empty(kernel.shape, dtype=dtype)
+    dbias = np.empty((f,), dtype=dtype) if has_bias else None
+    size = lib.mc_conv2d_backward_workspace(geometry, dtype.itemsize, int(bool(need_dx)),
+                                            int(relu_y is not None))
+    work = _workspace(dtype, size, who)
+    _call(
+        "mc_conv2d_backward" + sfx, geometry,
+        _In("xpad", xpad, dtype, xpad.size), _In("kernel", kernel, dtype, kernel.size),
+        _In("dy", dy, dtype, dy.size), _In("relu_y", relu_y, dtype, dy.size, optional=True),
+        _Out("dx", dx, dtype, n * h * w * c, optional=True),
+        _Out("dkernel", dkernel, dtype, dkernel.size),
+        _Out("dbias", dbias, dtype, f, optional=True),
+        _Out("workspace", work, dtype, work.size),
+    )
+    return dx, dkernel, dbias
+
+
+def maxpool2d_forward(x, pool_size, strides, pads):
+    """x (N, H, W, C) -> y (N, OH, OW, C); pads are -inf; ties go to the first maximum."""
+    who = "maxpool2d_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    n, h, w, c = x.shape
+    top, bottom, left, right = (int(p) for p in pads)
+    oh = _out_len(h, pool_size[0], strides[0], top, bottom)
+    ow = _out_len(w, pool_size[1], strides[1], left, right)
+    geometry = _pool_geometry(x.shape, pool_size, strides, pads)
+    y = np.empty((n, oh, ow, c), dtype=dtype)
+    argmax = np.empty((n, oh, ow, c), dtype=np.int32)
+    _call(
+        "mc_maxpool2d_forward" + sfx, geometry, _In("x", x, dtype, x.size),
+        _Out("y", y, dtype, y.size), _Out("argmax", argmax, _INT32, y.size),
+    )
+    return y, (x.shape, tuple(int(p) for p in pool_size), tuple(int(s) for s in strides),
+               (top, bottom, left, right), argmax)
+
+
+def maxpool2d_backward(dy, cache):
+    """dy (N, OH, OW, C) -> dx (N, H, W, C): each gradient goes to its window's winner."""
+    who = "maxpool2d_backward"
+    x_shape, pool_size, strides, pads, argmax = cache
+    dtype = dy.dtype
+    sfx = _suffix(dtype, who)
+    dy = _contiguous(dy, dtype, "dy", who)
+    if dy.shape != argmax.shape:
+        raise ValueError(f"{who}: dy must have shape {argmax.shape}, received {dy.shape}")
+    geometry = _pool_geometry(x_shape, pool_size, strides, pads)
+    dx = np.empty(x_shape, dtype=dtype)
+    _call(
+        "mc_maxpool2d_backward" + sfx, geometry, _In("dy", dy, dtype, argmax.size),
+        _In("argmax", argmax, _INT32, argmax.size), _Out("dx", dx, dtype, dx.size),
+    )
+    return dx
+
+
+def _pool_geometry(x_shape, pool_size, strides, pads):
+    n, h, w, c = x_shape
+    values = dict(n=n, h=h, w=w, c=c, pool_h=pool_size[0], pool_w=pool_size[1],
+                  stride_h=strides[0], stride_w=strides[1],
+                  pad_top=pads[0], pad_bottom=pads[1], pad_left=pads[2], pad_right=pads[3])
+    return ffi.new("mc_pool_geom *", {k: int(v) for k, v in values.items()})
+
+
+# ---- engine facts and knobs ----
+
+def engine_info():
+    """Engine name, the C compiler flags of the build, the SIMD level in use and the threads."""
+    return {
+        "engine": NAME,
+        "compiler_flags": ffi.string(lib.mc_build_flags()).decode(),
+        "simd": simd_level(),
+        "threads": int(lib.mc_max_threads()),
+        "openmp": bool(lib.mc_have_openmp()),
+    }
+
+
+def simd_level():
+    """The SIMD level the kernels run with now: 'avx512', 'avx2' or 'sse2' ('baseline' off x86)."""
+    return ffi.string(lib.mc_simd_name(lib.mc_simd_level())).decode()
+
+
+def simd_levels():
+    """Every level this CPU and build can run, best first."""
+    best = lib.mc_simd_best()
+    return [ffi.string(lib.mc_simd_name(level)).decode() for level in range(best, -1, -1)]
+
+
+def set_simd_level(name):
+    """Run the kernels with a lower SIMD level (tests, comparisons); returns the level set."""
+    if name not in _SIMD_LEVELS:
+        raise ValueError(f"SIMD level must be one of {sorted(_SIMD_LEVELS)}, received {name!r}")
+    lib.mc_set_simd_level(_SIMD_LEVELS[name])
+    return simd_level()
+
+
+def set_num_threads(threads):
+    """Threads for the C kernels; None or 0 restores the default (OMP_NUM_THREADS or all cores)."""
+    lib.mc_set_num_threads(int(threads or 0))
+
+
+def _simd_from_environment():
+    requested = os.environ.get("MINICNN_SIMD", "").strip().lower()
+    if not requested:
+        return
+    if requested not in _SIMD_LEVELS:
+        warnings.warn(f"MINICNN_SIMD={requested!r} is not one of {sorted(_SIMD_LEVELS)}; ignored",
+                      RuntimeWarning, stacklevel=2)
+        return
+    got = set_simd_level(requested)
+    if _SIMD_LEVELS[got] < _SIMD_LEVELS[requested]:
+        warnings.warn(f"MINICNN_SIMD={requested} is not supported here; running {got}",
+                      RuntimeWarning, stacklevel=2)
+
+
+_simd_from_environment()
