@@ -484,7 +484,10 @@ class Sequential:
                 f"{who}: {type(self.loss).__name__} needs a model whose output is (batch, classes), "
                 f"but this model outputs (batch, {', '.join(map(str, self.output_shape))}); add Flatten and Dense"
             )
-        targets = self.loss.prepare_targets(y, self.output_shape[0], self.dtype, y_name)
+        try:
+            targets = self.loss.prepare_targets(y, self.output_shape[0], self.dtype, y_name)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{who}: {error}") from None
         data.check_same_length(x, targets, who, x_name, y_name)
         return x, targets
 

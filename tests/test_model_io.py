@@ -1,0 +1,379 @@
+"""Model files: round trips, resuming training exactly, and files that are not what they claim."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ModelFileError, Sequential
+from minicnn.callbacks import ModelCheckpoint
+from minicnn.io import FORMAT_VERSION, HEADER_ENTRY
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def make_model(dtype=None, seed=0, optimizer="adam"):
+    minicnn.set_seed(seed)
+    model = Sequential([
+        Conv2D(3, (3, 2), strides=(1, 2), padding="same", activation="relu", input_shape=(6, 6, 1), dtype=dtype,
+               kernel_initializer="he_normal"),
+        MaxPooling2D(2, dtype=dtype),
+        Flatten(dtype=dtype),
+        Dense(3, activation=minicnn.nn.softmax, dtype=dtype),
+    ], name="tiny")
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def data(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 0.3, (n, 6, 6, 1)).astype(np.float32)
+    for k in range(3):
+        x[y == k, 2 * k:2 * k + 2, :, 0] += 1.0
+    return x, y
+
+
+def state_of(model):
+    """Everything a model file should carry, as comparable bytes."""
+    optimizer = model.optimizer.get_state() if model.compiled else None
+    return {
+        "config": json.dumps(model.get_config(), sort_keys=True),
+        "weights": [w.tobytes() for w in model.get_weights()],
+        "dtypes": [w.dtype.name for w in model.get_weights()],
+        "compile": None if not model.compiled else (type(model.optimizer).__name__, model.optimizer.get_config(),
+                                                    type(model.loss).__name__, model.metrics_names),
+        "iterations": optimizer and optimizer["iterations"],
+        "slots": optimizer and {k: v.tobytes() for k, v in optimizer["slots"].items()},
+        "shuffle": (model._shuffle_seed, model._epochs_seen),
+    }
+
+
+@pytest.fixture
+def trained(tmp_path):
+    model = make_model()
+    x, y = data()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    return model, model.save(tmp_path / "model.npz")
+
+
+# -- round trips ---------------------------------------------------------------------------------
+
+def test_save_load_predict_gives_identical_outputs(trained):
+    model, path = trained
+    x, _ = data(20, seed=1)
+    loaded = minicnn.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert state_of(loaded) == state_of(model)
+    assert loaded.name == "tiny" and [l.name for l in loaded.layers] == [l.name for l in model.layers]
+
+
+def test_float64_model_and_uncompiled_model_round_trip(tmp_path):
+    model = make_model(dtype="float64")
+    model.fit(*data(16), epochs=1, verbose=0)
+    loaded = minicnn.load_model(model.save(tmp_path / "f64"))
+    assert loaded.dtype == "float64" and state_of(loaded) == state_of(model)
+    minicnn.set_seed(0)
+    bare = Sequential([Dense(2, input_shape=(3,))])
+    again = minicnn.load_model(bare.save(tmp_path / "bare"))
+    assert not again.compiled and [w.tobytes() for w in again.get_weights()] == [w.tobytes() for w in bare.get_weights()]
+    without_optimizer = minicnn.load_model(model.save(tmp_path / "no_opt", include_optimizer=False))
+    assert without_optimizer.compiled and without_optimizer.optimizer.iterations == 0
+    not_compiled = minicnn.load_model(tmp_path / "f64.npz", compile=False)
+    assert not not_compiled.compiled
+
+
+def test_file_names_follow_numpy_savez(tmp_path):
+    model = make_model()
+    model.build()
+    assert model.save(tmp_path / "a") == str(tmp_path / "a.npz")
+    assert model.save(str(tmp_path / "b.h5")) == str(tmp_path / "b.h5.npz")
+    assert model.save(tmp_path / "sub" / "dir" / "c.npz") == str(tmp_path / "sub" / "dir" / "c.npz")
+    assert minicnn.load_model(tmp_path / "a").name == "tiny"          # finds a.npz
+    with pytest.raises(FileExistsError):
+        model.save(tmp_path / "a.npz", overwrite=False)
+    with pytest.raises(FileNotFoundError):
+        minicnn.load_model(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="built"):
+        Sequential([Dense(2)]).save(tmp_path / "unbuilt")
+
+
+def test_loading_draws_nothing_from_the_generator(trained):
+    _, path = trained
+    minicnn.set_seed(123)
+    expected = np.random.default_rng(0).bit_generator.state   # placeholder to get the shape of a state
+    before = minicnn.seeding.generator().bit_generator.state
+    minicnn.load_model(path)
+    assert minicnn.seeding.generator().bit_generator.state == before != expected
+
+
+def test_weights_files(tmp_path, trained):
+    model, full_path = trained
+    path = model.save_weights(tmp_path / "weights")
+    other = make_model(seed=9)
+    other.build()
+    other.load_weights(path)
+    assert [w.tobytes() for w in other.get_weights()] == [w.tobytes() for w in model.get_weights()]
+    other.load_weights(full_path)    # a full model file has weights too
+    with pytest.raises(ModelFileError, match="only weights"):
+        minicnn.load_model(path)
+    minicnn.set_seed(0)
+    wrong = Sequential([Dense(2, input_shape=(5,))])
+    with pytest.raises(ModelFileError, match="do not fit"):
+        wrong.load_weights(path)
+
+
+# -- resuming training -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd_momentum"])
+def test_save_load_continue_equals_uninterrupted_training(tmp_path, optimizer):
+    x, y = data(40)
+
+    def fresh():
+        opt = minicnn.optimizers.SGD(0.05, momentum=0.9, nesterov=True) if optimizer != "adam" else "adam"
+        return make_model(seed=11, optimizer=opt)
+
+    uninterrupted = fresh()
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt-{epoch:02d}.npz")
+    full = uninterrupted.fit(x, y, epochs=3, batch_size=8, validation_split=0.2, verbose=0, callbacks=[checkpoint])
+
+    first = fresh()
+    part_one = first.fit(x, y, epochs=1, batch_size=8, validation_split=0.2, verbose=0)
+    path = first.save(tmp_path / "after-one-epoch")
+    minicnn.set_seed(999)                               # a different process state entirely
+    resumed = minicnn.load_model(path)
+    part_two = resumed.fit(x, y, epochs=2, batch_size=8, validation_split=0.2, verbose=0)
+
+    final = [w.tobytes() for w in uninterrupted.get_weights()]
+    assert [w.tobytes() for w in resumed.get_weights()] == final
+    assert {k: part_one.history[k] + part_two.history[k] for k in full.history} == full.history
+    assert resumed.optimizer.iterations == uninterrupted.optimizer.iterations
+
+    from_checkpoint = minicnn.load_model(tmp_path / "ckpt-01.npz")   # what ModelCheckpoint wrote
+    from_checkpoint.fit(x, y, epochs=3, initial_epoch=1, batch_size=8, validation_split=0.2, verbose=0)
+    assert [w.tobytes() for w in from_checkpoint.get_weights()] == final
+
+
+def test_resume_in_a_new_process_equals_uninterrupted_training(tmp_path):
+    x, y = data(32)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    uninterrupted = make_model(seed=4)
+    uninterrupted.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    first = make_model(seed=4)
+    first.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    first.save(tmp_path / "half")
+    script = textwrap.dedent(f"""
+        import numpy as np, minicnn
+        d = np.load({str(tmp_path / 'data.npz')!r})
+        model = minicnn.load_model({str(tmp_path / 'half.npz')!r})
+        model.fit(d["x"], d["y"], epochs=1, batch_size=8, verbose=0)
+        model.save({str(tmp_path / 'resumed.npz')!r})
+    """)
+    subprocess.run([sys.executable, "-W", "ignore", "-c", script], check=True, cwd=REPOSITORY,
+                   env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=120)
+    resumed = minicnn.load_model(tmp_path / "resumed.npz")
+    assert [w.tobytes() for w in resumed.get_weights()] == [w.tobytes() for w in uninterrupted.get_weights()]
+
+
+# -- writing is atomic -------------------------------------------------------------------------
+
+def test_a_failing_save_leaves_the_previous_file_and_no_temporary(trained, monkeypatch):
+    model, path = trained
+    before = Path(path).read_bytes()
+
+    def broken_savez(handle, **entries):
+        handle.write(b"PK\x03\x04 half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(path)
+    assert Path(path).read_bytes() == before
+    assert sorted(p.name for p in Path(path).parent.iterdir()) == ["model.npz"]
+
+
+def test_a_save_killed_midway_leaves_the_previous_file_intact(trained):
+    model, path = trained
+    before = state_of(minicnn.load_model(path))
+    script = textwrap.dedent(f"""
+        import os, signal, minicnn
+        from minicnn import Sequential, Dense
+        model = Sequential([Dense(7, input_shape=(3,))])
+        def die(fd):                      # killed after the new bytes are written, before the rename
+            os.kill(os.getpid(), signal.SIGKILL)
+        os.fsync = die
+        model.save({path!r})
+    """)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPOSITORY,
+                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=120)
+    assert result.returncode == -9
+    assert state_of(minicnn.load_model(path)) == before
+
+
+# -- bad files --------------------------------------------------------------------------------
+
+def entries_of(path):
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def header_of(entries):
+    return json.loads(entries[HEADER_ENTRY].tobytes())
+
+
+def with_header(entries, header):
+    return {**entries, HEADER_ENTRY: np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
+
+
+def test_truncated_files_raise_a_clear_error(trained, tmp_path):
+    _, path = trained
+    content = Path(path).read_bytes()
+    broken = tmp_path / "broken.npz"
+    for length in list(range(0, len(content), 97)) + [len(content) - 1, len(content) - 22]:
+        broken.write_bytes(content[:length])
+        with pytest.raises(ModelFileError) as error:
+            minicnn.load_model(broken)
+        assert str(broken) in str(error.value)
+
+
+def test_every_bit_flip_is_caught_or_harmless(trained, tmp_path):
+    """One flipped bit anywhere: a ModelFileError, or (for zip fields nothing reads) the very
+    same model. Never another exception, never a different model."""
+    _, path = trained
+    original = state_of(minicnn.load_model(path))
+    content = bytearray(Path(path).read_bytes())
+    flipped = tmp_path / "flipped.npz"
+    outcomes = {"error": 0, "same": 0}
+    for position in range(0, len(content), 3):
+        damaged = bytearray(content)
+        damaged[position] ^= 1 << (position % 8)
+        flipped.write_bytes(damaged)
+        try:
+            loaded = minicnn.load_model(flipped)
+        except ModelFileError:
+            outcomes["error"] += 1
+            continue
+        assert state_of(loaded) == original, f"bit flip at byte {position} gave a different model"
+        outcomes["same"] += 1
+    assert outcomes["error"] > 0.8 * sum(outcomes.values()), outcomes
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"hello, I am a text file\n", "not a .npz"),
+    (pickle.dumps({"weights": [1, 2, 3]}), "not a .npz"),
+])
+def test_foreign_files_raise(tmp_path, content, message):
+    path = tmp_path / "foreign.npz"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match=message):
+        minicnn.load_model(path)
+
+
+def test_foreign_npz_npy_and_directory_raise(tmp_path):
+    np.savez(tmp_path / "other.npz", kernel=np.ones(3), bias=np.zeros(2))
+    with pytest.raises(ModelFileError, match=f"no '{HEADER_ENTRY}' entry.*bias, kernel"):
+        minicnn.load_model(tmp_path / "other.npz")
+    np.save(tmp_path / "array.npy", np.ones(3))
+    with pytest.raises(ModelFileError, match="single .npy"):
+        minicnn.load_model(tmp_path / "array.npy")
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(ModelFileError, match="directory"):
+        minicnn.load_model(tmp_path / "folder.npz")
+
+
+def rewrite(path, target, change):
+    entries = entries_of(path)
+    header = header_of(entries)
+    entries = change(entries, header) or with_header(entries, header)
+    np.savez(target, **entries)
+    return target
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e, h: h.update(format_version=FORMAT_VERSION + 1), "newer minicnn"),
+    (lambda e, h: h.update(format_version="1"), "format_version"),
+    (lambda e, h: h.update(format="keras"), "not a minicnn model"),
+    (lambda e, h: h["model"]["layers"][0].update(class_name="Lambda"), "unknown layer class 'Lambda'"),
+    (lambda e, h: h["model"]["layers"][0]["config"].update(filters=4), "do not fit"),
+    (lambda e, h: h["model"]["layers"][0]["config"].update(evil="os.system"), "architecture is invalid"),
+    (lambda e, h: h["weights"][0].update(shape=[3, 2, 1, 4]), "header says"),
+    (lambda e, h: h["weights"][0].update(dtype="object"), "invalid entry description"),
+    (lambda e, h: h["weights"][0].update(shape=[10 ** 6, 10 ** 6]), "declares"),
+    (lambda e, h: h["compile"]["optimizer"].update(class_name="builtins.eval"), "unknown optimizer"),
+    (lambda e, h: h["training"].update(optimizer_iterations=-1), "iterations"),
+    (lambda e, h: h["training"]["slots"].pop() and None, "does not match its header"),
+    (lambda e, h: with_header({**e, "extra": np.ones(2)}, h), "unexpected entries"),
+    (lambda e, h: {**e, "weight_0000": np.full_like(e["weight_0000"], np.nan)}, "NaN"),
+    (lambda e, h: {**e, HEADER_ENTRY: np.frombuffer(b"{not json", dtype=np.uint8)}, "unreadable header"),
+    (lambda e, h: {**e, HEADER_ENTRY: np.zeros(3)}, "uint8"),
+])
+def test_inconsistent_files_raise_a_clear_error(trained, tmp_path, change, message):
+    _, path = trained
+    with pytest.raises(ModelFileError, match=message) as error:
+        minicnn.load_model(rewrite(path, tmp_path / "changed.npz", change))
+    assert str(tmp_path / "changed.npz") in str(error.value)
+
+
+class Plant:
+    """Unpickling this creates a marker file: proof that code from a file ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_objects_are_never_unpickled(trained, tmp_path):
+    _, path = trained
+    marker = tmp_path / "code-ran"
+    payload = np.array([Plant(marker)], dtype=object)
+    pickle.loads(pickle.dumps(Plant(marker))).close()          # the plant works...
+    assert marker.exists()
+    marker.unlink()                                            # ...when something unpickles it
+
+    entries = entries_of(path)
+    header = header_of(entries)
+    files = {
+        "as a listed weight": {**entries, "weight_0000": payload},
+        "as an extra entry": {**entries, "zzz": payload},
+        "as the header": {**entries, HEADER_ENTRY: payload},
+    }
+    for name, content in files.items():
+        target = tmp_path / f"{name.replace(' ', '_')}.npz"
+        np.savez(target, allow_pickle=True, **content)
+        with pytest.raises(ModelFileError):
+            minicnn.load_model(target)
+        assert not marker.exists(), name
+    np.save(tmp_path / "object.npy", payload, allow_pickle=True)
+    raw = tmp_path / "raw-pickle.npz"
+    raw.write_bytes(pickle.dumps(Plant(marker)))
+    for target in (tmp_path / "object.npy", raw):
+        with pytest.raises(ModelFileError):
+            minicnn.load_model(target)
+        with pytest.raises(ModelFileError):
+            make_model().load_weights(target)
+    assert not marker.exists()
+    assert header["format_version"] == FORMAT_VERSION
+
+
+def test_file_layout_is_plain_arrays_with_a_json_header(trained):
+    _, path = trained
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(archive.namelist())
+    assert names[0].startswith("minicnn_header") and all(n.endswith(".npy") for n in names)
+    entries = entries_of(path)
+    header = header_of(entries)
+    assert header["format"] == "minicnn-model" and header["kind"] == "model"
+    assert [w["param"] for w in header["weights"]] == ["kernel", "bias", "kernel", "bias"]
+    assert all(entries[w["entry"]].dtype == np.float32 for w in header["weights"])
+    assert header["compile"]["loss"]["class_name"] == "SparseCategoricalCrossentropy"
+    assert header["training"]["optimizer_iterations"] == 12
