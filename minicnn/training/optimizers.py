@@ -33,7 +33,7 @@ class Optimizer:
         self.iterations = 0          # steps taken; Keras' optimizer.iterations
         self._variables = None       # [(layer, key)] in update order, once built
         self._slots = {}             # (layer name, key) -> {slot name: array}
-        self._scratch = {}           # dtype name -> 1-D buffer as large as the largest param
+        self._scratch = {}           # dtype -> 1-D buffer as large as the largest param
 
     # -- binding to a model -----------------------------------------------------------------
     def build(self, model):
@@ -53,9 +53,9 @@ class Optimizer:
         for layer, key in variables:
             param = layer.params[key]
             slots[(layer.name, key)] = {name: np.zeros_like(param) for name in self.slot_names}
-            size = self._scratch.get(param.dtype.name, np.empty(0, param.dtype)).size
+            size = self._scratch.get(param.dtype, np.empty(0, param.dtype)).size
             if param.size > size:
-                self._scratch[param.dtype.name] = np.empty(param.size, dtype=param.dtype)
+                self._scratch[param.dtype] = np.empty(param.size, dtype=param.dtype)
         self._slots = slots
         self._variables = variables
 
@@ -78,7 +78,7 @@ class Optimizer:
                     f"{type(self).__name__}: {layer.describe()} has no gradient for '{key}'; "
                     f"run a forward with training=True and a backward first"
                 )
-            scratch = self._scratch[param.dtype.name]
+            scratch = self._scratch[param.dtype]   # keyed by the dtype object: .name is slow
             # A view on the front of the shared buffer, shaped like the parameter: no allocation.
             self._update(param, grad, self._slots[(layer.name, key)],
                          scratch[:param.size].reshape(param.shape), coefficients)
