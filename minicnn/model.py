@@ -584,8 +584,5 @@ class Sequential:
 
 def _progress_bar(total, description, verbose):
     """A tqdm bar for evaluate/predict when verbose == 1, else None."""
-    if verbose != 1:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
+    tqdm = callbacks_module._tqdm() if verbose == 1 else None
+    return None if tqdm is None else tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)

@@ -293,6 +293,7 @@ def test_verbose_levels(capsys):
     compiled_small().fit(x, y, epochs=2, batch_size=8, verbose=2)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("Epoch 1/2") and "loss: " in lines[0] and "accuracy: " in lines[0]
+    pytest.importorskip("tqdm")
     compiled_small().fit(x, y, epochs=1, batch_size=8, verbose=1)
     err = capsys.readouterr().err
     assert "Epoch 1/1" in err and "5/5" in err and "loss: " in err and "accuracy: " in err
@@ -434,6 +435,9 @@ def test_compile_by_names_and_objects():
         warnings.simplefilter("always")
         model.compile(optimizer="adam", loss=minicnn.losses.SparseCategoricalCrossentropy(from_logits=True))
     assert any("from_logits=True" in str(w.message) for w in caught)
+    linear_output = Sequential([Dense(3, input_shape=(4,))])
+    with pytest.warns(UserWarning, match="expects probabilities.*from_logits=True"):
+        linear_output.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 
 
 def test_from_logits_model_trains():

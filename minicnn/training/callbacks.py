@@ -131,6 +131,16 @@ class History(Callback):
         return f"<History epochs={len(self.epoch)} keys={sorted(self.history)}>"
 
 
+def _tqdm():
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        warnings.warn("minicnn: tqdm is not installed, so verbose=1 prints one line per epoch "
+                      "instead of a progress bar (pip install tqdm)", RuntimeWarning, stacklevel=3)
+        return None
+    return tqdm
+
+
 def _format_logs(logs):
     return " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
 
@@ -154,8 +164,10 @@ class ProgressLogger(Callback):
         self._epoch = epoch
         self._started = time.perf_counter()
         if self.verbose == 1:
-            from tqdm.auto import tqdm
-
+            tqdm = _tqdm()
+            if tqdm is None:           # a declared dependency, but do not die without it
+                self.verbose = 2
+                return
             self._bar = tqdm(total=self.params["steps"], unit="step", file=self.file or sys.stderr,
                              desc=f"Epoch {epoch + 1}/{self.params['epochs']}", dynamic_ncols=True,
                              leave=True)
@@ -276,8 +288,10 @@ class ModelCheckpoint(Callback):
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
-                 save_weights_only=False, mode="auto", initial_value_threshold=None):
+                 save_weights_only=False, mode="auto", save_freq="epoch", initial_value_threshold=None):
         super().__init__()
+        if save_freq != "epoch":
+            raise ValueError(f"ModelCheckpoint: only save_freq='epoch' is supported, received {save_freq!r}")
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
         self.verbose = verbose

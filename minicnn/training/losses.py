@@ -88,6 +88,14 @@ class Loss:
                 f"outputs are probabilities, not logits. Was this intended?",
                 UserWarning, stacklevel=4,
             )
+        elif not self.from_logits and not model.ends_in_softmax():
+            last = model.layers[-1]
+            warnings.warn(
+                f"{type(self).__name__}: from_logits=False expects probabilities, but the model ends "
+                f"in {last.describe()} (activation {getattr(last, 'activation_name', 'none')!r}), whose "
+                f"outputs are not; use activation='softmax' or from_logits=True",
+                UserWarning, stacklevel=4,
+            )
 
     def get_config(self):
         return {"from_logits": self.from_logits, "name": self.name}
