@@ -548,7 +548,10 @@ class Sequential:
                 progress.advance(step + 1, running_logs())
             if self.stop_training:
                 break
-        return running_logs()
+        logs = running_logs()
+        if progress is not None:
+            progress.advance(step + 1, logs)
+        return logs
 
     def _evaluate_arrays(self, x, targets, batch_size, verbose=0):
         """{'loss': ..., metric: ...} over checked arrays, in batches, training=False."""

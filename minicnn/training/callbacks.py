@@ -182,7 +182,6 @@ class ProgressLogger(Callback):
         seconds = time.perf_counter() - self._started
         if self._bar is not None:
             self._bar.set_postfix_str(_format_logs(logs), refresh=False)
-            self._bar.update(self._bar.total - self._bar.n)
             self._bar.close()
             self._bar = None
         elif self.verbose == 2:
