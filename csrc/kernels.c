@@ -15,6 +15,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__GLIBC__) || defined(__linux__)
+#include <malloc.h>
+#endif
 
 #include "minicnn_kernels.h"
 
@@ -233,6 +236,22 @@ static int mc_threads_now(void)
 int mc_max_threads(void) { return mc_threads_now(); }
 
 void mc_set_num_threads(int threads) { mc_threads_requested = threads > 0 ? threads : 0; }
+
+int mc_keep_freed_memory(int64_t trim_bytes)
+{
+#if defined(__GLIBC__) && defined(M_TRIM_THRESHOLD) && defined(M_MMAP_THRESHOLD)
+    /* glibc returns freed memory at the top of the heap to the OS once more than twice the
+     * last large block is free, and serves blocks over its threshold with fresh mmaps: a
+     * training step that frees and reallocates the same activation arrays every batch then
+     * page-faults through all of them again (measured: 364 faults and +0.5 ms for one 2x2
+     * pooling of a 32x28x28x32 batch). Fixing both thresholds keeps freed blocks for reuse. */
+    if (trim_bytes < 0 || trim_bytes > INT_MAX) return 0;
+    return mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) && mallopt(M_TRIM_THRESHOLD, (int)trim_bytes);
+#else
+    (void)trim_bytes;
+    return 0;
+#endif
+}
 
 /* ---- argument checks shared by both dtypes ---- */
 

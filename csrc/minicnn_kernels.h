@@ -54,6 +54,10 @@ int mc_set_simd_level(int level);         /* clamps to mc_simd_best(); returns t
 const char *mc_simd_name(int level);
 int mc_max_threads(void);
 void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default */
+/* glibc only: keep up to trim_bytes of freed memory and serve blocks up to 32 MiB from the heap,
+ * so that arrays freed and reallocated every batch are not page-faulted in again.
+ * Returns 1 when applied, 0 where the C library has no such knobs. */
+int mc_keep_freed_memory(int64_t trim_bytes);
 
 /* Output sizes; 0 when the geometry is invalid. */
 int64_t mc_conv2d_output_len(const mc_conv_geom *g);

@@ -15,6 +15,12 @@ arrays it returns and the caches.
 Layout as everywhere in minicnn: images NHWC (N, H, W, C), kernels (KH, KW, C, F).
 Environment: MINICNN_SIMD=avx512|avx2|sse2 caps the SIMD level (default: the best the CPU
 has); OMP_NUM_THREADS sets the threads (default: all cores).
+
+Memory: on glibc, loading this engine raises malloc's trim and mmap thresholds
+(``mc_keep_freed_memory``): freed activation arrays stay in the heap for the next batch
+instead of being returned to the OS and page-faulted in again, which cost more than the
+pooling itself at batch 32. The process then keeps up to 256 MiB of freed memory.
+MINICNN_KEEP_FREED_MEMORY=0 turns this off; engine_info() reports it.
 """
 import os
 import threading
@@ -266,6 +272,7 @@ def engine_info():
         "simd": simd_level(),
         "threads": int(lib.mc_max_threads()),
         "openmp": bool(lib.mc_have_openmp()),
+        "keeps_freed_memory": _freed_memory_kept,
     }
 
 
@@ -307,4 +314,14 @@ def _simd_from_environment():
                       RuntimeWarning, stacklevel=2)
 
 
+_KEEP_FREED_BYTES = 256 * 1024 * 1024
+
+
+def _keep_freed_memory_from_environment():
+    if os.environ.get("MINICNN_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return bool(lib.mc_keep_freed_memory(_KEEP_FREED_BYTES))
+
+
 _simd_from_environment()
+_freed_memory_kept = _keep_freed_memory_from_environment()

@@ -1,0 +1,498 @@
+"""The C engine against the NumPy engine, its build fallbacks and its checking wrapper.
+
+Parity tolerances (stated once): float64 agrees with the NumPy engine to 1e-12 and float32 to
+1e-5, relative to the largest magnitude of the reference array (sums are added in a different
+order, so entries that cancel to ~0 can only be compared on that scale). Max pooling picks the
+same winners, so its forward output is compared exactly.
+
+Every parity test runs once per SIMD level the CPU supports (avx512 / avx2 / sse2 here), so
+all three compiled code paths are exercised on one machine.
+
+Tests that need the extension are skipped, with the reason, only where it was not built; CI
+runs with MINICNN_BACKEND=c, where importing minicnn without it fails instead.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from minicnn import kernels
+from minicnn.kernels import numpy_engine
+from minicnn.kernels.geometry import pads_2d
+
+C_BUILT = "c" in kernels.available_backends()
+requires_c = pytest.mark.skipif(
+    not C_BUILT,
+    reason=f"C engine not built here: {kernels.backend_info().get('c_engine_error')}",
+)
+if C_BUILT:
+    from minicnn.kernels import c_engine
+    SIMD_LEVELS = c_engine.simd_levels()
+else:
+    c_engine = None
+    SIMD_LEVELS = ["unbuilt"]
+
+TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(params=SIMD_LEVELS)
+def simd(request):
+    """Run the C kernels at one SIMD level, then restore the best one."""
+    if not C_BUILT:
+        pytest.skip(f"C engine not built here: {kernels.backend_info().get('c_engine_error')}")
+    c_engine.set_simd_level(request.param)
+    try:
+        yield request.param
+    finally:
+        c_engine.set_simd_level(SIMD_LEVELS[0])
+
+
+def assert_close(actual, expected, dtype, what):
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    scale = max(float(np.max(np.abs(expected))), 1.0) if expected.size else 1.0
+    tol = TOLERANCE[dtype]
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def run_conv_both(rng, dtype, x_shape, kernel_shape, strides, pads, use_bias=True, need_dx=True):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    kernel = rng.standard_normal(kernel_shape).astype(dtype)
+    bias = rng.standard_normal(kernel_shape[3]).astype(dtype) if use_bias else None
+    y_ref, cache_ref = numpy_engine.conv2d_forward(x, kernel, bias, strides, pads)
+    y, cache = c_engine.conv2d_forward(x, kernel, bias, strides, pads)
+    assert_close(y, y_ref, dtype, "y")
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    grads_ref = numpy_engine.conv2d_backward(dy, cache_ref, need_dx)
+    grads = c_engine.conv2d_backward(dy.copy(), cache, need_dx)
+    for name, got, want in zip(("dx", "dkernel", "dbias"), grads, grads_ref):
+        if want is None:
+            assert got is None, f"{name} should be None"
+        else:
+            assert_close(got, want, dtype, name)
+
+
+def conv_geometry(h, w, kernel_size, strides, padding):
+    if padding in ("same", "valid"):
+        return pads_2d(h, w, kernel_size, strides, padding)
+    return padding
+
+
+# (N, H, W, C_in), (KH, KW), F, strides, padding: non-square kernels, odd sizes, strides 1, 2
+# and (2, 1), valid and same, one and several input channels, batch 1, a kernel as large as
+# the input, filter counts that are and are not multiples of the vector width, and the seed
+# model's two layers.
+CONV_GRID = [
+    ((2, 7, 5, 3), (3, 2), 4, (1, 1), "same"),
+    ((2, 7, 5, 3), (3, 2), 4, (1, 1), "valid"),
+    ((1, 9, 7, 1), (3, 3), 5, (2, 2), "same"),
+    ((3, 9, 8, 3), (3, 2), 17, (2, 1), "same"),
+    ((2, 8, 9, 4), (2, 3), 33, (2, 1), "valid"),
+    ((1, 5, 5, 3), (5, 5), 7, (1, 1), "valid"),
+    ((2, 5, 4, 2), (5, 4), 70, (1, 1), "valid"),
+    ((1, 6, 6, 2), (1, 1), 3, (3, 3), "valid"),
+    ((2, 11, 10, 5), (3, 4), 33, (3, 2), (2, 1, 0, 3)),
+    ((1, 4, 4, 1), (2, 2), 1, (1, 1), (3, 0, 0, 2)),
+    ((2, 28, 28, 1), (3, 3), 32, (1, 1), "same"),
+    ((2, 14, 14, 32), (3, 3), 64, (1, 1), "same"),
+    ((4, 6, 7, 65), (3, 3), 129, (2, 2), "same"),
+]
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CONV_GRID, ids=str)
+def test_conv2d_matches_numpy_engine(simd, case, dtype):
+    x_shape, kernel_size, filters, strides, padding = case
+    pads = conv_geometry(x_shape[1], x_shape[2], kernel_size, strides, padding)
+    rng = np.random.default_rng(abs(hash(str(case))) % 2**32)
+    run_conv_both(rng, dtype, x_shape, (*kernel_size, x_shape[3], filters), strides, pads)
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_conv2d_without_bias_and_without_input_gradient(simd, dtype):
+    rng = np.random.default_rng(7)
+    run_conv_both(rng, dtype, (3, 9, 7, 3), (3, 3, 3, 8), (1, 1), (1, 1, 1, 1),
+                  use_bias=False, need_dx=False)
+
+
+@requires_c
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_count_changes_nothing_but_the_order_of_one_sum(threads):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 10, 9, 6))
+    kernel = rng.standard_normal((3, 3, 6, 20))
+    bias = rng.standard_normal(20)
+    dy = rng.standard_normal((5, 10, 9, 20))
+    c_engine.set_num_threads(1)
+    try:
+        y1, cache1 = c_engine.conv2d_forward(x, kernel, bias, (1, 1), (1, 1, 1, 1))
+        g1 = c_engine.conv2d_backward(dy, cache1)
+        c_engine.set_num_threads(threads)
+        y, cache = c_engine.conv2d_forward(x, kernel, bias, (1, 1), (1, 1, 1, 1))
+        g = c_engine.conv2d_backward(dy, cache)
+    finally:
+        c_engine.set_num_threads(None)
+    # forward and dx split whole output rows between threads: bitwise identical
+    np.testing.assert_array_equal(y, y1)
+    np.testing.assert_array_equal(g[0], g1[0])
+    # dkernel and dbias sum per-thread partial gradients: equal up to rounding
+    assert_close(g[1], g1[1], np.float64, "dkernel")
+    assert_close(g[2], g1[2], np.float64, "dbias")
+
+
+@requires_c
+def test_results_do_not_depend_on_earlier_calls_sharing_the_workspace():
+    """The reused scratch buffer grows and shrinks between shapes without leaking state."""
+    rng = np.random.default_rng(11)
+    for shape, kernel_shape in [((4, 16, 16, 8), (3, 3, 8, 64)), ((1, 3, 3, 1), (2, 2, 1, 2)),
+                                ((4, 16, 16, 8), (3, 3, 8, 64))]:
+        run_conv_both(rng, np.float32, shape, kernel_shape, (1, 1), (1, 1, 1, 1))
+
+
+# ---- max pooling ----
+
+POOL_GRID = [
+    ((2, 8, 8, 3), (2, 2), (2, 2), "valid"),
+    ((1, 7, 9, 2), (2, 2), (2, 2), "same"),
+    ((2, 7, 5, 4), (3, 2), (2, 1), "valid"),
+    ((2, 6, 6, 1), (3, 3), (1, 1), "same"),          # overlapping windows add their gradients
+    ((1, 5, 5, 17), (5, 5), (1, 1), "valid"),        # window as large as the input
+    ((3, 28, 28, 32), (2, 2), (2, 2), "valid"),      # the seed model's pools
+    ((3, 14, 14, 64), (2, 2), (2, 2), "valid"),
+]
+
+
+def run_pool_both(x, pool_size, strides, pads, rng):
+    dtype = x.dtype.type
+    y_ref, cache_ref = numpy_engine.maxpool2d_forward(x, pool_size, strides, pads)
+    y, cache = c_engine.maxpool2d_forward(x, pool_size, strides, pads)
+    assert y.dtype == x.dtype and y.shape == y_ref.shape
+    np.testing.assert_array_equal(y, y_ref)  # same winners, same values, NaN where NaN
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    dx_ref = numpy_engine.maxpool2d_backward(dy, cache_ref)
+    dx = c_engine.maxpool2d_backward(dy, cache)
+    assert_close(dx, dx_ref, dtype, "dx")
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", POOL_GRID, ids=str)
+def test_maxpool2d_matches_numpy_engine(simd, case, dtype):
+    x_shape, pool_size, strides, padding = case
+    pads = conv_geometry(x_shape[1], x_shape[2], pool_size, strides, padding)
+    rng = np.random.default_rng(5)
+    run_pool_both(rng.standard_normal(x_shape).astype(dtype), pool_size, strides, pads, rng)
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_maxpool2d_ties_nan_infinities_and_padding_like_numpy_engine(dtype):
+    """Small integers make ties everywhere; NaN and -inf test the two special rules."""
+    rng = np.random.default_rng(9)
+    x = rng.integers(-2, 3, size=(2, 9, 8, 3)).astype(dtype)
+    x[rng.random(x.shape) < 0.08] = np.nan
+    x[rng.random(x.shape) < 0.15] = -np.inf
+    for pool_size, strides, pads in [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (1, 1), (1, 1, 1, 1)),
+                                     ((3, 2), (2, 1), (2, 0, 1, 1)), ((2, 2), (1, 1), (1, 0, 0, 1))]:
+        run_pool_both(x, pool_size, strides, pads, rng)
+
+
+@requires_c
+def test_maxpool2d_window_entirely_in_padding_drops_its_gradient_like_numpy_engine():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 2, 2))
+    run_pool_both(x, (1, 1), (1, 1), (1, 1, 1, 1), rng)
+
+
+# ---- property-based parity ----
+
+@st.composite
+def conv_problems(draw):
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 6))
+    f = draw(st.integers(1, 24))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    h = draw(st.integers(max(1, kh - pads[0] - pads[1]), 9))
+    w = draw(st.integers(max(1, kw - pads[2] - pads[3]), 9))
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return (n, h, w, c), (kh, kw, c, f), (sh, sw), pads, dtype, seed
+
+
+@requires_c
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_problems(), st.booleans(), st.booleans())
+def test_conv2d_property_matches_numpy_engine(problem, use_bias, need_dx):
+    x_shape, kernel_shape, strides, pads, dtype, seed = problem
+    run_conv_both(np.random.default_rng(seed), dtype, x_shape, kernel_shape, strides, pads,
+                  use_bias=use_bias, need_dx=need_dx)
+
+
+@st.composite
+def pool_problems(draw):
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 20))
+    ph, pw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    h = draw(st.integers(max(1, ph - pads[0] - pads[1]), 9))
+    w = draw(st.integers(max(1, pw - pads[2] - pads[3]), 9))
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return (n, h, w, c), (ph, pw), (sh, sw), pads, dtype, seed
+
+
+@requires_c
+@settings(max_examples=120, deadline=None)
+@given(pool_problems(), st.booleans())
+def test_maxpool2d_property_matches_numpy_engine(problem, with_ties):
+    x_shape, pool_size, strides, pads, dtype, seed = problem
+    rng = np.random.default_rng(seed)
+    if with_ties:
+        x = rng.integers(-1, 2, size=x_shape).astype(dtype)
+    else:
+        x = rng.standard_normal(x_shape).astype(dtype)
+    run_pool_both(x, pool_size, strides, pads, rng)
+
+
+# ---- the checking wrapper ----
+
+@requires_c
+def test_wrapper_copies_non_contiguous_inputs():
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((3, 9, 8, 10))
+    x = base[:, ::2, :, 1:7:2]                       # strided view, (3, 5, 8, 3)
+    kernel = np.asfortranarray(rng.standard_normal((3, 2, 3, 5)))
+    bias = rng.standard_normal(10)[::2]
+    y_ref, cache_ref = numpy_engine.conv2d_forward(x, kernel, bias, (1, 2), (1, 1, 0, 1))
+    y, cache = c_engine.conv2d_forward(x, kernel, bias, (1, 2), (1, 1, 0, 1))
+    assert_close(y, y_ref, np.float64, "y")
+    dy = rng.standard_normal(y.shape[::-1]).T       # a transposed (F-ordered) gradient
+    for got, want in zip(c_engine.conv2d_backward(dy, cache), numpy_engine.conv2d_backward(dy, cache_ref)):
+        assert_close(got, want, np.float64, "gradient")
+    y, cache = c_engine.maxpool2d_forward(x, (2, 2), (2, 2), (0, 1, 0, 0))
+    y_ref, cache_ref = numpy_engine.maxpool2d_forward(x, (2, 2), (2, 2), (0, 1, 0, 0))
+    np.testing.assert_array_equal(y, y_ref)
+    dy = rng.standard_normal(y.shape[::-1]).T
+    assert_close(c_engine.maxpool2d_backward(dy, cache), numpy_engine.maxpool2d_backward(dy, cache_ref),
+                 np.float64, "dx")
+
+
+@requires_c
+def test_wrapper_never_casts_dtypes():
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        c_engine.conv2d_forward(x, np.zeros((2, 2, 2, 3), np.float64), None, (1, 1), (0, 0, 0, 0))
+    with pytest.raises(TypeError, match="float32 and float64"):
+        c_engine.maxpool2d_forward(x.astype(np.float16), (2, 2), (2, 2), (0, 0, 0, 0))
+
+
+@requires_c
+def test_the_one_door_rejects_bad_buffers_before_c_sees_them():
+    geometry = c_engine._pool_geometry((1, 4, 4, 2), (2, 2), (2, 2), (0, 0, 0, 0))
+    good_x = np.zeros((1, 4, 4, 2), np.float32)
+    y = np.zeros((1, 2, 2, 2), np.float32)
+    argmax = np.zeros((1, 2, 2, 2), np.int32)
+    In, Out, call = c_engine._In, c_engine._Out, c_engine._call
+    f32 = np.dtype(np.float32)
+
+    def forward(x=good_x, y=y, argmax=argmax, x_size=32):
+        call("mc_maxpool2d_forward_f32", geometry, In("x", x, f32, x_size),
+             Out("y", y, f32, 8), Out("argmax", argmax, np.dtype(np.int32), 8))
+
+    forward()
+    with pytest.raises(TypeError, match="x must be float32"):
+        forward(x=good_x.astype(np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        forward(x=np.zeros((1, 4, 8, 2), np.float32)[:, :, ::2])
+    with pytest.raises(ValueError, match="must have 32 elements, received 30"):
+        forward(x=np.zeros(30, np.float32), x_size=32)
+    readonly = y.copy()
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        forward(y=readonly)
+    with pytest.raises(TypeError, match="NumPy array"):
+        forward(x=[0.0] * 32)
+
+
+@requires_c
+def test_c_checks_lengths_itself_and_writes_nothing_on_mismatch():
+    """Even past the Python checks, C refuses lengths that disagree with the geometry."""
+    ffi, lib = c_engine.ffi, c_engine.lib
+    geometry = c_engine._conv_geometry((1, 4, 4, 2), (3, 3, 2, 5), (1, 1), (1, 1, 1, 1))
+    x = np.ones((1, 4, 4, 2), np.float32)
+    kernel = np.ones((3, 3, 2, 5), np.float32)
+    xpad = np.full(1 * 6 * 6 * 2, 7.0, np.float32)
+    y = np.full(1 * 4 * 4 * 5, 7.0, np.float32)
+    work = np.zeros(lib.mc_conv2d_forward_workspace(geometry, 4), np.float32)
+
+    def p(a):
+        return ffi.from_buffer("float[]", a)
+
+    def forward(y_len=y.size, work_len=work.size, kernel_len=kernel.size):
+        return lib.mc_conv2d_forward_f32(geometry, p(x), x.size, p(kernel), kernel_len, ffi.NULL, 0, 0,
+                                         p(xpad), xpad.size, p(y), y_len, p(work), work_len)
+
+    assert forward(y_len=y.size - 1) == lib.MC_ERR_SIZE
+    assert forward(work_len=work.size - 1) == lib.MC_ERR_SIZE
+    assert forward(kernel_len=kernel.size + 1) == lib.MC_ERR_SIZE
+    assert np.all(y == 7.0) and np.all(xpad == 7.0), "C wrote to a buffer it rejected"
+    assert forward() == lib.MC_OK
+    assert np.all(y > 0)
+    bad = c_engine._conv_geometry((1, 4, 4, 2), (9, 3, 2, 5), (1, 1), (0, 0, 0, 0))
+    assert lib.mc_conv2d_output_len(bad) == 0
+    assert lib.mc_conv2d_forward_f32(bad, p(x), x.size, p(kernel), kernel.size, ffi.NULL, 0, 0,
+                                     p(xpad), xpad.size, p(y), y.size, p(work), work.size) == lib.MC_ERR_GEOMETRY
+    negative = c_engine._conv_geometry((1, 4, 4, 2), (3, 3, 2, 5), (0, 1), (0, 0, 0, 0))
+    assert lib.mc_conv2d_forward_workspace(negative, 4) == -1
+
+
+@requires_c
+def test_engine_info_reports_build_simd_and_threads():
+    info = c_engine.engine_info()
+    assert info["engine"] == "c"
+    flags = info["compiler_flags"].split()
+    assert "-O3" in flags
+    assert not any(f in flags for f in ("-ffast-math", "-Ofast", "-march=native"))
+    assert info["simd"] in SIMD_LEVELS
+    assert info["threads"] >= 1
+    assert info["openmp"] == ("-fopenmp" in flags)
+    kernels.set_backend("c")
+    try:
+        assert kernels.backend_info()["engine"] == "c"
+    finally:
+        kernels.set_backend(os.environ.get("MINICNN_BACKEND", "auto"))
+
+
+@requires_c
+def test_simd_level_can_be_capped_but_never_raised():
+    assert c_engine.set_simd_level("sse2") == "sse2"
+    try:
+        assert c_engine.simd_level() == "sse2"
+    finally:
+        assert c_engine.set_simd_level(SIMD_LEVELS[0]) == SIMD_LEVELS[0]
+    with pytest.raises(ValueError, match="SIMD level"):
+        c_engine.set_simd_level("avx9000")
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_fused_relu_matches_separate_relu(dtype):
+    """The C forward can apply ReLU in its epilogue and mask the gradient in its backward."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 7, 6, 3)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, 3, 20)).astype(dtype)
+    bias = rng.standard_normal(20).astype(dtype)
+    x[0, 0, 0, 0] = np.nan                              # NaN must propagate through the ReLU
+    y_ref, cache_ref = numpy_engine.conv2d_forward(x, kernel, bias, (1, 1), (1, 1, 1, 1))
+    y_ref = np.maximum(y_ref, 0)
+    y, cache = c_engine._conv_forward(x, kernel, bias, (1, 1), (1, 1, 1, 1), relu=True)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    finite = ~np.isnan(y_ref)
+    assert_close(y[finite], y_ref[finite], dtype, "y")
+    x[0, 0, 0, 0] = 0
+    y_ref, cache_ref = numpy_engine.conv2d_forward(x, kernel, bias, (1, 1), (1, 1, 1, 1))
+    y, cache = c_engine._conv_forward(x, kernel, bias, (1, 1), (1, 1, 1, 1), relu=True)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    want = numpy_engine.conv2d_backward(np.where(y_ref > 0, dy, 0).astype(dtype), cache_ref)
+    got = c_engine._conv_backward(dy, cache, True, relu_y=None)
+    for name, g, w in zip(("dx", "dkernel", "dbias"), got, want):
+        assert_close(g, w, dtype, name)
+
+
+# ---- building and falling back ----
+
+_HIDE_EXTENSION = """
+import importlib.abc, sys
+class _HideKernels(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "minicnn._kernels":
+            raise ImportError("minicnn._kernels hidden by the test")
+        return None
+sys.meta_path.insert(0, _HideKernels())
+"""
+
+
+def run_python(code, **env_overrides):
+    env = dict(os.environ)
+    env.pop("MINICNN_BACKEND", None)
+    env.update(env_overrides)
+    return subprocess.run([sys.executable, "-c", _HIDE_EXTENSION + textwrap.dedent(code)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_package_imports_and_trains_on_numpy_when_the_extension_is_absent():
+    result = run_python("""
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import minicnn
+        assert any("pure-NumPy engine" in str(w.message) for w in caught), [str(w.message) for w in caught]
+        import numpy as np
+        from minicnn import Conv2D, MaxPooling2D, Flatten, Dense
+        info = minicnn.backend_info()
+        assert info["engine"] == "numpy" and info["available"] == ["numpy"], info
+        assert "hidden by the test" in info["c_engine_error"]
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((8, 8, 8, 1))
+        target = rng.standard_normal((8, 3))
+        layers = [Conv2D(4, (3, 3), padding="same", activation="relu", input_shape=(8, 8, 1), dtype="float64"),
+                  MaxPooling2D((2, 2), dtype="float64"), Flatten(dtype="float64"), Dense(3, dtype="float64")]
+        shape = (8, 8, 1)
+        for layer in layers:
+            shape = layer.build(shape)
+        losses = []
+        for step in range(30):
+            out = x
+            for layer in layers:
+                out = layer.forward(out, training=True)
+            losses.append(float(np.mean((out - target) ** 2)))
+            grad = 2 * (out - target) / out.size
+            for layer in reversed(layers):
+                grad = layer.backward(grad)
+            for layer in layers:
+                for key in layer.params:
+                    layer.params[key] -= 0.1 * layer.grads[key]
+        assert losses[-1] < 0.7 * losses[0], losses
+        print("trained", losses[0], losses[-1])
+    """)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "trained" in result.stdout
+
+
+def test_forcing_the_c_engine_without_the_extension_raises_a_clear_import_error():
+    result = run_python("""
+        try:
+            import minicnn
+        except ImportError as error:
+            print("IMPORT-ERROR:", error)
+        else:
+            raise SystemExit("importing minicnn with MINICNN_BACKEND=c and no extension succeeded")
+    """, MINICNN_BACKEND="c")
+    assert result.returncode == 0, result.stderr + result.stdout
+    message = result.stdout
+    assert "IMPORT-ERROR:" in message
+    assert "C engine" in message and "pip install" in message
+    assert "hidden by the test" in message
+
+
+def test_the_builder_declares_exactly_the_public_header():
+    """cffi's declarations are read from the header, so C and Python cannot drift apart."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "csrc"))
+    try:
+        import build_kernels
+    finally:
+        sys.path.pop(0)
+    cdef = build_kernels.cdef_from_header()
+    for name in ("mc_conv2d_forward_f32", "mc_conv2d_backward_f64", "mc_maxpool2d_forward_f32",
+                 "mc_maxpool2d_backward_f64", "mc_conv_geom"):
+        assert name in cdef
+    assert "#" not in cdef, "the cdef section must not contain preprocessor lines"
