@@ -255,9 +255,10 @@ def _read_npz(path, npz, file_size):
         raise ModelFileError(path, f"is not a minicnn model file: it has no '{HEADER_ENTRY}' entry (it holds {listed})")
     if npz.zip.getinfo(HEADER_ENTRY + ".npy").file_size > _MAX_HEADER_BYTES:
         raise ModelFileError(path, "has an implausibly large header")
+    dtype, shape = _npy_header(npz, HEADER_ENTRY)
+    if dtype != np.uint8 or len(shape) != 1:
+        raise ModelFileError(path, f"has a header of dtype {dtype} and shape {shape}, expected uint8 bytes")
     raw = npz[HEADER_ENTRY]
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ModelFileError(path, f"has a header of dtype {raw.dtype} and shape {raw.shape}, expected uint8 bytes")
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
@@ -285,12 +286,26 @@ def _read_npz(path, npz, file_size):
         raise ModelFileError(path, f"declares {declared} bytes of arrays but the file has {file_size} bytes")
     arrays = {}
     for entry, spec in specs.items():
-        array = npz[entry]   # allow_pickle=False: an object array raises here, unread
-        if array.dtype.name != spec["dtype"] or list(array.shape) != spec["shape"]:
-            raise ModelFileError(path, f"entry '{entry}' is {array.dtype}{array.shape} but its header "
+        # Compare the entry's own .npy header with ours before numpy allocates anything for it.
+        dtype, shape = _npy_header(npz, entry)
+        if dtype.name != spec["dtype"] or list(shape) != spec["shape"]:
+            raise ModelFileError(path, f"entry '{entry}' is {dtype}{shape} but its header "
                                        f"says {spec['dtype']}{tuple(spec['shape'])}")
-        arrays[entry] = array
+        arrays[entry] = npz[entry]   # allow_pickle=False: an object array could not load anyway
     return _Contents(header, arrays)
+
+
+def _npy_header(npz, entry):
+    """(dtype, shape) from an entry's .npy header, read without reading its data."""
+    with npz.zip.open(entry + ".npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"entry '{entry}' has an unsupported .npy version {version}")
+    return dtype, shape
 
 
 def _listed_entries(path, header):
