@@ -84,7 +84,9 @@ static void DN(run_igemm)(const DN(mc_isa) *isa, const DN(mc_tiling) *tl, ptrdif
     for (int b = 0; b < blocks; b++) {
         const int nv = DN(block_vectors)(out_cols, b, nb, vlen);
         const int mr_max = isa->mr[nv];
-        const int last_cols = out_cols - b * nb - (nv - 1) * vlen;
+        /* valid columns in the block's last vector: a whole vector except in the last block */
+        const int rest = out_cols - b * nb - (nv - 1) * vlen;
+        const int last_cols = rest < vlen ? rest : vlen;
         const DR *bpack = packed + (ptrdiff_t)b * nb * K;
         const DR *bbias = packed_bias ? packed_bias + (ptrdiff_t)b * nb : NULL;
         const int64_t tiles = (tl->count + mr_max - 1) / mr_max;

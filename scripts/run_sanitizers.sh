@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Build the C engine with AddressSanitizer + UndefinedBehaviorSanitizer into a scratch folder
+# and run the kernel tests against that build. Any out-of-bounds access, use of freed memory
+# or undefined behaviour (overflow, misaligned access, bad shifts...) aborts the run.
+#
+#   scripts/run_sanitizers.sh            # from the repository root; about a minute
+#
+# Needs gcc with libasan/libubsan, cffi, numpy, pytest and hypothesis. The installed (fast)
+# extension is left alone: the tests import a copy of minicnn/ from the scratch folder whose
+# _kernels module is the sanitized build, and the script checks that they really did.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/minicnn-sanitize.XXXXXX")
+trap 'rm -rf "$SCRATCH"' EXIT
+
+cp -r minicnn tests csrc "$SCRATCH"/
+rm -f "$SCRATCH"/minicnn/_kernels*
+
+"$PYTHON" - "$SCRATCH" <<'PY'
+import glob, os, shutil, sys
+sys.path.insert(0, "csrc")
+import build_kernels
+scratch = sys.argv[1]
+flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+         "-fno-omit-frame-pointer", "-g"]
+ffi = build_kernels.make_ffibuilder(extra_compile_args=flags, absolute_paths=True)
+built = ffi.compile(tmpdir=os.path.join(scratch, "build"))
+shutil.copy(built, os.path.join(scratch, "minicnn", os.path.basename(built)))
+print("sanitized build:", os.path.basename(built))
+PY
+
+LIBASAN=$(gcc -print-file-name=libasan.so)
+LIBUBSAN=$(gcc -print-file-name=libubsan.so)
+cd "$SCRATCH"
+# Python itself is not instrumented: preload the runtimes, and ignore CPython's deliberate
+# leaks at exit (leak checking would only report the interpreter).
+export LD_PRELOAD="$LIBASAN $LIBUBSAN"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export MINICNN_BACKEND=c
+export HYPOTHESIS_STORAGE_DIRECTORY="$SCRATCH/.hypothesis"
+"$PYTHON" -c "
+import minicnn.kernels.c_engine as c, minicnn._kernels as k, os
+assert k.__file__.startswith(os.getcwd()), 'not the sanitized build: ' + k.__file__
+print('running on', k.__file__, c.engine_info())
+"
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_c_engine.py tests/test_kernels.py tests/test_gradients.py "$@"
+echo "sanitizers: no reports"
