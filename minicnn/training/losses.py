@@ -42,6 +42,17 @@ class Loss:
 
     # -- public, Keras-like -----------------------------------------------------------------
     def __call__(self, y_true, y_pred):
+        """The batch mean loss as a Python float."""
+        targets, y_pred = self._checked(y_true, y_pred)
+        return self.value(targets, y_pred)
+
+    def gradient(self, y_true, y_pred):
+        """d(batch mean loss) / d(y_pred), shaped like y_pred: with respect to the logits when
+        from_logits=True, to the probabilities (through Keras' clip) otherwise."""
+        targets, y_pred = self._checked(y_true, y_pred)
+        return self.value_and_gradient(targets, y_pred)[1]
+
+    def _checked(self, y_true, y_pred):
         y_pred = np.asarray(y_pred)
         if y_pred.ndim != 2 or y_pred.dtype.kind != "f":
             raise ValueError(
@@ -53,7 +64,7 @@ class Loss:
             raise ValueError(
                 f"{type(self).__name__}: y_true has {len(targets)} samples but y_pred has {len(y_pred)}"
             )
-        return self.value(targets, y_pred)
+        return targets, y_pred
 
     # -- what the training loop uses --------------------------------------------------------
     def prepare_targets(self, y, num_classes, dtype, argument="y"):
