@@ -68,6 +68,8 @@ class Sequential:
                 f"Sequential '{self.name}': only the first layer may declare input_shape, "
                 f"but {layer.describe()} declares {layer.declared_input_shape}"
             )
+        if self.layers:
+            self._share_dtype(layer)
         self.layers.append(layer)
         if self.built:
             self.output_shape = layer.build(self.output_shape)
@@ -99,6 +101,18 @@ class Sequential:
             shape = layer.build(shape)
         self.output_shape = tuple(shape)
         self.built = True
+
+    def _share_dtype(self, layer):
+        """Layers follow the first layer's dtype unless given their own, which must then agree,
+        so that `Conv2D(..., dtype="float64")` first makes the whole model float64 as in Keras."""
+        dtype = self.layers[0].dtype
+        if not layer.dtype_was_given:
+            layer.adopt_dtype(dtype)
+        elif layer.dtype != dtype:
+            raise ValueError(
+                f"Sequential '{self.name}': {layer.describe()} has dtype {layer.dtype} but the model "
+                f"computes in {dtype} (its first layer's); every layer must share one dtype"
+            )
 
     @property
     def dtype(self):

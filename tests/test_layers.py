@@ -218,3 +218,14 @@ def test_sequential_add_and_lazy_build():
         model.add("dense")
     with pytest.raises(ValueError, match="only the first layer may declare input_shape"):
         model.add(Dense(2, input_shape=(3,)))
+
+
+def test_model_layers_follow_the_first_layers_dtype():
+    model = Sequential([Conv2D(2, 3, dtype="float64", input_shape=(5, 5, 1)), MaxPooling2D(), Flatten(),
+                        Dense(3, activation="softmax")])
+    assert {layer.dtype for layer in model.layers} == {"float64"}
+    assert model.layers[-1].activation.dtype == "float64"
+    y = model.forward(np.ones((2, 5, 5, 1)))
+    assert y.dtype == np.float64
+    with pytest.raises(ValueError, match=r"Dense 'dense.*has dtype float32 but the model computes in float64"):
+        model.add(Dense(2, dtype="float32"))

@@ -35,7 +35,9 @@ _c_engine_error = None
 try:
     from . import c_engine as _c_engine
     _engines["c"] = _c_engine
-except ImportError as error:  # not built, or built for another platform
+except (ImportError, AttributeError, OSError) as error:
+    # Not built, built for another platform, or a stale build missing a symbol: fall back to
+    # NumPy (loudly, see _select_from_environment) rather than fail to import minicnn at all.
     _c_engine_error = error
 
 _active = numpy_engine

@@ -48,6 +48,7 @@ class Layer:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"{who}: name must be a non-empty string, received {name!r}")
         self.dtype = standardize_dtype(dtype, who)
+        self.dtype_was_given = dtype is not None
         self.trainable = bool(trainable)
         self.params = {}
         self.grads = {}
@@ -75,6 +76,17 @@ class Layer:
     def _build(self, input_shape):
         """Subclasses: check the shape, create params, return the output shape."""
         return input_shape
+
+    def adopt_dtype(self, dtype):
+        """Compute in `dtype` from now on (a model passes its dtype to layers not given one).
+
+        Only possible before the layer has parameters.
+        """
+        if self.built and self.params and self.dtype != dtype:
+            raise RuntimeError(f"{self.describe()}: cannot change dtype after its parameters exist")
+        self.dtype = dtype
+        if getattr(self, "activation", None) is not None:
+            self.activation.adopt_dtype(dtype)
 
     # -- computing --------------------------------------------------------------------------
     def forward(self, x, training=False):
