@@ -33,6 +33,10 @@
 
 /* Tallest tile of any microkernel instance (rows kept in registers). */
 #define MK_MRMAX 12
+/* Most per-thread workspace regions a call uses. */
+#define MC_MAX_PARTS 64
+/* Winograd pays off once both channel counts are this large (measured: docs/architecture.md). */
+#define MC_WINO_MIN_CHANNELS 8
 
 /* ---- microkernel instances ----
  * AVX-512 has 32 vector registers: tiles 6x4, 8x3, 12x2, 12x1 vectors (<= 28 accumulators).
@@ -129,22 +133,35 @@
 #define MC_TABLE_TYPE(real, sfx)                                                              \
     typedef struct {                                                                          \
         int vlen, nvmax;                                                                      \
-        int mr[5];                                                                            \
+        int mr[5], mr_half[5];                                                                \
         void (*igemm[5])(ptrdiff_t, const real *const *, const ptrdiff_t *, const real *,     \
                          real *const *, int, int, const real *, int);                         \
+        void (*igemm_half[5])(ptrdiff_t, const real *const *, const ptrdiff_t *, const real *,\
+                              real *const *, int, int, const real *, int);                    \
         void (*wgrad[5])(const real *, ptrdiff_t, ptrdiff_t, int, int, const ptrdiff_t *,     \
                          const real *, ptrdiff_t, ptrdiff_t, real *, ptrdiff_t, int);          \
+        void (*wgrad_half[5])(const real *, ptrdiff_t, ptrdiff_t, int, int,                   \
+                              const ptrdiff_t *, const real *, ptrdiff_t, ptrdiff_t, real *,  \
+                              ptrdiff_t, int);                                                \
+        void (*wino_in)(const real *const *, int, real *, ptrdiff_t);                         \
+        void (*wino_out)(const real *, ptrdiff_t, int, const real *, int, real *const *);     \
+        void (*wino_dy)(const real *const *, int, int, real *, ptrdiff_t);                    \
     } mc_isa_##sfx;
 MC_TABLE_TYPE(float, f32)
 MC_TABLE_TYPE(double, f64)
 
-#define MC_TABLE2(vlen, s) \
-    {vlen, 2, {0, 12, 6, 0, 0}, {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, \
-     {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}}
-#define MC_TABLE4(vlen, s) \
-    {vlen, 4, {0, 12, 12, 8, 6}, \
-     {0, mk_igemm_1_##s, mk_igemm_2_##s, mk_igemm_3_##s, mk_igemm_4_##s}, \
-     {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s}}
+#define MC_TABLE2(vlen, s)                                                                    \
+    {vlen, 2, {0, 12, 6, 0, 0}, {0, 6, 3, 0, 0},                                              \
+     {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, {0, mk_igemm_h1_##s, mk_igemm_h2_##s, 0, 0},   \
+     {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s}
+#define MC_TABLE4(vlen, s)                                                                    \
+    {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
+     {0, mk_igemm_1_##s, mk_igemm_2_##s, mk_igemm_3_##s, mk_igemm_4_##s},                      \
+     {0, mk_igemm_h1_##s, mk_igemm_h2_##s, mk_igemm_h3_##s, mk_igemm_h4_##s},                  \
+     {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
+     {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s}
 
 #if MC_X86
 static const mc_isa_f32 mc_isa_tables_f32[3] = {
@@ -163,6 +180,7 @@ static const mc_isa_f64 mc_isa_tables_f64[3] = {
 static int mc_best = -1;
 static int mc_level = MC_SIMD_BASELINE;
 static int mc_threads_requested = 0;
+static int mc_algorithm = MC_ALGO_AUTO;
 
 static int mc_detect(void)
 {
@@ -234,6 +252,15 @@ static int mc_threads_now(void)
 }
 
 int mc_max_threads(void) { return mc_threads_now(); }
+
+int mc_set_algorithm(int algorithm)
+{
+    if (algorithm == MC_ALGO_AUTO || algorithm == MC_ALGO_DIRECT || algorithm == MC_ALGO_WINOGRAD)
+        mc_algorithm = algorithm;
+    return mc_algorithm;
+}
+
+int mc_get_algorithm(void) { return mc_algorithm; }
 
 void mc_set_num_threads(int threads) { mc_threads_requested = threads > 0 ? threads : 0; }
 
@@ -361,7 +388,9 @@ int64_t mc_conv2d_forward_workspace(const mc_conv_geom *g, int elem_size)
 {
     mc_conv_sizes s;
     if (mc_check_conv(g, &s) || (elem_size != 4 && elem_size != 8)) return -1;
-    return mc_elements(elem_size == 4 ? forward_work_bytes_f32(g) : forward_work_bytes_f64(g), elem_size);
+    int64_t per_thread;
+    const int64_t fixed = elem_size == 4 ? forward_work_f32(g, &per_thread) : forward_work_f64(g, &per_thread);
+    return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
 }
 
 int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int need_dx, int relu)
@@ -371,7 +400,7 @@ int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int n
     const int vlen_max = 64 / elem_size;
     const int need_frame = need_dx || relu || g->f % vlen_max != 0;
     int64_t per_thread;
-    const int64_t fixed = elem_size == 4 ? backward_fixed_bytes_f32(g, need_dx, need_frame, &per_thread)
-                                         : backward_fixed_bytes_f64(g, need_dx, need_frame, &per_thread);
+    const int64_t fixed = elem_size == 4 ? backward_work_f32(g, need_dx, need_frame, &per_thread)
+                                         : backward_work_f64(g, need_dx, need_frame, &per_thread);
     return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
 }

@@ -29,6 +29,11 @@ enum {
 
 enum { MC_SIMD_BASELINE = 0, MC_SIMD_AVX2 = 1, MC_SIMD_AVX512 = 2 };
 
+/* Convolution algorithm: AUTO uses Winograd F(2x2, 3x3) for stride-1 3x3 convolutions with
+ * at least 8 input and 8 output channels and the direct kernels otherwise; DIRECT never uses
+ * Winograd; WINOGRAD uses it for every stride-1 3x3 convolution (tests). */
+enum { MC_ALGO_AUTO = 0, MC_ALGO_DIRECT = 1, MC_ALGO_WINOGRAD = 2 };
+
 /* Geometry of one convolution: input (n, h, w, c), kernel (kh, kw, c, f), strides and pads. */
 typedef struct {
     int n, h, w, c;
@@ -53,6 +58,8 @@ int mc_simd_best(void);                   /* the best level this CPU and build s
 int mc_set_simd_level(int level);         /* clamps to mc_simd_best(); returns the level set */
 const char *mc_simd_name(int level);
 int mc_max_threads(void);
+int mc_set_algorithm(int algorithm);      /* returns the algorithm in force */
+int mc_get_algorithm(void);
 void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default */
 /* glibc only: keep up to trim_bytes of freed memory and serve blocks up to 32 MiB from the heap,
  * so that arrays freed and reallocated every batch are not page-faulted in again.

@@ -18,6 +18,8 @@
  *             zero-margined buffer and, for strides > 1, the output pixels are split by their
  *             phase (row mod stride_h, column mod stride_w) so that each phase is a dense
  *             convolution with its own subset of kernel taps: no zeros are ever multiplied.
+ *   3x3, stride 1, enough channels: all three passes use Winograd F(2x2, 3x3) instead (below),
+ *             2.25x fewer multiplications on the same microkernels.
  */
 #define DCAT2(a, b) a##_##b
 #define DCAT(a, b) DCAT2(a, b)
@@ -90,8 +92,6 @@ static void DN(run_igemm)(const DN(mc_isa) *isa, const DN(mc_tiling) *tl, ptrdif
         const DR *bpack = packed + (ptrdiff_t)b * nb * K;
         const DR *bbias = packed_bias ? packed_bias + (ptrdiff_t)b * nb : NULL;
         const int64_t tiles = (tl->count + mr_max - 1) / mr_max;
-        void (*kernel)(ptrdiff_t, const DR *const *, const ptrdiff_t *, const DR *, DR *const *,
-                       int, int, const DR *, int) = isa->igemm[nv];
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tiles > 1)
 #endif
@@ -111,7 +111,8 @@ static void DN(run_igemm)(const DN(mc_isa) *isa, const DN(mc_tiling) *tl, ptrdif
                     if (++row == tl->rows) { row = 0; n++; }
                 }
             }
-            kernel(K, a, aoff, bpack, c, mr, last_cols, bbias, relu);
+            (mr <= isa->mr_half[nv] ? isa->igemm_half[nv] : isa->igemm[nv])(K, a, aoff, bpack, c, mr,
+                                                                           last_cols, bbias, relu);
         }
         (void)threads;
     }
@@ -159,39 +160,340 @@ static void DN(conv_dims)(const mc_conv_geom *g, DN(mc_conv_dims) *d)
     d->wd = d->ml + d->ow + d->mrt;
 }
 
-/* Bytes of workspace, including 64 bytes of alignment slack per region. */
-static int64_t DN(forward_work_bytes)(const mc_conv_geom *g)
+/* ---- Winograd F(2x2, 3x3): 16 multiplications per 2x2 outputs instead of 36 ----
+ *
+ * For stride-1 3x3 convolutions with at most 2 rows/columns of padding per side. Tiles of 2x2
+ * outputs are processed in blocks: every tile's 4x4 input patch is transformed (V = B^T d B,
+ * 16 values per channel), then for each of the 16 transformed positions xi one small GEMM
+ * M[xi] = V[xi] (tiles x C) @ U[xi] (C x F) runs on the igemm microkernel (U = G g G^T, the
+ * transformed kernel), and A^T M A gives the outputs. The kernel gradient is the adjoint:
+ * dU[xi] = V[xi]^T @ Z[xi] with Z = A dY A^T, reduced over tiles by the wgrad microkernel,
+ * then dkernel = G^T dU G. The input gradient is the forward algorithm run on the zero-framed
+ * dy with the kernel flipped and its channel axes swapped.
+ *
+ * Numerics: the transforms use only 0, +-1 and +-1/2, so the result differs from the direct
+ * sum by a few roundings (float32: ~1e-7 of the output's scale; tests allow 1e-5).
+ */
+#define DN_WINO_TILES 36     /* tiles per block, forward and dx (V and M stay in L2) */
+#define DN_WINO_TILES_W 64   /* tiles per block for the kernel gradient */
+
+static const DR DN(wino_g)[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+
+static int DN(wino_eligible)(const mc_conv_geom *g)
+{
+    return g->kh == 3 && g->kw == 3 && g->stride_h == 1 && g->stride_w == 1 && g->pad_top <= 2 &&
+           g->pad_bottom <= 2 && g->pad_left <= 2 && g->pad_right <= 2;
+}
+
+static int DN(use_wino)(const mc_conv_geom *g)
+{
+    if (!DN(wino_eligible)(g) || mc_algorithm == MC_ALGO_DIRECT) return 0;
+    return mc_algorithm == MC_ALGO_WINOGRAD ||
+           (g->c >= MC_WINO_MIN_CHANNELS && g->f >= MC_WINO_MIN_CHANNELS);
+}
+
+/* A batch of images read by pixel: (n, r, s) at base + n*img + r*row + s*col; cells outside
+ * [0, h) x [0, w) read as zeros. */
+typedef struct {
+    const DR *base;
+    ptrdiff_t img, row, col;
+    int h, w, channels;
+} DN(mc_view);
+
+/* U[xi] = (G g G^T)[xi] for every (ci, co), stored per xi as igemm's packed column blocks
+ * (cin rows of whole vectors each), xi apart by u_stride. g(i, j, ci, co) is
+ * g0[i*si + j*sj + ci*sci + co*sco]: the kernel as it is, or flipped with channels swapped. */
+static void DN(wino_pack)(const DN(mc_isa) *isa, const DR *g0, ptrdiff_t si, ptrdiff_t sj,
+                          ptrdiff_t sci, ptrdiff_t sco, int cin, int cout, DR *U, int64_t u_stride,
+                          int threads)
+{
+    const int vlen = isa->vlen, nb = isa->nvmax * vlen;
+    const int coutv = (int)DN(round_up)(cout, vlen);
+    const DR (*G)[3] = DN(wino_g);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && cin > 8)
+#endif
+    for (int ci = 0; ci < cin; ci++) {
+        /* 64 output channels at a time, channel-innermost so that the loops vectorise */
+        for (int co0 = 0; co0 < coutv; co0 += 64) {
+            const int width = coutv - co0 < 64 ? coutv - co0 : 64;
+            DR gl[9][64], t[4][3][64], u[16][64];
+            for (int ij = 0; ij < 9; ij++)
+                for (int k = 0; k < width; k++)
+                    gl[ij][k] = co0 + k < cout ? g0[(ij / 3) * si + (ij % 3) * sj + ci * sci + (co0 + k) * sco] : (DR)0;
+            for (int a = 0; a < 4; a++)
+                for (int jj = 0; jj < 3; jj++)
+                    for (int k = 0; k < width; k++)
+                        t[a][jj][k] = G[a][0] * gl[jj][k] + G[a][1] * gl[3 + jj][k] + G[a][2] * gl[6 + jj][k];
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 4; b++)
+                    for (int k = 0; k < width; k++)
+                        u[4 * a + b][k] = t[a][0][k] * G[b][0] + t[a][1][k] * G[b][1] + t[a][2][k] * G[b][2];
+            for (int k = 0; k < width; k++) {
+                const int co = co0 + k, blk = co / nb, bw = DN(block_vectors)(cout, blk, nb, vlen) * vlen;
+                DR *dst = U + (ptrdiff_t)blk * nb * cin + (ptrdiff_t)ci * bw + co % nb;
+                for (int xi = 0; xi < 16; xi++) dst[xi * u_stride] = u[xi][k];
+            }
+        }
+    }
+}
+
+/* The 16 cell pointers of tile (img, ti, tj), zeros outside the image. */
+static void DN(wino_cells)(const DN(mc_view) *in, int64_t img, int ti, int tj, const DR *zeros,
+                           const DR **d)
+{
+    for (int r = 0; r < 4; r++) {
+        const int row = 2 * ti + r;
+        for (int s = 0; s < 4; s++) {
+            const int col = 2 * tj + s;
+            d[4 * r + s] = row < in->h && col < in->w
+                               ? in->base + img * in->img + row * in->row + col * in->col
+                               : zeros;
+        }
+    }
+}
+
+/* out[n, p, q, :] = act(bias + sum_{i,j,c} in[n, p+i, q+j, c] * g[i, j, c, :]) for p < oh,
+ * q < ow, out contiguous (n, oh, ow, cout). vbuf/mbuf: per-thread blocks. */
+static void DN(wino_conv)(const DN(mc_isa) *isa, const DN(mc_view) *in, int n, int oh, int ow,
+                          DR *out, int cout, const DR *U, int64_t u_stride, const DR *bias,
+                          int relu, const ptrdiff_t *ident, const DR *zeros, DR *const *vbuf,
+                          DR *const *mbuf, int parts)
+{
+    const int vlen = isa->vlen, nb = isa->nvmax * vlen, cin = in->channels;
+    const int th = (oh + 1) / 2, tw = (ow + 1) / 2;
+    const int64_t per_img = (int64_t)th * tw, tiles = n * per_img;
+    const int64_t blocks = (tiles + DN_WINO_TILES - 1) / DN_WINO_TILES;
+    const int fv = (int)DN(round_up)(cout, vlen);
+    (void)parts;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(parts) if (parts > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num();
+#else
+        const int tid = 0;
+#endif
+        DR *V = vbuf[tid], *M = mbuf[tid];
+        const ptrdiff_t vs = (ptrdiff_t)DN_WINO_TILES * cin, ms = (ptrdiff_t)DN_WINO_TILES * fv;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            const int64_t t0 = blk * DN_WINO_TILES;
+            const int count = (int)(tiles - t0 < DN_WINO_TILES ? tiles - t0 : DN_WINO_TILES);
+            for (int t = 0; t < count; t++) {
+                const int64_t tile = t0 + t, img = tile / per_img, r = tile % per_img;
+                const DR *d[16];
+                DN(wino_cells)(in, img, (int)(r / tw), (int)(r % tw), zeros, d);
+                isa->wino_in(d, cin, V + (ptrdiff_t)t * cin, vs);
+            }
+            for (int xi = 0; xi < 16; xi++) {
+                for (int b = 0; b * nb < cout; b++) {
+                    const int nv = DN(block_vectors)(cout, b, nb, vlen), mr_max = isa->mr[nv];
+                    const DR *ub = U + xi * u_stride + (ptrdiff_t)b * nb * cin;
+                    for (int m0 = 0; m0 < count; m0 += mr_max) {
+                        const DR *a[MK_MRMAX];
+                        DR *c[MK_MRMAX];
+                        const int mr = count - m0 < mr_max ? count - m0 : mr_max;
+                        for (int t = 0; t < mr_max; t++) {
+                            const int row = m0 + (t < mr ? t : mr - 1);
+                            a[t] = V + xi * vs + (ptrdiff_t)row * cin;
+                            c[t] = M + xi * ms + (ptrdiff_t)row * fv + b * nb;
+                        }
+                        /* M rows are fv wide: whole vectors can be stored */
+                        (mr <= isa->mr_half[nv] ? isa->igemm_half[nv] : isa->igemm[nv])(
+                            cin, a, ident, ub, c, mr, vlen, NULL, 0);
+                    }
+                }
+            }
+            for (int t = 0; t < count; t++) {
+                const int64_t tile = t0 + t, img = tile / per_img, r = tile % per_img;
+                const int ti = (int)(r / tw), tj = (int)(r % tw);
+                DR *y[4];
+                for (int k = 0; k < 4; k++) {
+                    const int p = 2 * ti + k / 2, q = 2 * tj + k % 2;
+                    y[k] = p < oh && q < ow ? out + ((img * oh + p) * ow + q) * cout : NULL;
+                }
+                isa->wino_out(M + (ptrdiff_t)t * fv, ms, cout, bias, relu, y);
+            }
+        }
+    }
+}
+
+/* acc[tid] (16 x C x fpad, then fpad for the bias) += the transformed kernel gradient of the
+ * blocks this thread takes, over every image: dU[xi] += V[xi]^T Z[xi]. */
+static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const DN(mc_view) *dy,
+                           int n, int F, int64_t fpad, const DR *zeros, DR *const *acc,
+                           DR *const *vbuf, DR *const *zbuf, int with_bias, int parts)
+{
+    const int vlen = isa->vlen, nb = isa->nvmax * vlen, C = in->channels;
+    const int oh = dy->h, ow = dy->w, th = (oh + 1) / 2, tw = (ow + 1) / 2;
+    const int64_t per_img = (int64_t)th * tw, tiles = n * per_img;
+    const int64_t blocks = (tiles + DN_WINO_TILES_W - 1) / DN_WINO_TILES_W;
+    const int fv = (int)DN(round_up)(F, vlen);
+    (void)parts;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(parts) if (parts > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num();
+#else
+        const int tid = 0;
+#endif
+        DR *V = vbuf[tid], *Z = zbuf[tid], *dU = acc[tid], *db = acc[tid] + 16 * C * fpad;
+        const ptrdiff_t vs = (ptrdiff_t)DN_WINO_TILES_W * C, zs = (ptrdiff_t)DN_WINO_TILES_W * fv;
+        ptrdiff_t offs[MK_MRMAX];
+        memset(dU, 0, (size_t)(16 * C * fpad + fpad) * sizeof(DR));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t blk = 0; blk < blocks; blk++) {
+            const int64_t t0 = blk * DN_WINO_TILES_W;
+            const int count = (int)(tiles - t0 < DN_WINO_TILES_W ? tiles - t0 : DN_WINO_TILES_W);
+            for (int t = 0; t < count; t++) {
+                const int64_t tile = t0 + t, img = tile / per_img, r = tile % per_img;
+                const int ti = (int)(r / tw), tj = (int)(r % tw);
+                const DR *d[16], *gcell[4];
+                DN(wino_cells)(in, img, ti, tj, zeros, d);
+                isa->wino_in(d, C, V + (ptrdiff_t)t * C, vs);
+                for (int k = 0; k < 4; k++) {
+                    const int p = 2 * ti + k / 2, q = 2 * tj + k % 2;
+                    gcell[k] = p < oh && q < ow ? dy->base + img * dy->img + p * dy->row + q * dy->col : NULL;
+                }
+                isa->wino_dy(gcell, F, fv, Z + (ptrdiff_t)t * fv, zs);
+            }
+            if (with_bias) {
+                /* Z[5] = (A dY A^T)[1][1] is the sum of the tile's four gradient cells */
+                for (int t = 0; t < count; t++) {
+                    const DR *z5 = Z + 5 * zs + (ptrdiff_t)t * fv;
+                    for (int f = 0; f < F; f++) db[f] += z5[f];
+                }
+            }
+            for (int xi = 0; xi < 16; xi++) {
+                for (int b = 0; b * nb < F; b++) {
+                    const int nv = DN(block_vectors)(F, b, nb, vlen), mr_max = isa->mr[nv];
+                    for (int m0 = 0; m0 < C; m0 += mr_max) {
+                        const int mr = C - m0 < mr_max ? C - m0 : mr_max;
+                        for (int t = 0; t < mr_max; t++) offs[t] = m0 + (t < mr ? t : mr - 1);
+                        (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
+                            V + xi * vs, 0, C, 1, count, offs, Z + xi * zs + b * nb, 0, fv,
+                            dU + (xi * C + m0) * fpad + b * nb, (ptrdiff_t)fpad, mr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dkernel[i, j, c, f] = (G^T dU[:, :, c, f] G)[i, j], dU summed over the threads' parts. */
+static void DN(wino_unpack_dw)(DR *const *acc, int parts, int C, int F, int64_t fpad, DR *dkernel,
+                               int threads)
+{
+    const DR (*G)[3] = DN(wino_g);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && C > 8)
+#endif
+    for (int c = 0; c < C; c++) {
+        for (int f0 = 0; f0 < F; f0 += 64) {
+            const int width = F - f0 < 64 ? F - f0 : 64;
+            DR u[16][64], t[3][4][64];
+            for (int xi = 0; xi < 16; xi++) {
+                const DR *first = acc[0] + (xi * C + c) * fpad + f0;
+                for (int k = 0; k < width; k++) u[xi][k] = first[k];
+                for (int p = 1; p < parts; p++) {
+                    const DR *more = acc[p] + (xi * C + c) * fpad + f0;
+                    for (int k = 0; k < width; k++) u[xi][k] += more[k];
+                }
+            }
+            for (int i = 0; i < 3; i++)
+                for (int b = 0; b < 4; b++)
+                    for (int k = 0; k < width; k++)
+                        t[i][b][k] = G[0][i] * u[b][k] + G[1][i] * u[4 + b][k] + G[2][i] * u[8 + b][k] +
+                                     G[3][i] * u[12 + b][k];
+            for (int i = 0; i < 3; i++)
+                for (int j = 0; j < 3; j++) {
+                    DR *dst = dkernel + ((i * 3 + j) * C + c) * F + f0;
+                    for (int k = 0; k < width; k++)
+                        dst[k] = t[i][0][k] * G[0][j] + t[i][1][k] * G[1][j] + t[i][2][k] * G[2][j] +
+                                 t[i][3][k] * G[3][j];
+                }
+        }
+    }
+}
+
+/* ---- workspace: fixed regions plus one region per thread, 64 bytes of slack per region ---- */
+
+#define DN_ELEMS(count) ((int64_t)(count) * (int64_t)sizeof(DR) + 64)
+#define DN_OFFSETS(count) ((int64_t)(count) * (int64_t)sizeof(ptrdiff_t) + 64)
+
+static int64_t DN(zeros_len)(const mc_conv_geom *g)
+{
+    return DN(round_up)(g->c > g->f ? g->c : g->f, DN_VLEN_MAX);
+}
+
+static int64_t DN(forward_work)(const mc_conv_geom *g, int64_t *per_thread)
 {
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
     const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX);
-    return (d.K * fpad + fpad) * (int64_t)sizeof(DR) + d.K * (int64_t)sizeof(ptrdiff_t) + 3 * 64;
+    int64_t fixed = DN_ELEMS(d.K * fpad) + DN_ELEMS(fpad) + DN_OFFSETS(d.K);           /* direct */
+    *per_thread = 64;
+    if (DN(wino_eligible)(g)) {
+        fixed += DN_ELEMS(16 * g->c * fpad) + DN_OFFSETS(g->c) + DN_ELEMS(DN(zeros_len)(g));
+        *per_thread += DN_ELEMS(16 * DN_WINO_TILES * g->c) + DN_ELEMS(16 * DN_WINO_TILES * fpad);
+    }
+    return fixed;
 }
 
-/* dyP (when used), per-thread kernel and bias gradients, packed transposed kernel, offsets. */
-static int64_t DN(backward_fixed_bytes)(const mc_conv_geom *g, int need_dx, int need_dy_frame,
-                                        int64_t *per_thread)
+static int64_t DN(backward_work)(const mc_conv_geom *g, int need_dx, int need_frame,
+                                 int64_t *per_thread)
 {
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
     const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX);
     const int64_t cpad = DN(round_up)(g->c, DN_VLEN_MAX);
     const int64_t taps = (int64_t)g->kh * g->kw * g->f;
-    int64_t bytes = 4 * 64;
-    if (need_dy_frame) {
-        const int64_t frame = need_dx ? d.hd * d.wd : d.oh * d.ow;
-        bytes += (int64_t)g->n * frame * fpad * (int64_t)sizeof(DR);
+    int64_t fixed = 0;
+    if (need_frame) fixed += DN_ELEMS((int64_t)g->n * (need_dx ? d.hd * d.wd : d.oh * d.ow) * fpad);
+    if (need_dx) fixed += DN_ELEMS(taps * cpad) + DN_OFFSETS(taps);
+    int64_t region = DN_ELEMS(d.K * fpad + fpad);                                     /* direct dW */
+    if (DN(wino_eligible)(g)) {
+        fixed += DN_ELEMS(DN(zeros_len)(g));
+        const int64_t dw = DN_ELEMS(16 * g->c * fpad + fpad) + DN_ELEMS(16 * DN_WINO_TILES_W * g->c) +
+                           DN_ELEMS(16 * DN_WINO_TILES_W * fpad);
+        if (dw > region) region = dw;
+        if (need_dx) {
+            fixed += DN_ELEMS(16 * g->f * cpad) + DN_OFFSETS(g->f);
+            const int64_t dx = DN_ELEMS(16 * DN_WINO_TILES * g->f) + DN_ELEMS(16 * DN_WINO_TILES * cpad);
+            if (dx > region) region = dx;
+        }
     }
-    if (need_dx) bytes += taps * cpad * (int64_t)sizeof(DR) + taps * (int64_t)sizeof(ptrdiff_t);
-    *per_thread = (d.K * fpad + fpad) * (int64_t)sizeof(DR) + 64;
-    return bytes;
+    *per_thread = region + 64;
+    return fixed;
+}
+
+/* Split what is left of the arena into per-thread regions: how many fit, at most `threads`. */
+static int DN(thread_regions)(DN(mc_arena) *arena, int64_t per_thread, int threads, DN(mc_arena) *regions)
+{
+    int parts = 0;
+    while (parts < threads && parts < MC_MAX_PARTS) {
+        char *start = DN(arena_take)(arena, per_thread - 64);
+        if (!start) break;
+        regions[parts].next = start;
+        regions[parts].end = start + (per_thread - 64);
+        parts++;
+    }
+    return parts;
 }
 
 /* ---- forward ---- */
 
 static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel,
                              const DR *bias, int relu, DR *xpad, DR *y, DN(mc_arena) *arena,
-                             int threads)
+                             int64_t per_thread, int threads)
 {
     const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
     DN(mc_conv_dims) d;
@@ -211,15 +513,37 @@ static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kerne
         DN(pad_image)(x + n * img_in, g->h, g->w, C, g->pad_top, g->pad_bottom, g->pad_left,
                       g->pad_right, xpad + n * img_pad);
 
-    /* kernel (K, F) -> column blocks of whole vectors; tap k reads offset aoff[k] */
+    /* bias as whole vectors, zeros past F */
+    for (int64_t j = 0; j < fpad; j++) packed_bias[j] = bias && j < F ? bias[j] : (DR)0;
+
+    if (DN(use_wino)(g)) {
+        DR *U = DN(arena_take)(arena, 16 * C * fpad * (int64_t)sizeof(DR));
+        ptrdiff_t *ident = DN(arena_take)(arena, C * (int64_t)sizeof(ptrdiff_t));
+        const int64_t zlen = DN(zeros_len)(g);
+        DR *zeros = DN(arena_take)(arena, zlen * (int64_t)sizeof(DR));
+        DN(mc_arena) regions[MC_MAX_PARTS];
+        DR *vbuf[MC_MAX_PARTS], *mbuf[MC_MAX_PARTS];
+        const int parts = DN(thread_regions)(arena, per_thread, threads, regions);
+        for (int t = 0; t < parts; t++) {
+            vbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * C * (int64_t)sizeof(DR));
+            mbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * fpad * (int64_t)sizeof(DR));
+        }
+        memset(zeros, 0, (size_t)zlen * sizeof(DR));
+        for (int c = 0; c < C; c++) ident[c] = c;
+        DN(wino_pack)(isa, kernel, (ptrdiff_t)3 * C * F, (ptrdiff_t)C * F, F, 1, C, F, U, C * fpad, threads);
+        const DN(mc_view) in = {xpad, (ptrdiff_t)img_pad, (ptrdiff_t)d.wp * C, C, (int)d.hp, (int)d.wp, C};
+        DN(wino_conv)(isa, &in, g->n, (int)d.oh, (int)d.ow, y, F, U, C * fpad,
+                      bias ? packed_bias : NULL, relu, ident, zeros, vbuf, mbuf, parts);
+        return;
+    }
+
+    /* direct: kernel (K, F) -> column blocks of whole vectors; tap k reads offset aoff[k] */
     for (int b = 0; b * nb < F; b++) {
         const int width = DN(block_vectors)(F, b, nb, vlen) * vlen;
         DR *dst = packed + (ptrdiff_t)b * nb * K;
         for (int64_t k = 0; k < K; k++)
             for (int j = 0; j < width; j++)
                 dst[k * width + j] = b * nb + j < F ? kernel[k * F + b * nb + j] : (DR)0;
-        for (int j = 0; j < width; j++)
-            packed_bias[b * nb + j] = bias && b * nb + j < F ? bias[b * nb + j] : (DR)0;
     }
     for (int i = 0, k = 0; i < g->kh; i++)
         for (int j = 0; j < g->kw; j++)
@@ -239,7 +563,7 @@ static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kerne
 
 static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
                               const DR *dy, const DR *relu_y, DR *dx, DR *dkernel, DR *dbias,
-                              DN(mc_arena) *arena, int64_t per_thread_bytes, int threads)
+                              DN(mc_arena) *arena, int64_t per_thread, int threads)
 {
     const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
     DN(mc_conv_dims) d;
@@ -251,6 +575,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
     const int64_t mt = dx ? d.mt : 0, ml = dx ? d.ml : 0;
     const int64_t hd = dx ? d.hd : d.oh, wd = dx ? d.wd : d.ow;
     const size_t img_dy = (size_t)(d.oh * d.ow * F), img_pad = (size_t)(d.hp * d.wp * C);
+    const int wino = DN(use_wino)(g);
 
     DR *frame = need_frame ? DN(arena_take)(arena, (int64_t)g->n * hd * wd * fpad * (int64_t)sizeof(DR)) : NULL;
     DR *wpacked = NULL;
@@ -259,13 +584,19 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
         wpacked = DN(arena_take)(arena, (int64_t)g->kh * g->kw * F * cpad * (int64_t)sizeof(DR));
         toff = DN(arena_take)(arena, (int64_t)g->kh * g->kw * F * (int64_t)sizeof(ptrdiff_t));
     }
-    /* the rest of the arena: one private gradient (K x fpad, then fpad for the bias) per thread */
-    int parts = (int)((arena->end - arena->next) / per_thread_bytes);
-    if (parts > threads) parts = threads;
-    if (parts < 1) parts = 1;   /* the size check guarantees one */
-    DR *priv[64];
-    if (parts > 64) parts = 64;
-    for (int t = 0; t < parts; t++) priv[t] = DN(arena_take)(arena, per_thread_bytes - 64);
+    DR *zeros = NULL, *U = NULL;
+    ptrdiff_t *ident = NULL;
+    if (DN(wino_eligible)(g)) {
+        const int64_t zlen = DN(zeros_len)(g);
+        zeros = DN(arena_take)(arena, zlen * (int64_t)sizeof(DR));
+        memset(zeros, 0, (size_t)zlen * sizeof(DR));
+        if (dx) {
+            U = DN(arena_take)(arena, 16 * F * cpad * (int64_t)sizeof(DR));
+            ident = DN(arena_take)(arena, F * (int64_t)sizeof(ptrdiff_t));
+        }
+    }
+    DN(mc_arena) regions[MC_MAX_PARTS];
+    const int parts = DN(thread_regions)(arena, per_thread, threads, regions);
 
     /* dy source for the kernel gradient: the frame's interior, or dy itself */
     const DR *src = dy;
@@ -296,72 +627,115 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
         src_col = (ptrdiff_t)fv;
     }
 
-    /* kernel and bias gradients: images split over threads, each into its own accumulator */
-    const int nbw = (F + nb - 1) / nb;
+    /* kernel and bias gradients, each thread into its own accumulator, summed in thread order
+     * afterwards so that the result does not depend on scheduling */
+    DR *priv[MC_MAX_PARTS];
+    if (wino) {
+        DR *vbuf[MC_MAX_PARTS], *zbuf[MC_MAX_PARTS];
+        for (int t = 0; t < parts; t++) {
+            priv[t] = DN(arena_take)(&regions[t], (16 * C * fpad + fpad) * (int64_t)sizeof(DR));
+            vbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES_W * C * (int64_t)sizeof(DR));
+            zbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES_W * fpad * (int64_t)sizeof(DR));
+        }
+        const DN(mc_view) in = {xpad, (ptrdiff_t)img_pad, (ptrdiff_t)d.wp * C, C, (int)d.hp, (int)d.wp, C};
+        const DN(mc_view) dyv = {src, src_img, src_row, src_col, (int)d.oh, (int)d.ow, F};
+        DN(wino_wgrad)(isa, &in, &dyv, g->n, F, fpad, zeros, priv, vbuf, zbuf, dbias != NULL, parts);
+        DN(wino_unpack_dw)(priv, parts, C, F, fpad, dkernel, threads);
+        if (dbias)
+            for (int f = 0; f < F; f++) {
+                DR s = priv[0][16 * C * fpad + f];
+                for (int t = 1; t < parts; t++) s += priv[t][16 * C * fpad + f];
+                dbias[f] = s;
+            }
+    } else {
+        for (int t = 0; t < parts; t++)
+            priv[t] = DN(arena_take)(&regions[t], (K * fpad + fpad) * (int64_t)sizeof(DR));
+        const int nbw = (F + nb - 1) / nb;
+        (void)nbw;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(parts) if (parts > 1)
 #endif
-    {
+        {
 #ifdef _OPENMP
-        const int tid = omp_get_thread_num();
+            const int tid = omp_get_thread_num();
 #else
-        const int tid = 0;
+            const int tid = 0;
 #endif
-        DR *acc = priv[tid];
-        DR *acc_bias = acc + K * fpad;
-        memset(acc, 0, (size_t)(K * fpad + fpad) * sizeof(DR));
-        ptrdiff_t offs[MK_MRMAX];
+            DR *acc = priv[tid];
+            DR *acc_bias = acc + K * fpad;
+            memset(acc, 0, (size_t)(K * fpad + fpad) * sizeof(DR));
+            ptrdiff_t offs[MK_MRMAX];
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int n = 0; n < g->n; n++) {
-            const DR *xi = xpad + n * img_pad;
-            const DR *di = src + n * src_img;
-            for (int b = 0; b < nbw; b++) {
-                const int nv = DN(block_vectors)(F, b, nb, vlen);
-                const int mr_max = isa->mr[nv];
-                for (int64_t m0 = 0; m0 < K; m0 += mr_max) {
-                    const int mr = (int)(K - m0 < mr_max ? K - m0 : mr_max);
-                    for (int t = 0; t < mr_max; t++) {
-                        const int64_t m = m0 + (t < mr ? t : mr - 1);
-                        const int64_t c = m % C, j = (m / C) % g->kw, i = m / C / g->kw;
-                        offs[t] = (ptrdiff_t)((i * d.wp + j) * C + c);
+            for (int n = 0; n < g->n; n++) {
+                const DR *xi = xpad + n * img_pad;
+                const DR *di = src + n * src_img;
+                for (int b = 0; b < nbw; b++) {
+                    const int nv = DN(block_vectors)(F, b, nb, vlen);
+                    const int mr_max = isa->mr[nv];
+                    for (int64_t m0 = 0; m0 < K; m0 += mr_max) {
+                        const int mr = (int)(K - m0 < mr_max ? K - m0 : mr_max);
+                        for (int t = 0; t < mr_max; t++) {
+                            const int64_t m = m0 + (t < mr ? t : mr - 1);
+                            const int64_t c = m % C, j = (m / C) % g->kw, i = m / C / g->kw;
+                            offs[t] = (ptrdiff_t)((i * d.wp + j) * C + c);
+                        }
+                        (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
+                            xi, (ptrdiff_t)g->stride_h * d.wp * C, (ptrdiff_t)g->stride_w * C,
+                            (int)d.oh, (int)d.ow, offs, di + b * nb, src_row, src_col,
+                            acc + m0 * fpad + b * nb, (ptrdiff_t)fpad, mr);
                     }
-                    isa->wgrad[nv](xi, (ptrdiff_t)g->stride_h * d.wp * C, (ptrdiff_t)g->stride_w * C,
-                                   (int)d.oh, (int)d.ow, offs, di + b * nb, src_row, src_col,
-                                   acc + m0 * fpad + b * nb, (ptrdiff_t)fpad, mr);
+                }
+                if (dbias) {
+                    for (int64_t p = 0; p < d.oh; p++)
+                        for (int64_t q = 0; q < d.ow; q++) {
+                            const DR *row = di + p * src_row + q * src_col;
+                            for (int f = 0; f < F; f++) acc_bias[f] += row[f];
+                        }
                 }
             }
-            if (dbias) {
-                for (int64_t p = 0; p < d.oh; p++)
-                    for (int64_t q = 0; q < d.ow; q++) {
-                        const DR *row = di + p * src_row + q * src_col;
-                        for (int f = 0; f < F; f++) acc_bias[f] += row[f];
-                    }
-            }
         }
-    }
-    /* sum the private gradients in thread order: the result does not depend on scheduling */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && K > 64)
 #endif
-    for (int64_t k = 0; k < K; k++) {
-        for (int f = 0; f < F; f++) {
-            DR s = priv[0][k * fpad + f];
-            for (int t = 1; t < parts; t++) s += priv[t][k * fpad + f];
-            dkernel[k * F + f] = s;
+        for (int64_t k = 0; k < K; k++) {
+            for (int f = 0; f < F; f++) {
+                DR s = priv[0][k * fpad + f];
+                for (int t = 1; t < parts; t++) s += priv[t][k * fpad + f];
+                dkernel[k * F + f] = s;
+            }
         }
-    }
-    if (dbias) {
-        for (int f = 0; f < F; f++) {
-            DR s = priv[0][K * fpad + f];
-            for (int t = 1; t < parts; t++) s += priv[t][K * fpad + f];
-            dbias[f] = s;
+        if (dbias) {
+            for (int f = 0; f < F; f++) {
+                DR s = priv[0][K * fpad + f];
+                for (int t = 1; t < parts; t++) s += priv[t][K * fpad + f];
+                dbias[f] = s;
+            }
         }
     }
     if (!dx) return;
 
-    /* input gradient: one dense transposed convolution per phase (row mod sh, column mod sw) */
+    /* input gradient. Winograd: the frame is dy zero-padded by exactly 2 - pad on each side,
+     * so dx is its valid 3x3 correlation with the flipped, channel-swapped kernel. */
+    if (wino && mt == 2 - g->pad_top && ml == 2 - g->pad_left) {
+        DR *vbuf[MC_MAX_PARTS], *mbuf[MC_MAX_PARTS];
+        for (int t = 0; t < parts; t++) {
+            regions[t].next = (char *)priv[t];   /* the gradient accumulators are no longer needed */
+            vbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * F * (int64_t)sizeof(DR));
+            mbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * cpad * (int64_t)sizeof(DR));
+        }
+        for (int f = 0; f < F; f++) ident[f] = f;
+        const ptrdiff_t cf = (ptrdiff_t)C * F;
+        DN(wino_pack)(isa, kernel + 8 * cf, -3 * cf, -cf, 1, F, F, C, U, F * cpad, threads);
+        const DN(mc_view) in = {frame, (ptrdiff_t)(hd * wd * fv), (ptrdiff_t)(wd * fv), (ptrdiff_t)fv,
+                                (int)hd, (int)wd, F};
+        DN(wino_conv)(isa, &in, g->n, g->h, g->w, dx, C, U, F * cpad, NULL, 0, ident, zeros, vbuf,
+                      mbuf, parts);
+        return;
+    }
+
+    /* direct: one dense transposed convolution per phase (row mod sh, column mod sw) */
     const int sh = g->stride_h, sw = g->stride_w;
     ptrdiff_t tap_base = 0;
     for (int ph = 0; ph < sh; ph++) {
@@ -409,8 +783,6 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
             tap_base += kph;
         }
     }
-    /* dx pixels no tap reaches (their phase has no taps, or rows past the last window) were
-     * still written by run_igemm with K = 0 (zeros), except phases with no pixels at all. */
 }
 
 /* ---- max pooling ---- */
@@ -491,11 +863,13 @@ int DN(mc_conv2d_forward)(const mc_conv_geom *g, const DR *x, int64_t x_len, con
     if (x_len != s.x || kernel_len != s.kernel || xpad_len != s.xpad || y_len != s.y ||
         (bias ? bias_len != g->f : bias_len != 0))
         return MC_ERR_SIZE;
+    int64_t per_thread;
+    const int64_t fixed = DN(forward_work)(g, &per_thread);
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
-        work_len * (int64_t)sizeof(DR) < DN(forward_work_bytes)(g))
+        work_len * (int64_t)sizeof(DR) < fixed + per_thread)
         return MC_ERR_SIZE;
     DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
-    DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &arena, mc_threads_now());
+    DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &arena, per_thread, mc_threads_now());
     return MC_OK;
 }
 
@@ -516,7 +890,7 @@ int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_l
         return MC_ERR_SIZE;
     int64_t per_thread;
     const int need_frame = dx != NULL || relu_y != NULL || g->f % DN_VLEN_MAX != 0;
-    const int64_t fixed = DN(backward_fixed_bytes)(g, dx != NULL, need_frame, &per_thread);
+    const int64_t fixed = DN(backward_work)(g, dx != NULL, need_frame, &per_thread);
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < fixed + per_thread)
         return MC_ERR_SIZE;

@@ -145,26 +145,143 @@ static inline __attribute__((always_inline)) MK_ATTR void MK_NAME(mk_wgrad_body)
     }
 }
 
-/* The instances: one per vector count, each with its own tile height. */
-#define MK_INSTANCE(NV, MR)                                                                   \
-    static MK_ATTR void MK_NAME(mk_igemm_##NV)(ptrdiff_t K, const MK_REAL *const *a,           \
+/* ---- Winograd F(2x2, 3x3) transforms, vectorised over channels ----
+ * One 4x4 input tile d gives V = B^T d B, one 2x2 output tile comes from M by A^T M A, one 2x2
+ * gradient tile dY gives Z = A dY A^T; B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] and
+ * A^T = [1 1 1 0; 0 1 -1 -1]. Only additions: the same code serves vectors and scalars. */
+#define MK_WINO_IN(d, v)                                                                     \
+    do {                                                                                     \
+        for (int j_ = 0; j_ < 4; j_++) {                                                     \
+            const __typeof__(d[0]) r0 = d[j_], r1 = d[4 + j_], r2 = d[8 + j_], r3 = d[12 + j_]; \
+            d[j_] = r0 - r2; d[4 + j_] = r1 + r2; d[8 + j_] = r2 - r1; d[12 + j_] = r1 - r3;  \
+        }                                                                                    \
+        for (int i_ = 0; i_ < 4; i_++) {                                                     \
+            const __typeof__(d[0]) t0 = d[4 * i_], t1 = d[4 * i_ + 1], t2 = d[4 * i_ + 2],   \
+                                   t3 = d[4 * i_ + 3];                                       \
+            v[4 * i_] = t0 - t2; v[4 * i_ + 1] = t1 + t2;                                    \
+            v[4 * i_ + 2] = t2 - t1; v[4 * i_ + 3] = t1 - t3;                                \
+        }                                                                                    \
+    } while (0)
+
+#define MK_WINO_OUT(m, y)                                                                    \
+    do {                                                                                     \
+        __typeof__(m[0]) s_[8];                                                              \
+        for (int j_ = 0; j_ < 4; j_++) {                                                     \
+            s_[j_] = m[j_] + m[4 + j_] + m[8 + j_];                                          \
+            s_[4 + j_] = m[4 + j_] - m[8 + j_] - m[12 + j_];                                 \
+        }                                                                                    \
+        for (int i_ = 0; i_ < 2; i_++) {                                                     \
+            y[2 * i_] = s_[4 * i_] + s_[4 * i_ + 1] + s_[4 * i_ + 2];                        \
+            y[2 * i_ + 1] = s_[4 * i_ + 1] - s_[4 * i_ + 2] - s_[4 * i_ + 3];                \
+        }                                                                                    \
+    } while (0)
+
+#define MK_WINO_DY(g, z)                                                                     \
+    do {                                                                                     \
+        __typeof__(g[0]) r_[8];                                                              \
+        for (int j_ = 0; j_ < 2; j_++) {                                                     \
+            r_[j_] = g[j_]; r_[2 + j_] = g[j_] + g[2 + j_];                                  \
+            r_[4 + j_] = g[j_] - g[2 + j_]; r_[6 + j_] = -g[2 + j_];                         \
+        }                                                                                    \
+        for (int i_ = 0; i_ < 4; i_++) {                                                     \
+            z[4 * i_] = r_[2 * i_]; z[4 * i_ + 1] = r_[2 * i_] + r_[2 * i_ + 1];             \
+            z[4 * i_ + 2] = r_[2 * i_] - r_[2 * i_ + 1]; z[4 * i_ + 3] = -r_[2 * i_ + 1];    \
+        }                                                                                    \
+    } while (0)
+
+/* V[xi * vs + c] for the tile whose 16 cells start at d[0..15] (C channels each). */
+static MK_ATTR void MK_NAME(mk_wino_in)(const MK_REAL *const *d, int C, MK_REAL *v, ptrdiff_t vs)
+{
+    int c = 0;
+    for (; c + MK_VLEN <= C; c += MK_VLEN) {
+        MK_V a[16], r[16];
+        for (int k = 0; k < 16; k++) a[k] = MK_NAME(mk_load)(d[k] + c);
+        MK_WINO_IN(a, r);
+        for (int k = 0; k < 16; k++) MK_NAME(mk_store)(v + k * vs + c, r[k]);
+    }
+    for (; c < C; c++) {
+        MK_REAL a[16], r[16];
+        for (int k = 0; k < 16; k++) a[k] = d[k][c];
+        MK_WINO_IN(a, r);
+        for (int k = 0; k < 16; k++) v[k * vs + c] = r[k];
+    }
+}
+
+/* y[r][0:F] = act(bias + (A^T M A)[r]) for the 2x2 outputs r that exist (y[r] != NULL). */
+static MK_ATTR void MK_NAME(mk_wino_out)(const MK_REAL *m, ptrdiff_t ms, int F, const MK_REAL *bias,
+                                         int relu, MK_REAL *const *y)
+{
+    int f = 0;
+    for (; f + MK_VLEN <= F; f += MK_VLEN) {
+        MK_V a[16], r[4];
+        for (int k = 0; k < 16; k++) a[k] = MK_NAME(mk_load)(m + k * ms + f);
+        MK_WINO_OUT(a, r);
+        const MK_V b = bias ? MK_NAME(mk_load)(bias + f) : (MK_V){0};
+        for (int k = 0; k < 4; k++) {
+            if (!y[k]) continue;
+            MK_V o = r[k] + b;
+            MK_NAME(mk_store)(y[k] + f, relu ? MK_NAME(mk_relu)(o) : o);
+        }
+    }
+    for (; f < F; f++) {
+        MK_REAL a[16], r[4];
+        for (int k = 0; k < 16; k++) a[k] = m[k * ms + f];
+        MK_WINO_OUT(a, r);
+        for (int k = 0; k < 4; k++) {
+            if (!y[k]) continue;
+            const MK_REAL o = r[k] + (bias ? bias[f] : 0);
+            y[k][f] = relu && o < 0 ? 0 : o;
+        }
+    }
+}
+
+/* Z[xi * zs + f] = (A dY A^T)[xi] for f < F and 0 for F <= f < Fv; missing dY cells are 0. */
+static MK_ATTR void MK_NAME(mk_wino_dy)(const MK_REAL *const *g, int F, int Fv, MK_REAL *z, ptrdiff_t zs)
+{
+    int f = 0;
+    for (; f + MK_VLEN <= F; f += MK_VLEN) {
+        MK_V a[4], r[16];
+        for (int k = 0; k < 4; k++) a[k] = g[k] ? MK_NAME(mk_load)(g[k] + f) : (MK_V){0};
+        MK_WINO_DY(a, r);
+        for (int k = 0; k < 16; k++) MK_NAME(mk_store)(z + k * zs + f, r[k]);
+    }
+    for (; f < Fv; f++) {
+        MK_REAL a[4], r[16];
+        for (int k = 0; k < 4; k++) a[k] = g[k] && f < F ? g[k][f] : 0;
+        MK_WINO_DY(a, r);
+        for (int k = 0; k < 16; k++) z[k * zs + f] = r[k];
+    }
+}
+
+#undef MK_WINO_IN
+#undef MK_WINO_OUT
+#undef MK_WINO_DY
+
+/* The instances: one per vector count, each with its own tile height, plus one of half the
+ * height for the last rows of a matrix (32 rows in tiles of 6 would otherwise compute 36). */
+#define MK_INSTANCE(TAG, NV, MR)                                                              \
+    static MK_ATTR void MK_NAME(mk_igemm_##TAG)(ptrdiff_t K, const MK_REAL *const *a,          \
         const ptrdiff_t *aoff, const MK_REAL *b, MK_REAL *const *c, int mr, int last_cols,    \
         const MK_REAL *bias, int relu)                                                        \
     {                                                                                         \
         MK_NAME(mk_igemm_body)(MR, NV, K, a, aoff, b, c, mr, last_cols, bias, relu);          \
     }                                                                                         \
-    static MK_ATTR void MK_NAME(mk_wgrad_##NV)(const MK_REAL *x, ptrdiff_t xrs, ptrdiff_t xcs, \
+    static MK_ATTR void MK_NAME(mk_wgrad_##TAG)(const MK_REAL *x, ptrdiff_t xrs, ptrdiff_t xcs, \
         int oh, int ow, const ptrdiff_t *off, const MK_REAL *dy, ptrdiff_t dyrs,              \
         ptrdiff_t dycs, MK_REAL *dst, ptrdiff_t ld, int mr)                                   \
     {                                                                                         \
         MK_NAME(mk_wgrad_body)(MR, NV, x, xrs, xcs, oh, ow, off, dy, dyrs, dycs, dst, ld, mr); \
     }
 
-MK_INSTANCE(1, MK_MR1)
-MK_INSTANCE(2, MK_MR2)
+MK_INSTANCE(1, 1, MK_MR1)
+MK_INSTANCE(h1, 1, MK_MR1 / 2)
+MK_INSTANCE(2, 2, MK_MR2)
+MK_INSTANCE(h2, 2, MK_MR2 / 2)
 #if MK_NVMAX == 4
-MK_INSTANCE(3, MK_MR3)
-MK_INSTANCE(4, MK_MR4)
+MK_INSTANCE(3, 3, MK_MR3)
+MK_INSTANCE(h3, 3, MK_MR3 / 2)
+MK_INSTANCE(4, 4, MK_MR4)
+MK_INSTANCE(h4, 4, MK_MR4 / 2)
 #endif
 
 #undef MK_INSTANCE

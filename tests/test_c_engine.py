@@ -6,7 +6,8 @@ order, so entries that cancel to ~0 can only be compared on that scale). Max poo
 same winners, so its forward output is compared exactly.
 
 Every parity test runs once per SIMD level the CPU supports (avx512 / avx2 / sse2 here), so
-all three compiled code paths are exercised on one machine.
+all three compiled code paths are exercised on one machine, and the convolution tests once per
+algorithm: the direct kernels and Winograd F(2x2, 3x3) (used for stride-1 3x3 convolutions).
 
 Tests that need the extension are skipped, with the reason, only where it was not built; CI
 runs with MINICNN_BACKEND=c, where importing minicnn without it fails instead.
@@ -50,6 +51,18 @@ def simd(request):
         yield request.param
     finally:
         c_engine.set_simd_level(SIMD_LEVELS[0])
+
+
+@pytest.fixture(params=["direct", "winograd"])
+def algorithm(request):
+    """Force one convolution algorithm, then restore the automatic choice."""
+    if not C_BUILT:
+        pytest.skip(f"C engine not built here: {kernels.backend_info().get('c_engine_error')}")
+    c_engine.set_algorithm(request.param)
+    try:
+        yield request.param
+    finally:
+        c_engine.set_algorithm("auto")
 
 
 def assert_close(actual, expected, dtype, what):
@@ -101,13 +114,17 @@ CONV_GRID = [
     ((2, 28, 28, 1), (3, 3), 32, (1, 1), "same"),
     ((2, 14, 14, 32), (3, 3), 64, (1, 1), "same"),
     ((4, 6, 7, 65), (3, 3), 129, (2, 2), "same"),
+    ((3, 7, 9, 65), (3, 3), 129, (1, 1), "same"),     # Winograd with odd sizes and wide blocks
+    ((2, 3, 3, 9), (3, 3), 10, (1, 1), "valid"),      # one output pixel: one partial tile
+    ((2, 5, 6, 9), (3, 3), 17, (1, 1), (2, 2, 2, 2)), # the most padding Winograd takes
+    ((2, 5, 6, 9), (3, 3), 17, (1, 1), (0, 2, 1, 0)),
 ]
 
 
 @requires_c
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CONV_GRID, ids=str)
-def test_conv2d_matches_numpy_engine(simd, case, dtype):
+def test_conv2d_matches_numpy_engine(simd, algorithm, case, dtype):
     x_shape, kernel_size, filters, strides, padding = case
     pads = conv_geometry(x_shape[1], x_shape[2], kernel_size, strides, padding)
     rng = np.random.default_rng(abs(hash(str(case))) % 2**32)
@@ -116,7 +133,7 @@ def test_conv2d_matches_numpy_engine(simd, case, dtype):
 
 @requires_c
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_conv2d_without_bias_and_without_input_gradient(simd, dtype):
+def test_conv2d_without_bias_and_without_input_gradient(simd, algorithm, dtype):
     rng = np.random.default_rng(7)
     run_conv_both(rng, dtype, (3, 9, 7, 3), (3, 3, 3, 8), (1, 1), (1, 1, 1, 1),
                   use_bias=False, need_dx=False)
@@ -230,11 +247,31 @@ def conv_problems(draw):
 
 @requires_c
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(conv_problems(), st.booleans(), st.booleans())
-def test_conv2d_property_matches_numpy_engine(problem, use_bias, need_dx):
+@given(conv_problems(), st.booleans(), st.booleans(), st.sampled_from(["direct", "winograd"]))
+def test_conv2d_property_matches_numpy_engine(problem, use_bias, need_dx, algorithm):
     x_shape, kernel_shape, strides, pads, dtype, seed = problem
-    run_conv_both(np.random.default_rng(seed), dtype, x_shape, kernel_shape, strides, pads,
-                  use_bias=use_bias, need_dx=need_dx)
+    c_engine.set_algorithm(algorithm)
+    try:
+        run_conv_both(np.random.default_rng(seed), dtype, x_shape, kernel_shape, strides, pads,
+                      use_bias=use_bias, need_dx=need_dx)
+    finally:
+        c_engine.set_algorithm("auto")
+
+
+@requires_c
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12), st.integers(1, 20),
+       st.integers(1, 40), st.tuples(*[st.integers(0, 2)] * 4), st.sampled_from([np.float32, np.float64]),
+       st.integers(0, 2**31 - 1))
+def test_winograd_property_matches_numpy_engine(n, h, w, c, f, pads, dtype, seed):
+    """Stride-1 3x3 convolutions, the Winograd path's whole domain, with every padding it takes."""
+    if h + pads[0] + pads[1] < 3 or w + pads[2] + pads[3] < 3:
+        return
+    c_engine.set_algorithm("winograd")
+    try:
+        run_conv_both(np.random.default_rng(seed), dtype, (n, h, w, c), (3, 3, c, f), (1, 1), pads)
+    finally:
+        c_engine.set_algorithm("auto")
 
 
 @st.composite
@@ -342,7 +379,7 @@ def test_c_checks_lengths_itself_and_writes_nothing_on_mismatch():
                                          p(xpad), xpad.size, p(y), y_len, p(work), work_len)
 
     assert forward(y_len=y.size - 1) == lib.MC_ERR_SIZE
-    assert forward(work_len=work.size - 1) == lib.MC_ERR_SIZE
+    assert forward(work_len=16) == lib.MC_ERR_SIZE   # a smaller workspace only means fewer threads
     assert forward(kernel_len=kernel.size + 1) == lib.MC_ERR_SIZE
     assert np.all(y == 7.0) and np.all(xpad == 7.0), "C wrote to a buffer it rejected"
     assert forward() == lib.MC_OK
@@ -365,6 +402,7 @@ def test_engine_info_reports_build_simd_and_threads():
     assert info["simd"] in SIMD_LEVELS
     assert info["threads"] >= 1
     assert info["openmp"] == ("-fopenmp" in flags)
+    assert info["conv_algorithm"] in ("auto", "direct", "winograd")
     kernels.set_backend("c")
     try:
         assert kernels.backend_info()["engine"] == "c"
@@ -385,7 +423,7 @@ def test_simd_level_can_be_capped_but_never_raised():
 
 @requires_c
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_fused_relu_matches_separate_relu(dtype):
+def test_fused_relu_matches_separate_relu(algorithm, dtype):
     """The C forward can apply ReLU in its epilogue and mask the gradient in its backward."""
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 7, 6, 3)).astype(dtype)

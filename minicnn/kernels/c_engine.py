@@ -40,6 +40,7 @@ _ERRORS = {
     3: "a required buffer is missing",
 }
 _SIMD_LEVELS = {"sse2": 0, "baseline": 0, "avx2": 1, "avx512": 2}
+_ALGORITHMS = {"auto": 0, "direct": 1, "winograd": 2}
 
 
 # ---- the one door into C ----
@@ -270,6 +271,7 @@ def engine_info():
         "engine": NAME,
         "compiler_flags": ffi.string(lib.mc_build_flags()).decode(),
         "simd": simd_level(),
+        "conv_algorithm": algorithm(),
         "threads": int(lib.mc_max_threads()),
         "openmp": bool(lib.mc_have_openmp()),
         "keeps_freed_memory": _freed_memory_kept,
@@ -293,6 +295,20 @@ def set_simd_level(name):
         raise ValueError(f"SIMD level must be one of {sorted(_SIMD_LEVELS)}, received {name!r}")
     lib.mc_set_simd_level(_SIMD_LEVELS[name])
     return simd_level()
+
+
+def set_algorithm(name):
+    """'auto' (Winograd for stride-1 3x3 convolutions with >= 8 channels in and out, direct
+    otherwise), 'direct' (never Winograd) or 'winograd' (every stride-1 3x3 convolution)."""
+    if name not in _ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {sorted(_ALGORITHMS)}, received {name!r}")
+    lib.mc_set_algorithm(_ALGORITHMS[name])
+    return algorithm()
+
+
+def algorithm():
+    """The convolution algorithm policy in force: 'auto', 'direct' or 'winograd'."""
+    return {v: k for k, v in _ALGORITHMS.items()}[lib.mc_get_algorithm()]
 
 
 def set_num_threads(threads):
