@@ -35,8 +35,10 @@
 #define MK_MRMAX 12
 /* Most per-thread workspace regions a call uses. */
 #define MC_MAX_PARTS 64
-/* Winograd pays off once both channel counts are this large (measured: docs/architecture.md). */
-#define MC_WINO_MIN_CHANNELS 8
+/* Winograd pays off once the channels its GEMMs reduce over are this many (measured:
+ * docs/architecture.md); the passes decide separately. */
+#define MC_WINO_MIN_CHANNELS 16
+enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 
 /* ---- microkernel instances ----
  * AVX-512 has 32 vector registers: tiles 6x4, 8x3, 12x2, 12x1 vectors (<= 28 accumulators).

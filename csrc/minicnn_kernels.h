@@ -29,9 +29,10 @@ enum {
 
 enum { MC_SIMD_BASELINE = 0, MC_SIMD_AVX2 = 1, MC_SIMD_AVX512 = 2 };
 
-/* Convolution algorithm: AUTO uses Winograd F(2x2, 3x3) for stride-1 3x3 convolutions with
- * at least 8 input and 8 output channels and the direct kernels otherwise; DIRECT never uses
- * Winograd; WINOGRAD uses it for every stride-1 3x3 convolution (tests). */
+/* Convolution algorithm: AUTO uses Winograd F(2x2, 3x3) for the passes of a stride-1 3x3
+ * convolution whose GEMMs reduce over >= 16 channels (forward: C_in; kernel gradient: C_in
+ * and F; input gradient: F) and the direct kernels otherwise; DIRECT never uses Winograd;
+ * WINOGRAD uses it for every pass of every stride-1 3x3 convolution (tests). */
 enum { MC_ALGO_AUTO = 0, MC_ALGO_DIRECT = 1, MC_ALGO_WINOGRAD = 2 };
 
 /* Geometry of one convolution: input (n, h, w, c), kernel (kh, kw, c, f), strides and pads. */

@@ -185,11 +185,18 @@ static int DN(wino_eligible)(const mc_conv_geom *g)
            g->pad_bottom <= 2 && g->pad_left <= 2 && g->pad_right <= 2;
 }
 
-static int DN(use_wino)(const mc_conv_geom *g)
+/* Whether one pass (MC_PASS_*) runs Winograd. Automatically when the channel counts that
+ * feed its GEMMs reach MC_WINO_MIN_CHANNELS: below that the 16 GEMMs per tile block are too
+ * thin to beat the direct kernels (docs/architecture.md has the measurements). */
+static int DN(use_wino)(const mc_conv_geom *g, int pass)
 {
     if (!DN(wino_eligible)(g) || mc_algorithm == MC_ALGO_DIRECT) return 0;
-    return mc_algorithm == MC_ALGO_WINOGRAD ||
-           (g->c >= MC_WINO_MIN_CHANNELS && g->f >= MC_WINO_MIN_CHANNELS);
+    if (mc_algorithm == MC_ALGO_WINOGRAD) return 1;
+    switch (pass) {
+    case MC_PASS_FORWARD: return g->c >= MC_WINO_MIN_CHANNELS;      /* reduces over C */
+    case MC_PASS_DKERNEL: return g->c >= MC_WINO_MIN_CHANNELS && g->f >= MC_WINO_MIN_CHANNELS;
+    default: return g->f >= MC_WINO_MIN_CHANNELS;                   /* dx reduces over F */
+    }
 }
 
 /* A batch of images read by pixel: (n, r, s) at base + n*img + r*row + s*col; cells outside
@@ -229,11 +236,13 @@ static void DN(wino_pack)(const DN(mc_isa) *isa, const DR *g0, ptrdiff_t si, ptr
                 for (int b = 0; b < 4; b++)
                     for (int k = 0; k < width; k++)
                         u[4 * a + b][k] = t[a][0][k] * G[b][0] + t[a][1][k] * G[b][1] + t[a][2][k] * G[b][2];
+            ptrdiff_t at[64];
             for (int k = 0; k < width; k++) {
                 const int co = co0 + k, blk = co / nb, bw = DN(block_vectors)(cout, blk, nb, vlen) * vlen;
-                DR *dst = U + (ptrdiff_t)blk * nb * cin + (ptrdiff_t)ci * bw + co % nb;
-                for (int xi = 0; xi < 16; xi++) dst[xi * u_stride] = u[xi][k];
+                at[k] = (ptrdiff_t)blk * nb * cin + (ptrdiff_t)ci * bw + co % nb;
             }
+            for (int xi = 0; xi < 16; xi++)
+                for (int k = 0; k < width; k++) U[xi * u_stride + at[k]] = u[xi][k];
         }
     }
 }
@@ -516,7 +525,7 @@ static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kerne
     /* bias as whole vectors, zeros past F */
     for (int64_t j = 0; j < fpad; j++) packed_bias[j] = bias && j < F ? bias[j] : (DR)0;
 
-    if (DN(use_wino)(g)) {
+    if (DN(use_wino)(g, MC_PASS_FORWARD)) {
         DR *U = DN(arena_take)(arena, 16 * C * fpad * (int64_t)sizeof(DR));
         ptrdiff_t *ident = DN(arena_take)(arena, C * (int64_t)sizeof(ptrdiff_t));
         const int64_t zlen = DN(zeros_len)(g);
@@ -575,7 +584,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
     const int64_t mt = dx ? d.mt : 0, ml = dx ? d.ml : 0;
     const int64_t hd = dx ? d.hd : d.oh, wd = dx ? d.wd : d.ow;
     const size_t img_dy = (size_t)(d.oh * d.ow * F), img_pad = (size_t)(d.hp * d.wp * C);
-    const int wino = DN(use_wino)(g);
+    const int wino_dw = DN(use_wino)(g, MC_PASS_DKERNEL), wino_dx = DN(use_wino)(g, MC_PASS_DX);
 
     DR *frame = need_frame ? DN(arena_take)(arena, (int64_t)g->n * hd * wd * fpad * (int64_t)sizeof(DR)) : NULL;
     DR *wpacked = NULL;
@@ -630,7 +639,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
     /* kernel and bias gradients, each thread into its own accumulator, summed in thread order
      * afterwards so that the result does not depend on scheduling */
     DR *priv[MC_MAX_PARTS];
-    if (wino) {
+    if (wino_dw) {
         DR *vbuf[MC_MAX_PARTS], *zbuf[MC_MAX_PARTS];
         for (int t = 0; t < parts; t++) {
             priv[t] = DN(arena_take)(&regions[t], (16 * C * fpad + fpad) * (int64_t)sizeof(DR));
@@ -718,7 +727,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
 
     /* input gradient. Winograd: the frame is dy zero-padded by exactly 2 - pad on each side,
      * so dx is its valid 3x3 correlation with the flipped, channel-swapped kernel. */
-    if (wino && mt == 2 - g->pad_top && ml == 2 - g->pad_left) {
+    if (wino_dx && mt == 2 - g->pad_top && ml == 2 - g->pad_left) {
         DR *vbuf[MC_MAX_PARTS], *mbuf[MC_MAX_PARTS];
         for (int t = 0; t < parts; t++) {
             regions[t].next = (char *)priv[t];   /* the gradient accumulators are no longer needed */

@@ -298,7 +298,7 @@ def set_simd_level(name):
 
 
 def set_algorithm(name):
-    """'auto' (Winograd for stride-1 3x3 convolutions with >= 8 channels in and out, direct
+    """'auto' (Winograd for the passes of stride-1 3x3 convolutions that reduce over >= 16 channels, direct
     otherwise), 'direct' (never Winograd) or 'winograd' (every stride-1 3x3 convolution)."""
     if name not in _ALGORITHMS:
         raise ValueError(f"algorithm must be one of {sorted(_ALGORITHMS)}, received {name!r}")

@@ -1,0 +1,223 @@
+"""Forward and backward time of every layer of the seed model, per engine, in one process.
+
+    python benchmarks/bench_layers.py                 # batch 32 and 128, float32, 2 threads
+    python benchmarks/bench_layers.py --batches 32 --repeats 50 --json out.json
+
+Rows: conv1 (1->32, 28x28, 3x3 same), pool1 (2x2/2 on 28x28x32), conv2 (32->64, 14x14, 3x3
+same), pool2 (2x2/2 on 14x14x64), dense1 (3136->128), dense2 (128->10); all without
+activation so the layer itself is timed. conv1's backward skips the input gradient, as it
+does in a model (its input is the data) and in PyTorch (the input does not require grad).
+
+Columns: minicnn's C engine and NumPy engine (the real Layer objects through the kernel
+face), and PyTorch's functional ops with NCHW and channels_last tensors when torch imports.
+Each figure is the median of --repeats timed calls after warm-up. Ratios are computed from
+the same run: "C x" is how many times faster the C engine is than NumPy (numpy/c) and than
+the best PyTorch layout (torch/c, above 1 = C faster); "NumPy vs torch" is torch/numpy.
+
+PyTorch: run the script with a Python that has torch, e.g. the project's benchmark venv:
+    .venv-torch/bin/python -m pip install -e .     # once: minicnn (and cffi) into that venv
+    .venv-torch/bin/python benchmarks/bench_layers.py
+Without torch the PyTorch columns are left out.
+
+Fairness: every engine runs the same threads (--threads: OpenMP for the C engine, OpenBLAS
+for NumPy through its default of one thread per core, torch.set_num_threads). The engines are
+timed one block at a time with a pause between blocks, because each thread pool (libgomp,
+OpenBLAS, torch's OpenMP) keeps spinning for a while after its last call and would otherwise
+steal the second core from the next engine's block.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
+
+from minicnn import kernels  # noqa: E402
+from minicnn.layers import Conv2D, Dense, MaxPooling2D  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the table then has no PyTorch columns
+    torch = None
+
+SETTLE_SECONDS = 0.25   # longer than OpenBLAS's and libgomp's spin-wait after a call
+
+
+def median_ms(fn, repeats, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+# ---- the layers of the seed model ----
+
+LAYERS = [
+    # name, kind, input shape (H, W, C) or (features,), layer arguments
+    ("conv1", "conv", (28, 28, 1), dict(filters=32, kernel_size=(3, 3), padding="same"), False),
+    ("pool1", "pool", (28, 28, 32), dict(pool_size=(2, 2), strides=2), True),
+    ("conv2", "conv", (14, 14, 32), dict(filters=64, kernel_size=(3, 3), padding="same"), True),
+    ("pool2", "pool", (14, 14, 64), dict(pool_size=(2, 2), strides=2), True),
+    ("dense1", "dense", (3136,), dict(units=128), True),
+    ("dense2", "dense", (128,), dict(units=10), True),
+]
+
+
+def make_minicnn_layer(kind, shape, args):
+    cls = {"conv": Conv2D, "pool": MaxPooling2D, "dense": Dense}[kind]
+    layer = cls(dtype="float32", **args)
+    layer.build(shape)
+    return layer
+
+
+def time_minicnn(engine, kind, shape, args, need_dx, batch, repeats, rng):
+    kernels.set_backend(engine)
+    layer = make_minicnn_layer(kind, shape, args)
+    x = rng.standard_normal((batch, *shape)).astype(np.float32)
+    y = layer.forward(x, training=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    forward = median_ms(lambda: layer.forward(x, training=True), repeats)
+    layer.forward(x, training=True)
+    backward = median_ms(lambda: layer.backward(dy, need_input_gradient=need_dx), repeats)
+    return forward, backward
+
+
+def time_torch(channels_last, kind, shape, args, need_dx, batch, repeats, rng):
+    x_np = rng.standard_normal((batch, *shape)).astype(np.float32)
+    if kind == "dense":
+        x = torch.from_numpy(x_np)
+        w = torch.randn(args["units"], shape[0], requires_grad=True)
+        b = torch.zeros(args["units"], requires_grad=True)
+        def op(inp):
+            return F.linear(inp, w, b)
+        params = [w, b]
+    else:
+        x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()  # NCHW
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if kind == "conv":
+            c, f = shape[2], args["filters"]
+            w = torch.randn(f, c, 3, 3)
+            if channels_last:
+                w = w.contiguous(memory_format=torch.channels_last)
+            w.requires_grad_(True)
+            b = torch.zeros(f, requires_grad=True)
+            def op(inp):
+                return F.conv2d(inp, w, b, padding=1)
+            params = [w, b]
+        else:
+            def op(inp):
+                return F.max_pool2d(inp, 2, 2)
+            params = []
+    x.requires_grad_(need_dx)
+    with torch.no_grad():
+        forward = median_ms(lambda: op(x), repeats)
+    inputs = ([x] if need_dx else []) + params
+    y = op(x)
+    dy = torch.randn_like(y)
+
+    def backward():
+        # a fresh graph each time (untimed forward is outside); grads are returned, not stored
+        torch.autograd.grad(y, inputs, dy, retain_graph=True)
+
+    backward_ms = median_ms(backward, repeats)
+    return forward, backward_ms
+
+
+def run(batches, repeats, threads):
+    rng = np.random.default_rng(0)
+    engines = [e for e in ("c", "numpy") if e in kernels.available_backends()]
+    results = []
+    for batch in batches:
+        for name, kind, shape, args, need_dx in LAYERS:
+            row = {"layer": name, "batch": batch}
+            for engine in engines:
+                time.sleep(SETTLE_SECONDS)
+                row[engine] = time_minicnn(engine, kind, shape, args, need_dx, batch, repeats, rng)
+            if torch is not None:
+                for label, channels_last in (("torch_nchw", False), ("torch_cl", True)):
+                    time.sleep(SETTLE_SECONDS)
+                    row[label] = time_torch(channels_last, kind, shape, args, need_dx, batch, repeats, rng)
+            results.append(row)
+            print(f"  measured {name} at batch {batch}", file=sys.stderr)
+    return results
+
+
+# ---- the table ----
+
+def ratio(numerator, denominator):
+    if numerator is None or denominator is None or denominator <= 0:
+        return "   -  "
+    return f"{numerator / denominator:6.2f}"
+
+
+def print_table(results):
+    have = [k for k in ("c", "numpy", "torch_nchw", "torch_cl") if k in results[0]]
+    titles = {"c": "C", "numpy": "NumPy", "torch_nchw": "torch NCHW", "torch_cl": "torch CL"}
+    header = f"{'layer':7} {'batch':>5} {'pass':8}" + "".join(f" {titles[k]:>10}" for k in have)
+    header += "   C x NumPy   C x torch   NumPy vs torch"
+    print(header)
+    print("-" * len(header))
+    for row in results:
+        for index, label in enumerate(("forward", "backward", "fwd+bwd")):
+            values = {}
+            for k in have:
+                fwd, bwd = row[k]
+                values[k] = (fwd, bwd, fwd + bwd)[index]
+            torch_best = min((values[k] for k in ("torch_nchw", "torch_cl") if k in values), default=None)
+            line = f"{row['layer'] if index == 0 else '':7} {row['batch'] if index == 0 else '':>5} {label:8}"
+            line += "".join(f" {values[k]:10.3f}" for k in have)
+            line += f"   {ratio(values.get('numpy'), values.get('c')):>9}"
+            line += f"   {ratio(torch_best, values.get('c')):>9}"
+            line += f"   {ratio(torch_best, values.get('numpy')):>14}"
+            print(line)
+    print("\ntimes in ms (median); ratios > 1 mean the C engine (or NumPy, last column) is faster")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    if "c" in kernels.available_backends():
+        from minicnn.kernels import c_engine
+        c_engine.set_num_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    previous = kernels.get_backend()
+    try:
+        results = run(args.batches, args.repeats, args.threads)
+    finally:
+        kernels.set_backend(previous)
+
+    kernels.set_backend("c" if "c" in kernels.available_backends() else "numpy")
+    info = kernels.backend_info()
+    print(f"minicnn layer benchmark: float32, {args.threads} threads, median of {args.repeats}")
+    print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; "
+          f"Python {platform.python_version()}, NumPy {np.__version__}"
+          + (f", PyTorch {torch.__version__}" if torch is not None else ", PyTorch not importable"))
+    print(f"C engine: {info}\n")
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "repeats": args.repeats, "backend_info": info,
+                       "torch": torch.__version__ if torch is not None else None,
+                       "results": results}, f, indent=1)
+    kernels.set_backend(previous)
+
+
+if __name__ == "__main__":
+    main()
