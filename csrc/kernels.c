@@ -351,6 +351,20 @@ static int mc_check_pool(const mc_pool_geom *g, int64_t *oh, int64_t *ow)
     return MC_OK;
 }
 
+static int mc_check_dense(int n, int k, int f, int64_t *x, int64_t *kernel, int64_t *y)
+{
+    const int positive[] = {n, k, f};
+    if (!mc_dims_ok(positive, 3, 1)) return MC_ERR_GEOMETRY;
+    if (!mc_product(x, n, k, 1, 1) || !mc_product(kernel, k, f, 1, 1) || !mc_product(y, n, f, 1, 1))
+        return MC_ERR_GEOMETRY;
+    /* padded copies: (n or k) x (f rounded up) and k x (n rounded up) */
+    int64_t scratch;
+    if (!mc_product(&scratch, (int64_t)n + k, (int64_t)f + 64, 2, 1) ||
+        !mc_product(&scratch, k, (int64_t)n + 64, 1, 1))
+        return MC_ERR_GEOMETRY;
+    return MC_OK;
+}
+
 /* ---- the drivers, once per dtype ---- */
 #define DR float
 #define DSFX f32
@@ -405,4 +419,20 @@ int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int n
     const int64_t fixed = elem_size == 4 ? backward_work_f32(g, need_dx, need_frame, &per_thread)
                                          : backward_work_f64(g, need_dx, need_frame, &per_thread);
     return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
+}
+
+int64_t mc_dense_forward_workspace(int n, int k, int f, int elem_size)
+{
+    int64_t sx, sk, sy;
+    if (mc_check_dense(n, k, f, &sx, &sk, &sy) || (elem_size != 4 && elem_size != 8)) return -1;
+    return mc_elements(elem_size == 4 ? dense_forward_bytes_f32(n, k, f) : dense_forward_bytes_f64(n, k, f),
+                       elem_size);
+}
+
+int64_t mc_dense_backward_workspace(int n, int k, int f, int elem_size)
+{
+    int64_t sx, sk, sy;
+    if (mc_check_dense(n, k, f, &sx, &sk, &sy) || (elem_size != 4 && elem_size != 8)) return -1;
+    return mc_elements(elem_size == 4 ? dense_backward_bytes_f32(n, k, f) : dense_backward_bytes_f64(n, k, f),
+                       elem_size);
 }

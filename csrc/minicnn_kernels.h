@@ -115,6 +115,29 @@ int mc_conv2d_backward_f64(const mc_conv_geom *g,
                            double *dbias, int64_t dbias_len,
                            double *work, int64_t work_len);
 
+/* Dense: y (n, f) = act(x (n, k) @ kernel (k, f) + bias), Keras' layout. */
+int64_t mc_dense_forward_workspace(int n, int k, int f, int elem_size);
+int64_t mc_dense_backward_workspace(int n, int k, int f, int elem_size);
+int mc_dense_forward_f32(int n, int k, int f, const float *x, int64_t x_len,
+                         const float *kernel, int64_t kernel_len, const float *bias,
+                         int64_t bias_len, int relu, float *y, int64_t y_len,
+                         float *work, int64_t work_len);
+int mc_dense_forward_f64(int n, int k, int f, const double *x, int64_t x_len,
+                         const double *kernel, int64_t kernel_len, const double *bias,
+                         int64_t bias_len, int relu, double *y, int64_t y_len,
+                         double *work, int64_t work_len);
+/* relu_y as for the convolution; dx and dbias may be NULL. */
+int mc_dense_backward_f32(int n, int k, int f, const float *x, int64_t x_len,
+                          const float *kernel, int64_t kernel_len, const float *dy, int64_t dy_len,
+                          const float *relu_y, int64_t relu_y_len, float *dx, int64_t dx_len,
+                          float *dkernel, int64_t dkernel_len, float *dbias, int64_t dbias_len,
+                          float *work, int64_t work_len);
+int mc_dense_backward_f64(int n, int k, int f, const double *x, int64_t x_len,
+                          const double *kernel, int64_t kernel_len, const double *dy, int64_t dy_len,
+                          const double *relu_y, int64_t relu_y_len, double *dx, int64_t dx_len,
+                          double *dkernel, int64_t dkernel_len, double *dbias, int64_t dbias_len,
+                          double *work, int64_t work_len);
+
 int64_t mc_pool2d_output_len(const mc_pool_geom *g);
 
 /* Max pooling with -inf padding. argmax receives, for every output, the flat index of the

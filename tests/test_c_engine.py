@@ -446,6 +446,105 @@ def test_fused_relu_matches_separate_relu(algorithm, dtype):
         assert_close(g, w, dtype, name)
 
 
+# ---- fused conv + ReLU and dense through the face, on both engines ----
+
+@pytest.fixture(params=["numpy", "c"])
+def engine(request):
+    if request.param not in kernels.available_backends():
+        pytest.skip(f"C engine not built here: {kernels.backend_info().get('c_engine_error')}")
+    previous = kernels.get_backend()
+    kernels.set_backend(request.param)
+    try:
+        yield request.param
+    finally:
+        kernels.set_backend(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape, kernel_shape, strides, pads", [
+    ((2, 7, 6, 3), (3, 3, 3, 20), (1, 1), (1, 1, 1, 1)),
+    ((3, 14, 14, 32), (3, 3, 32, 64), (1, 1), (1, 1, 1, 1)),
+    ((2, 9, 8, 2), (3, 2, 2, 5), (2, 1), (1, 1, 0, 1)),
+])
+def test_face_conv2d_relu_equals_conv_then_relu(engine, dtype, shape, kernel_shape, strides, pads):
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(shape).astype(dtype)
+    kernel = rng.standard_normal(kernel_shape).astype(dtype)
+    bias = rng.standard_normal(kernel_shape[3]).astype(dtype)
+    z, cache_ref = numpy_engine.conv2d_forward(x, kernel, bias, strides, pads)
+    y_ref = np.maximum(z, 0)
+    y, cache = kernels.conv2d_relu_forward(x, kernel, bias, strides, pads)
+    assert_close(y, y_ref, dtype, "y")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    want = numpy_engine.conv2d_backward(dy * (y_ref > 0), cache_ref)
+    got = kernels.conv2d_backward(dy, cache)
+    for name, g, w in zip(("dx", "dkernel", "dbias"), got, want):
+        assert_close(g, w, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("n, k, f", [(32, 3136, 128), (32, 128, 10), (1, 1, 1), (7, 300, 17), (130, 40, 129)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_face_dense_matches_matmul(engine, dtype, n, k, f, relu):
+    rng = np.random.default_rng(n * k + f)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    kernel = rng.standard_normal((k, f)).astype(dtype)
+    bias = rng.standard_normal(f).astype(dtype)
+    z = x @ kernel + bias
+    y_ref = np.maximum(z, 0) if relu else z
+    y, cache = kernels.dense_forward(x, kernel, bias, relu=relu)
+    assert_close(y, y_ref, dtype, "y")
+    dy = rng.standard_normal((n, f)).astype(dtype)
+    g = dy * (y_ref > 0) if relu else dy
+    dx, dkernel, dbias = kernels.dense_backward(dy, cache)
+    assert_close(dx, g @ kernel.T, dtype, "dx")
+    assert_close(dkernel, x.T @ g, dtype, "dkernel")
+    assert_close(dbias, g.sum(axis=0), dtype, "dbias")
+    y, cache = kernels.dense_forward(x, kernel, None)
+    dx, dkernel, dbias = kernels.dense_backward(dy, cache, need_dx=False)
+    assert dx is None and dbias is None
+    assert_close(dkernel, x.T @ dy, dtype, "dkernel without bias")
+
+
+def test_face_dense_rejects_bad_arguments_with_clear_messages(engine):
+    x = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="kernel must be 2-D \\(5, units\\)"):
+        kernels.dense_forward(x, np.zeros((6, 3), np.float32), None)
+    with pytest.raises(TypeError, match="share one dtype"):
+        kernels.dense_forward(x, np.zeros((5, 3), np.float64), None)
+    with pytest.raises(ValueError, match="bias must have shape \\(3,\\)"):
+        kernels.dense_forward(x, np.zeros((5, 3), np.float32), np.zeros(4, np.float32))
+    y, cache = kernels.dense_forward(x, np.zeros((5, 3), np.float32), None)
+    with pytest.raises(ValueError, match="upstream gradient must have shape"):
+        kernels.dense_backward(np.zeros((4, 4), np.float32), cache)
+
+
+@requires_c
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 300), st.integers(1, 70), st.booleans(), st.booleans(),
+       st.sampled_from([np.float32, np.float64]), st.sampled_from([1, 2]), st.integers(0, 2**31 - 1))
+def test_dense_property_matches_matmul(n, k, f, relu, use_bias, dtype, threads, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    kernel = rng.standard_normal((k, f)).astype(dtype)
+    bias = rng.standard_normal(f).astype(dtype) if use_bias else None
+    c_engine.set_num_threads(threads)
+    try:
+        y, cache = c_engine.dense_forward(x, kernel, bias, relu)
+        dy = rng.standard_normal((n, f)).astype(dtype)
+        dx, dkernel, dbias = c_engine.dense_backward(dy, cache)
+    finally:
+        c_engine.set_num_threads(None)
+    z = x @ kernel + (bias if use_bias else 0)
+    y_ref = np.maximum(z, 0) if relu else z
+    g = dy * (y_ref > 0) if relu else dy
+    assert_close(y, y_ref.astype(dtype), dtype, "y")
+    assert_close(dx, g @ kernel.T, dtype, "dx")
+    assert_close(dkernel, x.T @ g, dtype, "dkernel")
+    if use_bias:
+        assert_close(dbias, g.sum(axis=0), dtype, "dbias")
+
+
 # ---- building and falling back ----
 
 _HIDE_EXTENSION = """

@@ -193,3 +193,114 @@ def maxpool2d_backward(dy, cache):
 
 
 _select_from_environment()
+
+
+# ---- Fused and dense entry points (added for the training-speed issue) ------------------------
+# Engines may implement conv2d_relu_forward, dense_forward and dense_backward. For an engine that
+# does not (the NumPy engine today), the face composes the same results from NumPy below, so
+# every entry point works on every engine and gives the same numbers as the separate steps.
+# Why they exist: in a training step the ReLU after each layer is a separate pass over the
+# activations (forward) and the gradients (backward), and the dense layers' matmuls wake
+# OpenBLAS's thread pool, which spins against the C engine's OpenMP pool on the same cores
+# (docs/architecture.md, "The C engine"). The C engine fuses the ReLU into its epilogues and runs
+# the dense products on its own threads.
+
+class _ReLUMaskedEngine:
+    """Stands in for an engine without fused kernels: applies the ReLU mask to dy, then runs
+    that engine's own backward."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def conv2d_backward(self, dy, cache, need_dx):
+        inner, positive = cache
+        return self.engine.conv2d_backward(dy * positive, inner, need_dx)
+
+
+class _NumpyDense:
+    """dense_forward / dense_backward in NumPy, for engines without their own."""
+
+    @staticmethod
+    def dense_forward(x, kernel, bias, relu):
+        y = x @ kernel
+        if bias is not None:
+            y += bias
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y, (x, kernel, bias is not None, y > 0 if relu else None)
+
+    @staticmethod
+    def dense_backward(dy, cache, need_dx):
+        x, kernel, has_bias, positive = cache
+        if positive is not None:
+            dy = dy * positive
+        dx = dy @ kernel.T if need_dx else None
+        return dx, x.T @ dy, dy.sum(axis=0) if has_bias else None
+
+
+def _check_conv_arguments(x, kernel, bias, strides, pads, who):
+    _check_image_batch(x, who)
+    if not isinstance(kernel, np.ndarray) or kernel.ndim != 4:
+        raise ValueError(f"{who}: kernel must be 4-D (KH, KW, C_in, F), received {getattr(kernel, 'shape', kernel)!r}")
+    _check_same_dtype(who, x=x, kernel=kernel, bias=bias)
+    _check_pair(strides, who, "strides")
+    _check_pads(pads, who)
+    kh, kw, c, f = kernel.shape
+    if x.shape[3] != c:
+        raise ValueError(f"{who}: x has {x.shape[3]} channels but the kernel expects {c}")
+    if bias is not None and bias.shape != (f,):
+        raise ValueError(f"{who}: bias must have shape ({f},), received {bias.shape}")
+    if x.shape[1] + pads[0] + pads[1] < kh or x.shape[2] + pads[2] + pads[3] < kw:
+        raise ValueError(
+            f"{who}: a {kh}x{kw} kernel does not fit the padded input {x.shape[1:3]} with pads {pads}"
+        )
+
+
+def conv2d_relu_forward(x, kernel, bias, strides, pads):
+    """max(conv2d_forward(x, kernel, bias, strides, pads), 0) as one operation; returns (y, cache).
+
+    Shapes as conv2d_forward. conv2d_backward(dy, cache, need_dx) then takes dy with respect
+    to the ReLU's output and applies the ReLU's gradient itself: dy where y > 0, else 0 (the
+    gradient at exactly 0 is 0, as in Keras and PyTorch). NaN propagates forward like np.maximum.
+    """
+    fused = getattr(_active, "conv2d_relu_forward", None)
+    if fused is None:
+        y, cache = conv2d_forward(x, kernel, bias, strides, pads)
+        np.maximum(y, 0, out=y)
+        engine, y_shape, dtype, inner = cache
+        return y, (_ReLUMaskedEngine(engine), y_shape, dtype, (inner, y > 0))
+    _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_relu_forward")
+    y, cache = fused(x, kernel, bias, tuple(strides), tuple(pads))
+    return y, (_active, y.shape, y.dtype, cache)
+
+
+def dense_forward(x, kernel, bias, relu=False):
+    """y = x @ kernel + bias, then max(y, 0) when relu; returns (y, cache).
+
+    x: (N, K); kernel: (K, F) as in Keras; bias: (F,) or None -> y: (N, F).
+    """
+    who = "dense_forward"
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ValueError(f"{who}: x must be 2-D (batch, features), received {getattr(x, 'shape', x)!r}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{who}: x must be float32 or float64, received dtype {x.dtype}")
+    if not isinstance(kernel, np.ndarray) or kernel.ndim != 2 or kernel.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"{who}: kernel must be 2-D ({x.shape[1]}, units), received {getattr(kernel, 'shape', kernel)!r}"
+        )
+    _check_same_dtype(who, x=x, kernel=kernel, bias=bias)
+    if bias is not None and bias.shape != (kernel.shape[1],):
+        raise ValueError(f"{who}: bias must have shape ({kernel.shape[1]},), received {bias.shape}")
+    engine = _active if hasattr(_active, "dense_forward") else _NumpyDense
+    y, cache = engine.dense_forward(x, kernel, bias, bool(relu))
+    return y, (engine, y.shape, y.dtype, cache)
+
+
+def dense_backward(dy, cache, need_dx=True):
+    """Gradients of dense_forward: (dx (N, K) or None, dkernel (K, F), dbias (F,) or None).
+
+    dy: (N, F), with respect to the output (after the ReLU when relu=True).
+    """
+    engine, y_shape, dtype, engine_cache = cache
+    _check_grad(dy, y_shape, dtype, "dense_backward")
+    return engine.dense_backward(dy, engine_cache, need_dx)

@@ -216,6 +216,66 @@ def _conv_backward(dy, cache, need_dx, relu_y):
     return dx, dkernel, dbias
 
 
+def conv2d_relu_forward(x, kernel, bias, strides, pads):
+    """relu(conv(x, kernel) + bias) with the ReLU applied in the kernel's epilogue.
+
+    conv2d_backward on its cache masks dy by y > 0 inside C (no separate pass over y).
+    """
+    return _conv_forward(x, kernel, bias, strides, pads, relu=True)
+
+
+def dense_forward(x, kernel, bias, relu=False):
+    """y = x @ kernel + bias (then max(y, 0) when relu): x (N, K), kernel (K, F) -> y (N, F).
+
+    Runs on the C engine's own threads, so a training step never wakes OpenBLAS's pool (which
+    spins against OpenMP's on the same cores: docs/architecture.md).
+    """
+    who = "dense_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    kernel = _contiguous(kernel, dtype, "kernel", who)
+    bias = _contiguous(bias, dtype, "bias", who)
+    n, k = x.shape
+    kk, f = kernel.shape
+    if kk != k or (bias is not None and bias.shape != (f,)):
+        raise ValueError(f"{who}: x {x.shape}, kernel {kernel.shape} and bias do not match")
+    y = np.empty((n, f), dtype=dtype)
+    work = _workspace(dtype, lib.mc_dense_forward_workspace(n, k, f, dtype.itemsize), who)
+    _call(
+        "mc_dense_forward" + sfx, n, k, f,
+        _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
+        _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
+        _Out("y", y, dtype, y.size), _Out("workspace", work, dtype, work.size),
+    )
+    return y, (x, kernel, bias is not None, y if relu else None)
+
+
+def dense_backward(dy, cache, need_dx=True):
+    """(dx (N, K) or None, dkernel (K, F), dbias (F,) or None) from dy (N, F)."""
+    who = "dense_backward"
+    x, kernel, has_bias, relu_y = cache
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    dy = _contiguous(dy, dtype, "dy", who)
+    n, k = x.shape
+    f = kernel.shape[1]
+    if dy.shape != (n, f):
+        raise ValueError(f"{who}: dy must have shape {(n, f)}, received {dy.shape}")
+    dx = np.empty((n, k), dtype=dtype) if need_dx else None
+    dkernel = np.empty((k, f), dtype=dtype)
+    dbias = np.empty((f,), dtype=dtype) if has_bias else None
+    work = _workspace(dtype, lib.mc_dense_backward_workspace(n, k, f, dtype.itemsize), who)
+    _call(
+        "mc_dense_backward" + sfx, n, k, f,
+        _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
+        _In("dy", dy, dtype, dy.size), _In("relu_y", relu_y, dtype, dy.size, optional=True),
+        _Out("dx", dx, dtype, x.size, optional=True), _Out("dkernel", dkernel, dtype, dkernel.size),
+        _Out("dbias", dbias, dtype, f, optional=True), _Out("workspace", work, dtype, work.size),
+    )
+    return dx, dkernel, dbias
+
+
 def maxpool2d_forward(x, pool_size, strides, pads):
     """x (N, H, W, C) -> y (N, OH, OW, C); pads are -inf; ties go to the first maximum."""
     who = "maxpool2d_forward"
