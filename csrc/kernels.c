@@ -148,6 +148,7 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
         void (*wino_in)(const real *const *, int, real *, ptrdiff_t);                         \
         void (*wino_out)(const real *, ptrdiff_t, int, const real *, int, real *const *);     \
         void (*wino_dy)(const real *const *, int, int, real *, ptrdiff_t);                    \
+        void (*relu_mask)(real *, const real *, const real *, int);                           \
     } mc_isa_##sfx;
 MC_TABLE_TYPE(float, f32)
 MC_TABLE_TYPE(double, f64)
@@ -156,14 +157,14 @@ MC_TABLE_TYPE(double, f64)
     {vlen, 2, {0, 12, 6, 0, 0}, {0, 6, 3, 0, 0},                                              \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, {0, mk_igemm_h1_##s, mk_igemm_h2_##s, 0, 0},   \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
-     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s}
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s}
 #define MC_TABLE4(vlen, s)                                                                    \
     {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, mk_igemm_3_##s, mk_igemm_4_##s},                      \
      {0, mk_igemm_h1_##s, mk_igemm_h2_##s, mk_igemm_h3_##s, mk_igemm_h4_##s},                  \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
      {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
-     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s}
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s}
 
 #if MC_X86
 static const mc_isa_f32 mc_isa_tables_f32[3] = {

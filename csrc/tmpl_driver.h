@@ -623,7 +623,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
                     const size_t at = n * img_dy + (size_t)((p * d.ow + q) * F);
                     DR *o = fr + ((p + mt) * wd + q + ml) * fv;
                     if (relu_y) {
-                        for (int f = 0; f < F; f++) o[f] = relu_y[at + f] > 0 ? dy[at + f] : (DR)0;
+                        isa->relu_mask(o, dy + at, relu_y + at, F);
                     } else {
                         memcpy(o, dy + at, (size_t)F * sizeof(DR));
                     }
@@ -892,11 +892,13 @@ static void DN(dense_backward)(int N, int K, int F, const DR *x, const DR *W, co
     int gld = F;
     if (relu_y || padded) {
         DR *gp = DN(arena_take)(arena, (int64_t)N * fv * (int64_t)sizeof(DR));
-        for (int64_t n = 0; n < N; n++)
-            for (int j = 0; j < fv; j++) {
-                const int64_t at = n * F + j;
-                gp[n * fv + j] = j < F && (!relu_y || relu_y[at] > 0) ? dy[at] : (DR)0;
-            }
+        for (int64_t n = 0; n < N; n++) {
+            if (relu_y)
+                isa->relu_mask(gp + n * fv, dy + n * F, relu_y + n * F, F);
+            else
+                memcpy(gp + n * fv, dy + n * F, (size_t)F * sizeof(DR));
+            for (int j = F; j < fv; j++) gp[n * fv + j] = 0;
+        }
         g = gp;
         gld = fv;
     }

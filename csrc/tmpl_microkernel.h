@@ -253,6 +253,19 @@ static MK_ATTR void MK_NAME(mk_wino_dy)(const MK_REAL *const *g, int F, int Fv, 
     }
 }
 
+/* out = dy * (y > 0), branch-free: the ReLU's gradient exactly as the layers compute it
+ * (dy * mask), so a NaN in dy propagates the same way. */
+static MK_ATTR void MK_NAME(mk_relu_mask)(MK_REAL *out, const MK_REAL *dy, const MK_REAL *y, int n)
+{
+    const MK_V zero = {0}, one = zero + 1;
+    int i = 0;
+    for (; i + MK_VLEN <= n; i += MK_VLEN) {
+        const MK_MASK positive = MK_NAME(mk_load)(y + i) > zero;
+        MK_NAME(mk_store)(out + i, MK_NAME(mk_load)(dy + i) * (MK_V)((MK_MASK)one & positive));
+    }
+    for (; i < n; i++) out[i] = dy[i] * (MK_REAL)(y[i] > 0);
+}
+
 #undef MK_WINO_IN
 #undef MK_WINO_OUT
 #undef MK_WINO_DY
