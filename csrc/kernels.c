@@ -33,6 +33,10 @@
 
 /* Tallest tile of any microkernel instance (rows kept in registers). */
 #define MK_MRMAX 12
+/* Below this many multiply-adds (or element visits) a call runs on one thread: waking the
+ * others costs more than it saves (microseconds; a time slice when another process holds a
+ * core). */
+#define MC_PARALLEL_MIN_WORK ((int64_t)1 << 17)
 /* Most per-thread workspace regions a call uses. */
 #define MC_MAX_PARTS 64
 /* Winograd pays off once the channels its GEMMs reduce over are this many (measured:

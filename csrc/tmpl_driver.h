@@ -64,6 +64,13 @@ static int DN(block_vectors)(int cols, int b, int nb, int vlen)
     return (width + vlen - 1) / vlen;
 }
 
+/* Threads worth waking for `work` multiply-adds (or element visits): a parallel region costs
+ * microseconds when the other core is free and a scheduler time slice when it is not. */
+static int DN(threads_for)(int64_t work, int threads)
+{
+    return work < MC_PARALLEL_MIN_WORK ? 1 : threads;
+}
+
 /* Run igemm over `tiles` of output rows. pixel_ptrs fills the a and c pointers of a tile. */
 typedef struct {
     /* forward: pixel -> (n, p, q); dx: pixel -> (n, hh, ww) inside one phase */
@@ -274,7 +281,7 @@ static void DN(wino_conv)(const DN(mc_isa) *isa, const DN(mc_view) *in, int n, i
     const int64_t per_img = (int64_t)th * tw, tiles = n * per_img;
     const int64_t blocks = (tiles + DN_WINO_TILES - 1) / DN_WINO_TILES;
     const int fv = (int)DN(round_up)(cout, vlen);
-    (void)parts;
+    if (parts > blocks) parts = (int)blocks;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(parts) if (parts > 1)
 #endif
@@ -342,7 +349,6 @@ static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const D
     const int64_t per_img = (int64_t)th * tw, tiles = n * per_img;
     const int64_t blocks = (tiles + DN_WINO_TILES_W - 1) / DN_WINO_TILES_W;
     const int fv = (int)DN(round_up)(F, vlen);
-    (void)parts;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(parts) if (parts > 1)
 #endif
@@ -514,6 +520,7 @@ static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kerne
     DR *packed_bias = DN(arena_take)(arena, fpad * (int64_t)sizeof(DR));
     ptrdiff_t *aoff = DN(arena_take)(arena, K * (int64_t)sizeof(ptrdiff_t));
     const size_t img_in = (size_t)g->h * g->w * C, img_pad = (size_t)(d.hp * d.wp * C);
+    threads = DN(threads_for)((int64_t)g->n * d.oh * d.ow * K * F, threads);
 
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
@@ -585,6 +592,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
     const int64_t hd = dx ? d.hd : d.oh, wd = dx ? d.wd : d.ow;
     const size_t img_dy = (size_t)(d.oh * d.ow * F), img_pad = (size_t)(d.hp * d.wp * C);
     const int wino_dw = DN(use_wino)(g, MC_PASS_DKERNEL), wino_dx = DN(use_wino)(g, MC_PASS_DX);
+    threads = DN(threads_for)((int64_t)g->n * d.oh * d.ow * K * F, threads);
 
     DR *frame = need_frame ? DN(arena_take)(arena, (int64_t)g->n * hd * wd * fpad * (int64_t)sizeof(DR)) : NULL;
     DR *wpacked = NULL;
@@ -648,21 +656,26 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
         }
         const DN(mc_view) in = {xpad, (ptrdiff_t)img_pad, (ptrdiff_t)d.wp * C, C, (int)d.hp, (int)d.wp, C};
         const DN(mc_view) dyv = {src, src_img, src_row, src_col, (int)d.oh, (int)d.ow, F};
-        DN(wino_wgrad)(isa, &in, &dyv, g->n, F, fpad, zeros, priv, vbuf, zbuf, dbias != NULL, parts);
-        DN(wino_unpack_dw)(priv, parts, C, F, fpad, dkernel, threads);
+        /* as many accumulators as threads that get a block of tiles: each one is zeroed by its
+         * thread and all of them are summed below */
+        const int64_t tile_blocks = ((int64_t)g->n * ((d.oh + 1) / 2) * ((d.ow + 1) / 2) +
+                                     DN_WINO_TILES_W - 1) / DN_WINO_TILES_W;
+        const int used = parts < tile_blocks ? parts : (int)tile_blocks;
+        DN(wino_wgrad)(isa, &in, &dyv, g->n, F, fpad, zeros, priv, vbuf, zbuf, dbias != NULL, used);
+        DN(wino_unpack_dw)(priv, used, C, F, fpad, dkernel, threads);
         if (dbias)
             for (int f = 0; f < F; f++) {
                 DR s = priv[0][16 * C * fpad + f];
-                for (int t = 1; t < parts; t++) s += priv[t][16 * C * fpad + f];
+                for (int t = 1; t < used; t++) s += priv[t][16 * C * fpad + f];
                 dbias[f] = s;
             }
     } else {
-        for (int t = 0; t < parts; t++)
+        const int used = parts < g->n ? parts : g->n;   /* images are split between threads */
+        for (int t = 0; t < used; t++)
             priv[t] = DN(arena_take)(&regions[t], (K * fpad + fpad) * (int64_t)sizeof(DR));
         const int nbw = (F + nb - 1) / nb;
-        (void)nbw;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(parts) if (parts > 1)
+#pragma omp parallel num_threads(used) if (used > 1)
 #endif
         {
 #ifdef _OPENMP
@@ -711,14 +724,14 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
         for (int64_t k = 0; k < K; k++) {
             for (int f = 0; f < F; f++) {
                 DR s = priv[0][k * fpad + f];
-                for (int t = 1; t < parts; t++) s += priv[t][k * fpad + f];
+                for (int t = 1; t < used; t++) s += priv[t][k * fpad + f];
                 dkernel[k * F + f] = s;
             }
         }
         if (dbias) {
             for (int f = 0; f < F; f++) {
                 DR s = priv[0][K * fpad + f];
-                for (int t = 1; t < parts; t++) s += priv[t][K * fpad + f];
+                for (int t = 1; t < used; t++) s += priv[t][K * fpad + f];
                 dbias[f] = s;
             }
         }
@@ -974,6 +987,7 @@ static void DN(maxpool_forward)(const mc_pool_geom *g, const DR *x, DR *y, int32
 {
     const int C = g->c;
     const int64_t rows = (int64_t)g->n * oh;
+    threads = DN(threads_for)(rows * ow * C * g->pool_h * g->pool_w, threads);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
 #endif
@@ -1017,6 +1031,7 @@ static void DN(maxpool_backward)(const mc_pool_geom *g, const DR *dy, const int3
                                  DR *dx, int64_t oh, int64_t ow, int threads)
 {
     const int64_t img_in = (int64_t)g->h * g->w * g->c, img_out = oh * ow * g->c;
+    threads = DN(threads_for)((int64_t)g->n * (img_in + img_out), threads);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
 #endif

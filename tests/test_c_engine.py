@@ -118,6 +118,7 @@ CONV_GRID = [
     ((2, 3, 3, 9), (3, 3), 10, (1, 1), "valid"),      # one output pixel: one partial tile
     ((2, 5, 6, 9), (3, 3), 17, (1, 1), (2, 2, 2, 2)), # the most padding Winograd takes
     ((2, 5, 6, 9), (3, 3), 17, (1, 1), (0, 2, 1, 0)),
+    ((1, 8, 8, 64), (3, 3), 64, (1, 1), "same"),      # enough work for 2 threads, 1 tile block
 ]
 
 
