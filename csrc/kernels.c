@@ -153,6 +153,7 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
         void (*wino_out)(const real *, ptrdiff_t, int, const real *, int, real *const *);     \
         void (*wino_dy)(const real *const *, int, int, real *, ptrdiff_t);                    \
         void (*relu_mask)(real *, const real *, const real *, int);                           \
+        void (*pool_max)(real *, int32_t *, const real *, int32_t, int);                      \
     } mc_isa_##sfx;
 MC_TABLE_TYPE(float, f32)
 MC_TABLE_TYPE(double, f64)
@@ -161,14 +162,14 @@ MC_TABLE_TYPE(double, f64)
     {vlen, 2, {0, 12, 6, 0, 0}, {0, 6, 3, 0, 0},                                              \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, {0, mk_igemm_h1_##s, mk_igemm_h2_##s, 0, 0},   \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
-     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s}
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s}
 #define MC_TABLE4(vlen, s)                                                                    \
     {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, mk_igemm_3_##s, mk_igemm_4_##s},                      \
      {0, mk_igemm_h1_##s, mk_igemm_h2_##s, mk_igemm_h3_##s, mk_igemm_h4_##s},                  \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
      {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
-     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s}
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s}
 
 #if MC_X86
 static const mc_isa_f32 mc_isa_tables_f32[3] = {
@@ -208,6 +209,13 @@ static void mc_init(void)
         mc_level = mc_best;
     }
 }
+
+#ifdef __GNUC__
+/* Detect the CPU when the library is loaded, so no entry point can run before it (a driver
+ * that read mc_level first once ran everything on the SSE2 baseline). The explicit
+ * mc_init() calls in the entry points stay for compilers without constructors. */
+__attribute__((constructor)) static void mc_on_load(void) { mc_init(); }
+#endif
 
 const char *mc_build_flags(void) { return MC_BUILD_FLAGS; }
 

@@ -985,6 +985,7 @@ static void DN(dense_backward)(int N, int K, int F, const DR *x, const DR *W, co
 static void DN(maxpool_forward)(const mc_pool_geom *g, const DR *x, DR *y, int32_t *argmax,
                                 int64_t oh, int64_t ow, int threads)
 {
+    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
     const int C = g->c;
     const int64_t rows = (int64_t)g->n * oh;
     threads = DN(threads_for)(rows * ow * C * g->pool_h * g->pool_w, threads);
@@ -1014,13 +1015,7 @@ static void DN(maxpool_forward)(const mc_pool_geom *g, const DR *x, DR *y, int32
                         for (int c = 0; c < C; c++) { yo[c] = xr[c]; ao[c] = base + c; }
                         continue;
                     }
-                    for (int c = 0; c < C; c++) {
-                        const DR v = xr[c], best = yo[c];
-                        /* strictly greater keeps the first maximum; a NaN beats numbers */
-                        const int better = (v > best) | ((v != v) & (best == best));
-                        yo[c] = better ? v : best;
-                        ao[c] = better ? base + c : ao[c];
-                    }
+                    isa->pool_max(yo, ao, xr, base, C);
                 }
             }
         }
@@ -1103,6 +1098,7 @@ int DN(mc_maxpool2d_forward)(const mc_pool_geom *g, const DR *x, int64_t x_len, 
     int64_t oh, ow;
     int err = mc_check_pool(g, &oh, &ow);
     if (err) return err;
+    mc_init();
     if (!x || !y || !argmax) return MC_ERR_NULL;
     const int64_t out = (int64_t)g->n * oh * ow * g->c;
     if (x_len != (int64_t)g->n * g->h * g->w * g->c || y_len != out || argmax_len != out)
@@ -1117,6 +1113,7 @@ int DN(mc_maxpool2d_backward)(const mc_pool_geom *g, const DR *dy, int64_t dy_le
     int64_t oh, ow;
     int err = mc_check_pool(g, &oh, &ow);
     if (err) return err;
+    mc_init();
     if (!dy || !argmax || !dx) return MC_ERR_NULL;
     const int64_t out = (int64_t)g->n * oh * ow * g->c;
     if (dx_len != (int64_t)g->n * g->h * g->w * g->c || dy_len != out || argmax_len != out)

@@ -266,6 +266,34 @@ static MK_ATTR void MK_NAME(mk_relu_mask)(MK_REAL *out, const MK_REAL *dy, const
     for (; i < n; i++) out[i] = dy[i] * (MK_REAL)(y[i] > 0);
 }
 
+/* One window cell of max pooling over C channels: where x beats the running maximum (strictly
+ * greater keeps the first maximum; a NaN beats any number and then stays), take its value
+ * and its index base + c. */
+static MK_ATTR void MK_NAME(mk_pool_max)(MK_REAL *best, int32_t *arg, const MK_REAL *x, int32_t base,
+                                         int C)
+{
+    typedef int32_t idx_vec __attribute__((vector_size(MK_VLEN * 4)));
+    idx_vec lane;
+    for (int k = 0; k < MK_VLEN; k++) lane[k] = k;
+    int c = 0;
+    for (; c + MK_VLEN <= C; c += MK_VLEN) {
+        const MK_V v = MK_NAME(mk_load)(x + c), b = MK_NAME(mk_load)(best + c);
+        const MK_MASK better = (v > b) | ((v != v) & (b == b));
+        MK_NAME(mk_store)(best + c, (MK_V)(((MK_MASK)v & better) | ((MK_MASK)b & ~better)));
+        idx_vec a, take = __builtin_convertvector(better, idx_vec);
+        memcpy(&a, arg + c, sizeof a);
+        a = ((lane + (base + c)) & take) | (a & ~take);
+        memcpy(arg + c, &a, sizeof a);
+    }
+    for (; c < C; c++) {
+        const MK_REAL v = x[c], b = best[c];
+        if ((v > b) | ((v != v) & (b == b))) {
+            best[c] = v;
+            arg[c] = base + c;
+        }
+    }
+}
+
 #undef MK_WINO_IN
 #undef MK_WINO_OUT
 #undef MK_WINO_DY
