@@ -4,12 +4,14 @@
     python benchmarks/bench_layers.py --batches 32 --repeats 50 --json out.json
 
 Rows: conv1 (1->32, 28x28, 3x3 same), pool1 (2x2/2 on 28x28x32), conv2 (32->64, 14x14, 3x3
-same), pool2 (2x2/2 on 14x14x64), dense1 (3136->128), dense2 (128->10); all without
-activation so the layer itself is timed. conv1's backward skips the input gradient, as it
-does in a model (its input is the data) and in PyTorch (the input does not require grad).
+same), pool2 (2x2/2 on 14x14x64), dense1 (3136->128), dense2 (128->10), each alone; then the
+seed model's activated layers conv1+relu, conv2+relu, dense1+relu (minicnn's fused entry
+points; PyTorch's relu(conv(x)) with autograd). conv1's backward skips the input gradient, as
+it does in a model (its input is the data) and in PyTorch (the input does not require grad).
 
-Columns: minicnn's C engine and NumPy engine (the real Layer objects through the kernel
-face), and PyTorch's functional ops with NCHW and channels_last tensors when torch imports.
+Columns: minicnn's C engine and NumPy engine through the kernel face (minicnn.kernels: what
+the layers call; the engines alone, without layer bookkeeping), and PyTorch's functional ops
+with NCHW and channels_last tensors when torch imports.
 Each figure is the median of --repeats timed calls after warm-up. Ratios are computed from
 the same run: "C x" is how many times faster the C engine is than NumPy (numpy/c) and than
 the best PyTorch layout (torch/c, above 1 = C faster); "NumPy vs torch" is torch/numpy.
@@ -38,7 +40,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 from minicnn import kernels  # noqa: E402
-from minicnn.layers import Conv2D, Dense, MaxPooling2D  # noqa: E402
 
 try:
     import torch
@@ -63,57 +64,73 @@ def median_ms(fn, repeats, warmup=3):
 # ---- the layers of the seed model ----
 
 LAYERS = [
-    # name, kind, input shape (H, W, C) or (features,), layer arguments
-    ("conv1", "conv", (28, 28, 1), dict(filters=32, kernel_size=(3, 3), padding="same"), False),
-    ("pool1", "pool", (28, 28, 32), dict(pool_size=(2, 2), strides=2), True),
-    ("conv2", "conv", (14, 14, 32), dict(filters=64, kernel_size=(3, 3), padding="same"), True),
-    ("pool2", "pool", (14, 14, 64), dict(pool_size=(2, 2), strides=2), True),
-    ("dense1", "dense", (3136,), dict(units=128), True),
-    ("dense2", "dense", (128,), dict(units=10), True),
+    # name, kind, input shape (H, W, C) or (features,), output channels, needs dx, ReLU fused
+    ("conv1", "conv", (28, 28, 1), 32, False, False),
+    ("pool1", "pool", (28, 28, 32), None, True, False),
+    ("conv2", "conv", (14, 14, 32), 64, True, False),
+    ("pool2", "pool", (14, 14, 64), None, True, False),
+    ("dense1", "dense", (3136,), 128, True, False),
+    ("dense2", "dense", (128,), 10, True, False),
+    ("conv1+relu", "conv", (28, 28, 1), 32, False, True),
+    ("conv2+relu", "conv", (14, 14, 32), 64, True, True),
+    ("dense1+relu", "dense", (3136,), 128, True, True),
 ]
 
 
-def make_minicnn_layer(kind, shape, args):
-    cls = {"conv": Conv2D, "pool": MaxPooling2D, "dense": Dense}[kind]
-    layer = cls(dtype="float32", **args)
-    layer.build(shape)
-    return layer
-
-
-def time_minicnn(engine, kind, shape, args, need_dx, batch, repeats, rng):
+def time_minicnn(engine, kind, shape, out, need_dx, relu, batch, repeats, rng):
     kernels.set_backend(engine)
-    layer = make_minicnn_layer(kind, shape, args)
     x = rng.standard_normal((batch, *shape)).astype(np.float32)
-    y = layer.forward(x, training=True)
+    if kind == "conv":
+        kernel = (rng.standard_normal((3, 3, shape[2], out)) * 0.1).astype(np.float32)
+        bias = np.zeros(out, np.float32)
+        conv = kernels.conv2d_relu_forward if relu else kernels.conv2d_forward
+        def forward():
+            return conv(x, kernel, bias, (1, 1), (1, 1, 1, 1))
+        def backward(dy, cache):
+            return kernels.conv2d_backward(dy, cache, need_dx=need_dx)
+    elif kind == "pool":
+        def forward():
+            return kernels.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0, 0, 0))
+        def backward(dy, cache):
+            return kernels.maxpool2d_backward(dy, cache)
+    else:
+        kernel = (rng.standard_normal((shape[0], out)) * 0.02).astype(np.float32)
+        bias = np.zeros(out, np.float32)
+        def forward():
+            return kernels.dense_forward(x, kernel, bias, relu=relu)
+        def backward(dy, cache):
+            return kernels.dense_backward(dy, cache, need_dx=need_dx)
+    y, cache = forward()
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    forward = median_ms(lambda: layer.forward(x, training=True), repeats)
-    layer.forward(x, training=True)
-    backward = median_ms(lambda: layer.backward(dy, need_input_gradient=need_dx), repeats)
-    return forward, backward
+    forward_ms = median_ms(forward, repeats)
+    y, cache = forward()
+    backward_ms = median_ms(lambda: backward(dy, cache), repeats)
+    return forward_ms, backward_ms
 
 
-def time_torch(channels_last, kind, shape, args, need_dx, batch, repeats, rng):
+def time_torch(channels_last, kind, shape, out, need_dx, relu, batch, repeats, rng):
     x_np = rng.standard_normal((batch, *shape)).astype(np.float32)
     if kind == "dense":
         x = torch.from_numpy(x_np)
-        w = torch.randn(args["units"], shape[0], requires_grad=True)
-        b = torch.zeros(args["units"], requires_grad=True)
+        w = torch.randn(out, shape[0], requires_grad=True)
+        b = torch.zeros(out, requires_grad=True)
         def op(inp):
-            return F.linear(inp, w, b)
+            y = F.linear(inp, w, b)
+            return F.relu(y) if relu else y
         params = [w, b]
     else:
         x = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()  # NCHW
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if kind == "conv":
-            c, f = shape[2], args["filters"]
-            w = torch.randn(f, c, 3, 3)
+            w = torch.randn(out, shape[2], 3, 3)
             if channels_last:
                 w = w.contiguous(memory_format=torch.channels_last)
             w.requires_grad_(True)
-            b = torch.zeros(f, requires_grad=True)
+            b = torch.zeros(out, requires_grad=True)
             def op(inp):
-                return F.conv2d(inp, w, b, padding=1)
+                y = F.conv2d(inp, w, b, padding=1)
+                return F.relu(y) if relu else y
             params = [w, b]
         else:
             def op(inp):
@@ -127,7 +144,7 @@ def time_torch(channels_last, kind, shape, args, need_dx, batch, repeats, rng):
     dy = torch.randn_like(y)
 
     def backward():
-        # a fresh graph each time (untimed forward is outside); grads are returned, not stored
+        # the graph of one untimed forward, reused; grads are returned, not accumulated
         torch.autograd.grad(y, inputs, dy, retain_graph=True)
 
     backward_ms = median_ms(backward, repeats)
@@ -139,15 +156,16 @@ def run(batches, repeats, threads):
     engines = [e for e in ("c", "numpy") if e in kernels.available_backends()]
     results = []
     for batch in batches:
-        for name, kind, shape, args, need_dx in LAYERS:
+        for name, kind, shape, out, need_dx, relu in LAYERS:
             row = {"layer": name, "batch": batch}
             for engine in engines:
                 time.sleep(SETTLE_SECONDS)
-                row[engine] = time_minicnn(engine, kind, shape, args, need_dx, batch, repeats, rng)
+                row[engine] = time_minicnn(engine, kind, shape, out, need_dx, relu, batch, repeats, rng)
             if torch is not None:
                 for label, channels_last in (("torch_nchw", False), ("torch_cl", True)):
                     time.sleep(SETTLE_SECONDS)
-                    row[label] = time_torch(channels_last, kind, shape, args, need_dx, batch, repeats, rng)
+                    row[label] = time_torch(channels_last, kind, shape, out, need_dx, relu, batch,
+                                            repeats, rng)
             results.append(row)
             print(f"  measured {name} at batch {batch}", file=sys.stderr)
     return results
@@ -164,7 +182,7 @@ def ratio(numerator, denominator):
 def print_table(results):
     have = [k for k in ("c", "numpy", "torch_nchw", "torch_cl") if k in results[0]]
     titles = {"c": "C", "numpy": "NumPy", "torch_nchw": "torch NCHW", "torch_cl": "torch CL"}
-    header = f"{'layer':7} {'batch':>5} {'pass':8}" + "".join(f" {titles[k]:>10}" for k in have)
+    header = f"{'layer':11} {'batch':>5} {'pass':8}" + "".join(f" {titles[k]:>10}" for k in have)
     header += "   C x NumPy   C x torch   NumPy vs torch"
     print(header)
     print("-" * len(header))
@@ -175,7 +193,7 @@ def print_table(results):
                 fwd, bwd = row[k]
                 values[k] = (fwd, bwd, fwd + bwd)[index]
             torch_best = min((values[k] for k in ("torch_nchw", "torch_cl") if k in values), default=None)
-            line = f"{row['layer'] if index == 0 else '':7} {row['batch'] if index == 0 else '':>5} {label:8}"
+            line = f"{row['layer'] if index == 0 else '':11} {row['batch'] if index == 0 else '':>5} {label:8}"
             line += "".join(f" {values[k]:10.3f}" for k in have)
             line += f"   {ratio(values.get('numpy'), values.get('c')):>9}"
             line += f"   {ratio(torch_best, values.get('c')):>9}"
