@@ -48,6 +48,7 @@ _ALGORITHMS = {"auto": 0, "direct": 1, "winograd": 2}
 class _In:
     """An array C reads: must already have the dtype and exactly `size` elements."""
 
+    __slots__ = ("name", "array", "dtype", "size", "optional")
     writable = False
 
     def __init__(self, name, array, dtype, size, optional=False):
@@ -57,7 +58,11 @@ class _In:
 class _Out(_In):
     """An array C writes."""
 
+    __slots__ = ()
     writable = True
+
+
+_CTYPES = {np.dtype(np.float32): "float[]", np.dtype(np.float64): "double[]", _INT32: "int32_t[]"}
 
 
 def _pointer(arg, who):
@@ -66,6 +71,10 @@ def _pointer(arg, who):
         if arg.optional:
             return ffi.NULL, 0
         raise ValueError(f"{who}: {arg.name} is required")
+    # one test for the common case; the branches below only explain a failure
+    if (type(a) is np.ndarray and a.dtype == arg.dtype and a.size == arg.size
+            and a.flags.c_contiguous and (a.flags.writeable or not arg.writable)):
+        return ffi.from_buffer(_CTYPES[arg.dtype], a, require_writable=arg.writable), a.size
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{who}: {arg.name} must be a NumPy array, received {type(a).__name__}")
     if a.dtype != arg.dtype:
@@ -76,8 +85,8 @@ def _pointer(arg, who):
         raise ValueError(f"{who}: {arg.name} must be writable")
     if a.size != arg.size:
         raise ValueError(f"{who}: {arg.name} must have {arg.size} elements, received {a.size}")
-    ctype = "int32_t[]" if arg.dtype == _INT32 else _SUFFIX[arg.dtype][1]
-    return ffi.from_buffer(ctype, a, require_writable=arg.writable), a.size
+    # an ndarray subclass that passed every test: C reads its buffer like any array's
+    return ffi.from_buffer(_CTYPES[arg.dtype], a, require_writable=arg.writable), a.size
 
 
 def _call(function_name, *args):
@@ -130,12 +139,31 @@ def _workspace(dtype, size, who):
 
 # ---- geometry ----
 
+_GEOMETRY_CACHE_SIZE = 256
+_geometries = {}
+
+
+def _geometry(ctype, key, fields):
+    """A read-only C geometry struct per distinct shape, built once (ffi.new costs microseconds)."""
+    struct = _geometries.get(key)
+    if struct is None:
+        if len(_geometries) >= _GEOMETRY_CACHE_SIZE:
+            _geometries.clear()
+        struct = _geometries[key] = ffi.new(ctype, {k: int(v) for k, v in zip(fields, key[1:])})
+    return struct
+
+
+_CONV_FIELDS = ("n", "h", "w", "c", "kh", "kw", "f", "stride_h", "stride_w",
+                "pad_top", "pad_bottom", "pad_left", "pad_right")
+_POOL_FIELDS = ("n", "h", "w", "c", "pool_h", "pool_w", "stride_h", "stride_w",
+                "pad_top", "pad_bottom", "pad_left", "pad_right")
+
+
 def _conv_geometry(x_shape, kernel_shape, strides, pads):
     n, h, w, c = x_shape
     kh, kw, _, f = kernel_shape
-    values = dict(n=n, h=h, w=w, c=c, kh=kh, kw=kw, f=f, stride_h=strides[0], stride_w=strides[1],
-                  pad_top=pads[0], pad_bottom=pads[1], pad_left=pads[2], pad_right=pads[3])
-    return ffi.new("mc_conv_geom *", {k: int(v) for k, v in values.items()})
+    key = ("conv", n, h, w, c, kh, kw, f, strides[0], strides[1], pads[0], pads[1], pads[2], pads[3])
+    return _geometry("mc_conv_geom *", key, _CONV_FIELDS)
 
 
 def _out_len(size, window, stride, pad_before, pad_after):
@@ -317,10 +345,9 @@ def maxpool2d_backward(dy, cache):
 
 def _pool_geometry(x_shape, pool_size, strides, pads):
     n, h, w, c = x_shape
-    values = dict(n=n, h=h, w=w, c=c, pool_h=pool_size[0], pool_w=pool_size[1],
-                  stride_h=strides[0], stride_w=strides[1],
-                  pad_top=pads[0], pad_bottom=pads[1], pad_left=pads[2], pad_right=pads[3])
-    return ffi.new("mc_pool_geom *", {k: int(v) for k, v in values.items()})
+    key = ("pool", n, h, w, c, pool_size[0], pool_size[1], strides[0], strides[1],
+           pads[0], pads[1], pads[2], pads[3])
+    return _geometry("mc_pool_geom *", key, _POOL_FIELDS)
 
 
 # ---- engine facts and knobs ----
