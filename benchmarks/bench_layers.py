@@ -216,10 +216,12 @@ def main(argv=None):
     if torch is not None:
         torch.set_num_threads(args.threads)
     previous = kernels.get_backend()
+    load_before = os.getloadavg()[0]
     try:
         results = run(args.batches, args.repeats, args.threads)
     finally:
         kernels.set_backend(previous)
+    load_after = os.getloadavg()[0]
 
     kernels.set_backend("c" if "c" in kernels.available_backends() else "numpy")
     info = kernels.backend_info()
@@ -227,11 +229,18 @@ def main(argv=None):
     print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; "
           f"Python {platform.python_version()}, NumPy {np.__version__}"
           + (f", PyTorch {torch.__version__}" if torch is not None else ", PyTorch not importable"))
-    print(f"C engine: {info}\n")
+    print(f"C engine: {info}")
+    print(f"1-minute load average before / after: {load_before:.2f} / {load_after:.2f}")
+    if max(load_before, load_after) > 1.5:
+        # This benchmark itself keeps about one core busy; more means other processes were
+        # competing for the cores and some figures include their time slices.
+        print("WARNING: other processes were using the CPUs during this run; rerun on a quiet machine")
+    print()
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "repeats": args.repeats, "backend_info": info,
+                       "load_average": [load_before, load_after],
                        "torch": torch.__version__ if torch is not None else None,
                        "results": results}, f, indent=1)
     kernels.set_backend(previous)

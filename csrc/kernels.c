@@ -426,11 +426,9 @@ int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int n
 {
     mc_conv_sizes s;
     if (mc_check_conv(g, &s) || (elem_size != 4 && elem_size != 8)) return -1;
-    const int vlen_max = 64 / elem_size;
-    const int need_frame = need_dx || relu || g->f % vlen_max != 0;
     int64_t per_thread;
-    const int64_t fixed = elem_size == 4 ? backward_work_f32(g, need_dx, need_frame, &per_thread)
-                                         : backward_work_f64(g, need_dx, need_frame, &per_thread);
+    const int64_t fixed = elem_size == 4 ? backward_work_f32(g, need_dx, relu, &per_thread)
+                                         : backward_work_f64(g, need_dx, relu, &per_thread);
     return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
 }
 

@@ -463,8 +463,16 @@ static int64_t DN(forward_work)(const mc_conv_geom *g, int64_t *per_thread)
     return fixed;
 }
 
-static int64_t DN(backward_work)(const mc_conv_geom *g, int need_dx, int need_frame,
-                                 int64_t *per_thread)
+/* dy is copied into a whole-batch frame for dx (with zero margins), and for the Winograd
+ * kernel gradient when it must be masked (fused ReLU) or padded (F not a whole number of
+ * vectors); the direct kernel gradient stages such a dy one image at a time instead. Sizing
+ * uses the largest vector length, so the frame is a superset of what any SIMD level uses. */
+static int DN(needs_frame)(const mc_conv_geom *g, int need_dx, int relu, int vlen)
+{
+    return need_dx || ((relu || g->f % vlen != 0) && DN(use_wino)(g, MC_PASS_DKERNEL));
+}
+
+static int64_t DN(backward_work)(const mc_conv_geom *g, int need_dx, int relu, int64_t *per_thread)
 {
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
@@ -472,9 +480,11 @@ static int64_t DN(backward_work)(const mc_conv_geom *g, int need_dx, int need_fr
     const int64_t cpad = DN(round_up)(g->c, DN_VLEN_MAX);
     const int64_t taps = (int64_t)g->kh * g->kw * g->f;
     int64_t fixed = 0;
-    if (need_frame) fixed += DN_ELEMS((int64_t)g->n * (need_dx ? d.hd * d.wd : d.oh * d.ow) * fpad);
+    if (DN(needs_frame)(g, need_dx, relu, DN_VLEN_MAX))
+        fixed += DN_ELEMS((int64_t)g->n * (need_dx ? d.hd * d.wd : d.oh * d.ow) * fpad);
     if (need_dx) fixed += DN_ELEMS(taps * cpad) + DN_OFFSETS(taps);
-    int64_t region = DN_ELEMS(d.K * fpad + fpad);                                     /* direct dW */
+    /* direct dW: the accumulator, then one image of staged dy */
+    int64_t region = DN_ELEMS(d.K * fpad + fpad) + DN_ELEMS(d.oh * d.ow * fpad);
     if (DN(wino_eligible)(g)) {
         fixed += DN_ELEMS(DN(zeros_len)(g));
         const int64_t dw = DN_ELEMS(16 * g->c * fpad + fpad) + DN_ELEMS(16 * DN_WINO_TILES_W * g->c) +
@@ -587,7 +597,9 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
     const int vlen = isa->vlen, nb = isa->nvmax * vlen, F = g->f, C = g->c;
     const int64_t K = d.K, fpad = DN(round_up)(F, DN_VLEN_MAX), cpad = DN(round_up)(C, DN_VLEN_MAX);
     const int64_t fv = DN(round_up)(F, vlen);   /* the dy frame's row length */
-    const int need_frame = dx != NULL || relu_y != NULL || F % vlen != 0;
+    const int need_frame = DN(needs_frame)(g, dx != NULL, relu_y != NULL, vlen);
+    /* direct kernel gradient without a frame: mask / pad dy one image at a time, in L2 */
+    const int staged = !need_frame && (relu_y != NULL || F % vlen != 0);
     const int64_t mt = dx ? d.mt : 0, ml = dx ? d.ml : 0;
     const int64_t hd = dx ? d.hd : d.oh, wd = dx ? d.wd : d.ow;
     const size_t img_dy = (size_t)(d.oh * d.ow * F), img_pad = (size_t)(d.hp * d.wp * C);
@@ -671,8 +683,11 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
             }
     } else {
         const int used = parts < g->n ? parts : g->n;   /* images are split between threads */
-        for (int t = 0; t < used; t++)
+        DR *stage[MC_MAX_PARTS];
+        for (int t = 0; t < used; t++) {
             priv[t] = DN(arena_take)(&regions[t], (K * fpad + fpad) * (int64_t)sizeof(DR));
+            stage[t] = DN(arena_take)(&regions[t], d.oh * d.ow * fpad * (int64_t)sizeof(DR));
+        }
         const int nbw = (F + nb - 1) / nb;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(used) if (used > 1)
@@ -693,6 +708,21 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
             for (int n = 0; n < g->n; n++) {
                 const DR *xi = xpad + n * img_pad;
                 const DR *di = src + n * src_img;
+                ptrdiff_t drow = src_row, dcol = src_col;
+                if (staged) {
+                    DR *st = stage[tid];
+                    for (int64_t px = 0; px < d.oh * d.ow; px++) {
+                        const size_t at = n * img_dy + (size_t)(px * F);
+                        if (relu_y)
+                            isa->relu_mask(st + px * fv, dy + at, relu_y + at, F);
+                        else
+                            memcpy(st + px * fv, dy + at, (size_t)F * sizeof(DR));
+                        for (int64_t f = F; f < fv; f++) st[px * fv + f] = 0;
+                    }
+                    di = st;
+                    drow = (ptrdiff_t)(d.ow * fv);
+                    dcol = (ptrdiff_t)fv;
+                }
                 for (int b = 0; b < nbw; b++) {
                     const int nv = DN(block_vectors)(F, b, nb, vlen);
                     const int mr_max = isa->mr[nv];
@@ -705,14 +735,14 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
                         }
                         (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
                             xi, (ptrdiff_t)g->stride_h * d.wp * C, (ptrdiff_t)g->stride_w * C,
-                            (int)d.oh, (int)d.ow, offs, di + b * nb, src_row, src_col,
+                            (int)d.oh, (int)d.ow, offs, di + b * nb, drow, dcol,
                             acc + m0 * fpad + b * nb, (ptrdiff_t)fpad, mr);
                     }
                 }
                 if (dbias) {
                     for (int64_t p = 0; p < d.oh; p++)
                         for (int64_t q = 0; q < d.ow; q++) {
-                            const DR *row = di + p * src_row + q * src_col;
+                            const DR *row = di + p * drow + q * dcol;
                             for (int f = 0; f < F; f++) acc_bias[f] += row[f];
                         }
                 }
@@ -1081,8 +1111,7 @@ int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_l
         (dx ? dx_len != s.x : dx_len != 0) || (dbias ? dbias_len != g->f : dbias_len != 0))
         return MC_ERR_SIZE;
     int64_t per_thread;
-    const int need_frame = dx != NULL || relu_y != NULL || g->f % DN_VLEN_MAX != 0;
-    const int64_t fixed = DN(backward_work)(g, dx != NULL, need_frame, &per_thread);
+    const int64_t fixed = DN(backward_work)(g, dx != NULL, relu_y != NULL, &per_thread);
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < fixed + per_thread)
         return MC_ERR_SIZE;
