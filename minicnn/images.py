@@ -53,11 +53,17 @@ def prepare_image(image):
            (scaled by their full range), another integer type with values in 0..255, bool, or
            float (taken as 0..1, or as 0..255 when its maximum is above 1).
 
-    Returns a new (28, 28) float32 array in [0, 1], the item light on black, centred.
-    Raises ValueError for another shape, NaN/inf, negative values, or a blank picture with no
-    item in it.
+    Returns a new (28, 28) float32 array in [0, 1], the item light on black, centred; `image`
+    is never written to.
+    Raises TypeError for another dtype (complex, object, strings, ...); ValueError for another
+    shape, NaN/inf, negative values, or a blank picture with no item in it.
     """
-    gray = _to_gray(np.asarray(image))
+    try:
+        array = np.asarray(image)
+    except ValueError as exc:            # ragged nested lists
+        raise ValueError(f"image: expected an array of pixels, could not convert "
+                         f"{type(image).__name__}: {exc}") from None
+    gray = _to_gray(array)
     border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
     if np.median(border) > 0.5:          # light background: Fashion-MNIST's is black
         gray = 1.0 - gray
@@ -102,15 +108,18 @@ def _to_gray(a):
                              f"got {a.min()}..{a.max()}")
         a = a.astype(np.float32) / 255
     elif np.issubdtype(a.dtype, np.floating):
-        a = a.astype(np.float32)
+        # Checked in the image's own dtype: a float64 value beyond float32's range must not
+        # turn into inf on the way and be reported as one.
         if not np.isfinite(a).all():
             raise ValueError("the image contains NaN or infinite values")
         if a.min() < 0:
             raise ValueError(f"float pixel values must not be negative, got minimum {a.min()}")
         if a.max() > 1:
-            a = a / 255
+            a = np.minimum(a, 255).astype(np.float32) / 255   # above 255 is white, as the clip below
+        else:
+            a = a.astype(np.float32)
     else:
-        raise ValueError(f"unsupported pixel dtype {a.dtype}")
+        raise TypeError(f"image: pixels must be bool, integers or floats, received dtype {a.dtype}")
     a = np.clip(a, 0.0, 1.0)
     if a.ndim == 2:
         return a
@@ -185,6 +194,10 @@ def load_image(path):
             pixels = _pixels(picture)
     except UnidentifiedImageError as exc:
         raise ValueError(f"{path}: not an image file that Pillow can read") from exc
+    except image_module.DecompressionBombError as exc:
+        # Pillow refuses pictures of over 2 * Image.MAX_IMAGE_PIXELS: a small file that would
+        # decode into gigabytes. It is an Exception of its own; report it like any bad file.
+        raise ValueError(f"{path}: the picture is too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, (FileNotFoundError, PermissionError)):
             raise

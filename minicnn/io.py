@@ -42,7 +42,7 @@ import tempfile
 
 import numpy as np
 
-from . import seeding
+from . import initializers
 from .training import losses, metrics, optimizers
 
 FORMAT = "minicnn-model"
@@ -66,8 +66,12 @@ class ModelFileError(ValueError):
 # -- writing -----------------------------------------------------------------------------------
 
 def save_model(model, filepath, overwrite=True, include_optimizer=True):
-    """Write `model` (see the module docstring); returns the path written."""
-    header, arrays = _weights_section(model, "save")
+    """Write `model` (see the module docstring); returns the path written.
+
+    Raises ValueError, writing nothing, when a weight or optimizer state holds NaN or inf:
+    load_model refuses such a file, so writing it would only replace a good file with a
+    useless one."""
+    header, arrays = _weights_section(model, "save", include_optimizer)
     header["kind"] = "model"
     header["compile"] = _compile_config(model)
     header["training"] = None
@@ -88,17 +92,37 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True):
 
 
 def save_weights(model, filepath, overwrite=True):
-    """Write only the weights (the header still names their layers and shapes)."""
-    header, arrays = _weights_section(model, "save_weights")
+    """Write only the weights (the header still names their layers and shapes); like
+    save_model, refuses NaN or inf weights before writing anything."""
+    header, arrays = _weights_section(model, "save_weights", include_optimizer=False)
     header["kind"] = "weights"
     return _write(filepath, header, arrays, overwrite)
 
 
-def _weights_section(model, who):
+def nonfinite_state(model, include_optimizer=True):
+    """Names of the weights (and, with include_optimizer, optimizer states) that hold NaN or
+    inf, e.g. ['dense/kernel']; empty when the model can be saved and loaded back."""
+    names = [f"{layer.name}/{key}" for layer in model.layers for key in layer.weight_names
+             if key in layer.params and not np.isfinite(layer.params[key]).all()]
+    if include_optimizer and model.compiled and model.optimizer.built:
+        names += [f"{layer}/{param} (optimizer state '{slot}')"
+                  for (layer, param, slot), value in sorted(model.optimizer.get_state()["slots"].items())
+                  if not np.isfinite(value).all()]
+    return names
+
+
+def _weights_section(model, who, include_optimizer):
     if not model.built:
         raise ValueError(
             f"Sequential '{model.name}': {who} needs a built model; give the first layer "
             f"input_shape=... or call build() or fit() first"
+        )
+    bad = nonfinite_state(model, include_optimizer)
+    if bad:
+        raise ValueError(
+            f"Sequential '{model.name}': {who}: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} "
+            f"hold NaN or inf (training diverged); load_model would refuse the file, so nothing was "
+            f"written and any existing file is unchanged"
         )
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "minicnn_version": _version(),
               "model": model.get_config(), "weights": []}
@@ -216,6 +240,8 @@ class _Contents:
 
 
 def _existing_path(filepath):
+    if not isinstance(filepath, (str, bytes, os.PathLike)):
+        raise TypeError(f"filepath must be a path (str or os.PathLike), received {type(filepath).__name__}")
     path = os.fspath(filepath)
     if not isinstance(path, str):
         path = os.fsdecode(path)
@@ -342,14 +368,33 @@ def _guarded(path, problem, function, *args, **kwargs):
 
 
 def _build_model(config):
+    """The file's architecture, built with zeros for every initializer.
+
+    np.zeros only reserves memory (its pages stay untouched until written), so an architecture
+    far larger than the weights the file holds -- a 2 KB file can declare a Dense layer of
+    10**9 parameters -- costs neither time nor memory before _set_weights refuses it, and
+    loading draws nothing from minicnn's generator. The layers get their own initializers back
+    afterwards, for get_config and for saving.
+    """
     from .model import Sequential
 
-    generator = seeding.generator()
-    state = generator.bit_generator.state
-    try:   # building runs the initializers; put the generator back so loading draws nothing
-        return Sequential.from_config(config)
-    finally:
-        generator.bit_generator.state = state
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        raise ValueError("expected a mapping with a 'layers' list")
+    own = [entry.get("config") if isinstance(entry, dict) else None for entry in config["layers"]]
+    own = [layer_config if isinstance(layer_config, dict) else {} for layer_config in own]
+    cheap = dict(config, layers=[
+        dict(entry, config={key: "zeros" if key.endswith("_initializer") else value
+                            for key, value in layer_config.items()})
+        if layer_config else entry
+        for entry, layer_config in zip(config["layers"], own)
+    ])
+    model = Sequential.from_config(cheap)
+    for layer, layer_config in zip(model.layers, own):
+        for key, value in layer_config.items():
+            if key.endswith("_initializer"):
+                value = initializers.deserialize(value) if isinstance(value, dict) else value
+                setattr(layer, key, initializers.get(value, f"{layer.describe()} {key}"))
+    return model
 
 
 def _set_weights(model, contents, strict_names):

@@ -300,6 +300,9 @@ class Sequential:
             raise ValueError(f"{who}: validation_split must be a number in [0, 1), received {validation_split!r}") from None
         if not 0.0 <= validation_split < 1.0:
             raise ValueError(f"{who}: validation_split must be in [0, 1), received {validation_split!r}")
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"{who}: callbacks must be a list of minicnn.callbacks.Callback instances, "
+                            f"received {type(callbacks).__name__}")
 
         x, targets = self._check_data(x, y, who)
         x_val = targets_val = None
@@ -550,9 +553,17 @@ class Sequential:
             for metric in metrics:
                 metric.update(batch_targets, y_pred)
             if not math.isfinite(loss_value):
+                # The loss is checked every step, the weights only now: an update that overflowed
+                # (a huge gradient times the learning rate) leaves non-finite weights behind a
+                # still-finite loss, and the message must not claim otherwise.
+                if all(np.isfinite(w).all() for w in self.get_weights()):
+                    state = "so the weights are the last finite ones"
+                else:
+                    state = ("but an earlier update already overflowed: the weights hold NaN or inf; "
+                             "reload the last checkpoint (ModelCheckpoint never saves such weights)")
                 warnings.warn(
                     f"fit: the loss became {loss_value} in epoch {epoch + 1}, batch {step}; training "
-                    f"stopped before that batch's update, so the weights are the last finite ones. "
+                    f"stopped before that batch's update, {state}. "
                     f"Lower the learning rate or check the data.", RuntimeWarning, stacklevel=3,
                 )
                 self.stop_training = True

@@ -30,10 +30,12 @@ FileNotFoundError at once, since that is a typo rather than missing data.
 """
 import errno
 import hashlib
+import numbers
 import os
 import warnings
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from .download import DownloadError, download
 from .idx import parse_idx, read_decompressed
@@ -94,9 +96,12 @@ def load_data(path=None, *, base_urls=None, timeout=30.0, retries=3, progress=No
     path:      a directory holding the four files (.gz or not); tried first. Default: the
                MINICNN_DATA environment variable, if set.
     base_urls: download locations, "<base>/<file>.gz" each; default MINICNN_DATA_URLS, else
-               BASE_URLS. An empty list means: never download.
-    timeout:   seconds for connecting and for each read of a download.
-    retries:   attempts per URL for failures that may pass (connection, time-out, 5xx).
+               BASE_URLS. An empty list means: never download. Only http:// and https:// URLs
+               are accepted (ValueError otherwise); what they serve is trusted only once its
+               SHA-256 matches.
+    timeout:   seconds for connecting and for each read of a download; a download averaging
+               under download.MIN_BYTES_PER_SECOND over that long is cut off and retried.
+    retries:   attempts per URL (>= 1) for failures that may pass (connection, time-out, 5xx).
     progress:  download progress bar: True, False, or None (only when stderr is a terminal).
 
     Returns x_train (60000, 28, 28) uint8, y_train (60000,) uint8, x_test (10000, 28, 28) uint8,
@@ -104,6 +109,7 @@ def load_data(path=None, *, base_urls=None, timeout=30.0, retries=3, progress=No
     bad copies. Raises DataNotFoundError (an OSError) when a file cannot be had from anywhere,
     FileNotFoundError when `path` or MINICNN_DATA is not a directory.
     """
+    _check_download_options(timeout, retries)
     local = _local_dirs(path)
     bases = _base_urls(base_urls)
     options = dict(timeout=timeout, retries=retries, progress=progress)
@@ -121,6 +127,8 @@ def _local_dirs(path):
     """[(label, directory, is_cache)] in lookup order, without repeats."""
     dirs = []
     if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"load_data: path must be a directory (str or os.PathLike), received {path!r}")
         dirs.append(("path argument", Path(path).expanduser(), False))
     elif os.environ.get(DATA_ENV):
         dirs.append((DATA_ENV, Path(os.environ[DATA_ENV]).expanduser(), False))
@@ -139,12 +147,36 @@ def _local_dirs(path):
     return unique
 
 
+def _check_download_options(timeout, retries):
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"load_data: timeout must be a number of seconds, received {timeout!r}")
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"load_data: timeout must be a positive, finite number of seconds, received {timeout!r}")
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral):
+        raise TypeError(f"load_data: retries must be an integer, received {retries!r}")
+    if retries < 1:
+        raise ValueError(f"load_data: retries must be at least 1, received {retries!r}")
+
+
 def _base_urls(base_urls):
+    """The download bases, each checked to be an http(s) URL: anything else (file://, ftp://,
+    a bare word) is a mistake that no retry would fix, so it is refused before any request."""
+    source = "base_urls"
     if base_urls is None:
         env = os.environ.get(URLS_ENV, "").replace(",", " ").split()
+        source = URLS_ENV if env else "BASE_URLS"
         base_urls = env or BASE_URLS
     elif isinstance(base_urls, str):
         base_urls = [base_urls]
+    elif not isinstance(base_urls, (list, tuple)):
+        raise TypeError(f"load_data: base_urls must be a URL string or a list of them, received "
+                        f"{type(base_urls).__name__}")
+    for base in base_urls:
+        if not isinstance(base, str):
+            raise TypeError(f"load_data: {source} must hold URL strings, received {base!r}")
+        parts = urlsplit(base)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"load_data: {source} must hold http:// or https:// URLs, received {base!r}")
     return [b.rstrip("/") for b in base_urls]
 
 

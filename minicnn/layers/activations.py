@@ -37,6 +37,7 @@ class ReLU(Activation):
     """Rectified linear unit. Input and output: any shape (batch, ...)."""
 
     activation_name = "relu"
+    _positive = None   # the y > 0 mask of the last training forward; None until there is one
 
     def _forward(self, x, training):
         y = np.maximum(x, 0)
@@ -54,6 +55,7 @@ class Softmax(Activation):
     """Softmax along `axis` (default -1, the class axis). Input and output: (batch, ..., classes)."""
 
     activation_name = "softmax"
+    _y = None          # the output of the last training forward; None until there is one
 
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)

@@ -168,9 +168,11 @@ class Layer:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{who}: input must be a NumPy array, received {type(x).__name__}")
         if x.dtype != self.dtype:
+            # Suggest dtype= only where it would work: a layer computes in float32 or float64.
+            other = f" or create the layer with dtype='{x.dtype}'" if x.dtype in (np.float32, np.float64) else ""
             raise TypeError(
                 f"{who}: input dtype must be {self.dtype} (the layer's dtype), received {x.dtype}; "
-                f"cast with x.astype('{self.dtype}') or create the layer with dtype='{x.dtype}'"
+                f"cast with x.astype('{self.dtype}'){other}"
             )
         if x.ndim < 1 or x.shape[0] < 1:
             raise ValueError(f"{who}: input must have a non-empty batch axis, received shape {x.shape}")

@@ -283,7 +283,10 @@ class ModelCheckpoint(Callback):
     filepath may hold format fields: the epoch (1-based, as Keras) and any log value, e.g.
     "ckpt/model-{epoch:02d}-{val_loss:.2f}.npz". The file is written atomically (see
     minicnn.io). save_weights_only=False writes the whole model with its optimizer state, so
-    minicnn.load_model(path) continues training exactly where it stopped.
+    minicnn.load_model(path) continues training exactly where it stopped. An epoch that
+    diverged -- its loss became NaN or inf, or the weights hold NaN or inf, which load_model
+    would refuse -- is not written, so the previous checkpoint stays as it was; a
+    RuntimeWarning says so.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
@@ -325,6 +328,9 @@ class ModelCheckpoint(Callback):
                 if self.verbose > 0:
                     print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
                 return
+        if self._diverged(epoch, path, logs):
+            return
+        if self.save_best_only:
             if self.verbose > 0:
                 print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
                       f"{value:.5f}, saving model to {path}")
@@ -335,6 +341,26 @@ class ModelCheckpoint(Callback):
             self.last_saved = self.model.save_weights(path)
         else:
             self.last_saved = self.model.save(path)
+
+    def _diverged(self, epoch, path, logs):
+        """True (with a warning) when the epoch diverged: its loss is NaN or inf, or the weights
+        are. Weights with NaN or inf could not be loaded; the finite weights of an epoch whose
+        loss became NaN are those of a run blowing up. Either way the last good checkpoint is
+        worth more, so nothing is written."""
+        from ..io import nonfinite_state
+
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            problem = f"its loss is {loss}"
+        else:
+            bad = nonfinite_state(self.model, include_optimizer=not self.save_weights_only)
+            problem = f"{', '.join(bad[:4])} hold NaN or inf" if bad else None
+        if problem:
+            warnings.warn(
+                f"ModelCheckpoint: epoch {epoch + 1} not saved to {path}: {problem} (training "
+                f"diverged); the previous checkpoint is kept", RuntimeWarning, stacklevel=3,
+            )
+        return problem is not None
 
 
 class TerminateOnNaN(Callback):

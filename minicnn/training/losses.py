@@ -191,10 +191,14 @@ class CategoricalCrossentropy(Loss):
                 f"(N, {num_classes}) for a model with {num_classes} outputs, received shape "
                 f"{y.shape}{hint}"
             )
-        y = y.astype(dtype, copy=False)
         if not np.all(np.isfinite(y)):
             raise ValueError(f"{argument}: targets contain NaN or inf")
-        return y
+        with np.errstate(over="ignore"):
+            converted = y.astype(dtype, copy=False)
+        if not np.all(np.isfinite(converted)):
+            raise ValueError(f"{argument}: targets hold values beyond the {np.dtype(dtype).name} range "
+                             f"of the model's outputs")
+        return converted
 
     def per_sample(self, targets, y_pred):
         return -np.sum(targets * self._log_probabilities(y_pred), axis=1)
