@@ -12,7 +12,12 @@ outputs are always fresh arrays. Scratch memory ("workspace") is one growing buf
 and Python thread, reused from call to call, so steady-state training allocates only the
 arrays it returns and the caches.
 
-Layout as everywhere in minicnn: images NHWC (N, H, W, C), kernels (KH, KW, C, F).
+Functions: the face's four (conv2d_forward/backward, maxpool2d_forward/backward) plus
+conv2d_relu_forward (ReLU fused into the kernel; conv2d_backward then masks dy in C) and
+dense_forward/dense_backward (the fully connected products on the same threads as the
+convolutions, so a training step never wakes OpenBLAS's pool; docs/architecture.md).
+Layout as everywhere in minicnn: images NHWC (N, H, W, C), kernels (KH, KW, C, F), dense
+kernels (K, F).
 Environment: MINICNN_SIMD=avx512|avx2|sse2 caps the SIMD level (default: the best the CPU
 has); OMP_NUM_THREADS sets the threads (default: all cores).
 
@@ -32,7 +37,7 @@ from .._kernels import ffi, lib
 
 NAME = "c"
 
-_SUFFIX = {np.dtype(np.float32): ("_f32", "float[]"), np.dtype(np.float64): ("_f64", "double[]")}
+_SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 _INT32 = np.dtype(np.int32)
 _ERRORS = {
     1: "the geometry is invalid (shape, stride or padding)",
@@ -114,7 +119,7 @@ def _contiguous(array, dtype, name, who):
 
 def _suffix(dtype, who):
     try:
-        return _SUFFIX[np.dtype(dtype)][0]
+        return _SUFFIX[np.dtype(dtype)]
     except KeyError:
         raise TypeError(f"{who}: the C engine runs float32 and float64, received {dtype}") from None
 
