@@ -12,7 +12,8 @@ it does in a model (its input is the data) and in PyTorch (the input does not re
 Columns: minicnn's C engine and NumPy engine through the kernel face (minicnn.kernels: what
 the layers call; the engines alone, without layer bookkeeping), and PyTorch's functional ops
 with NCHW and channels_last tensors when torch imports.
-Each figure is the median of --repeats timed calls after warm-up. Ratios are computed from
+Each figure is the median of --repeats timed calls (after warm-up), taken in --rounds sweeps
+of the whole table so that a passing disturbance on a shared machine cannot own a cell. Ratios are computed from
 the same run: "C x" is how many times faster the C engine is than NumPy (numpy/c) and than
 the best PyTorch layout (torch/c, above 1 = C faster); "NumPy vs torch" is torch/numpy.
 
@@ -50,15 +51,16 @@ except ImportError:  # the table then has no PyTorch columns
 SETTLE_SECONDS = 0.25   # longer than OpenBLAS's and libgomp's spin-wait after a call
 
 
-def median_ms(fn, repeats, warmup=3):
+def samples_ms(fn, repeats, warmup=3):
+    """`repeats` timings of fn() in milliseconds, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+        times.append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 # ---- the layers of the seed model ----
@@ -102,9 +104,9 @@ def time_minicnn(engine, kind, shape, out, need_dx, relu, batch, repeats, rng):
             return kernels.dense_backward(dy, cache, need_dx=need_dx)
     y, cache = forward()
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    forward_ms = median_ms(forward, repeats)
+    forward_ms = samples_ms(forward, repeats)
     y, cache = forward()
-    backward_ms = median_ms(lambda: backward(dy, cache), repeats)
+    backward_ms = samples_ms(lambda: backward(dy, cache), repeats)
     return forward_ms, backward_ms
 
 
@@ -138,7 +140,7 @@ def time_torch(channels_last, kind, shape, out, need_dx, relu, batch, repeats, r
             params = []
     x.requires_grad_(need_dx)
     with torch.no_grad():
-        forward = median_ms(lambda: op(x), repeats)
+        forward = samples_ms(lambda: op(x), repeats)
     inputs = ([x] if need_dx else []) + params
     y = op(x)
     dy = torch.randn_like(y)
@@ -147,27 +149,40 @@ def time_torch(channels_last, kind, shape, out, need_dx, relu, batch, repeats, r
         # the graph of one untimed forward, reused; grads are returned, not accumulated
         torch.autograd.grad(y, inputs, dy, retain_graph=True)
 
-    backward_ms = median_ms(backward, repeats)
+    backward_ms = samples_ms(backward, repeats)
     return forward, backward_ms
 
 
-def run(batches, repeats, threads):
+def run(batches, repeats, rounds):
+    """Sweep every (batch, layer, engine) `rounds` times, repeats // rounds timings each time,
+    and keep the median of each cell's pooled timings: on a shared machine a disturbance then
+    lands in one round's share of a cell instead of all of it."""
     rng = np.random.default_rng(0)
     engines = [e for e in ("c", "numpy") if e in kernels.available_backends()]
+    per_round = max(1, repeats // rounds)
+    pooled = {}
+    for round_index in range(rounds):
+        for batch in batches:
+            for name, kind, shape, out, need_dx, relu in LAYERS:
+                layer = (kind, shape, out, need_dx, relu, batch, per_round, rng)
+                cells = [(engine, time_minicnn, engine) for engine in engines]
+                if torch is not None:
+                    cells += [("torch_nchw", time_torch, False), ("torch_cl", time_torch, True)]
+                for label, measure, first_argument in cells:
+                    time.sleep(SETTLE_SECONDS)
+                    forward, backward = measure(first_argument, *layer)
+                    cell = pooled.setdefault((batch, name, label), ([], []))
+                    cell[0].extend(forward)
+                    cell[1].extend(backward)
+        print(f"  round {round_index + 1} of {rounds} done", file=sys.stderr)
     results = []
     for batch in batches:
-        for name, kind, shape, out, need_dx, relu in LAYERS:
+        for name, *_ in LAYERS:
             row = {"layer": name, "batch": batch}
-            for engine in engines:
-                time.sleep(SETTLE_SECONDS)
-                row[engine] = time_minicnn(engine, kind, shape, out, need_dx, relu, batch, repeats, rng)
-            if torch is not None:
-                for label, channels_last in (("torch_nchw", False), ("torch_cl", True)):
-                    time.sleep(SETTLE_SECONDS)
-                    row[label] = time_torch(channels_last, kind, shape, out, need_dx, relu, batch,
-                                            repeats, rng)
+            for (b, layer, label), (forward, backward) in pooled.items():
+                if b == batch and layer == name:
+                    row[label] = (float(np.median(forward)), float(np.median(backward)))
             results.append(row)
-            print(f"  measured {name} at batch {batch}", file=sys.stderr)
     return results
 
 
@@ -205,7 +220,8 @@ def print_table(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=30, help="timings per cell, over all rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="sweeps of the whole table")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
@@ -218,14 +234,15 @@ def main(argv=None):
     previous = kernels.get_backend()
     load_before = os.getloadavg()[0]
     try:
-        results = run(args.batches, args.repeats, args.threads)
+        results = run(args.batches, args.repeats, args.rounds)
     finally:
         kernels.set_backend(previous)
     load_after = os.getloadavg()[0]
 
     kernels.set_backend("c" if "c" in kernels.available_backends() else "numpy")
     info = kernels.backend_info()
-    print(f"minicnn layer benchmark: float32, {args.threads} threads, median of {args.repeats}")
+    print(f"minicnn layer benchmark: float32, {args.threads} threads, median of {args.repeats} "
+          f"timings per cell taken in {args.rounds} sweeps")
     print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; "
           f"Python {platform.python_version()}, NumPy {np.__version__}"
           + (f", PyTorch {torch.__version__}" if torch is not None else ", PyTorch not importable"))
@@ -239,7 +256,8 @@ def main(argv=None):
     print_table(results)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "repeats": args.repeats, "backend_info": info,
+            json.dump({"threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
+                       "backend_info": info,
                        "load_average": [load_before, load_after],
                        "torch": torch.__version__ if torch is not None else None,
                        "results": results}, f, indent=1)
