@@ -8,10 +8,14 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["DownloadError", "download", "BACKOFF_SECONDS", "CHUNK_BYTES"]
+__all__ = ["DownloadError", "download", "BACKOFF_SECONDS", "CHUNK_BYTES", "MIN_BYTES_PER_SECOND"]
 
 BACKOFF_SECONDS = 1.0   # first wait between two attempts on the same URL; doubles each time
 CHUNK_BYTES = 1 << 16
+# The slowest transfer accepted, averaged over each `timeout` seconds. The read time-out alone
+# bounds only the wait for the next byte, so a server dripping one byte every few seconds
+# would otherwise hold a download open for days.
+MIN_BYTES_PER_SECOND = 4096
 
 
 class DownloadError(OSError):
@@ -27,7 +31,7 @@ class _TransientError(Exception):
 
 
 def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, backoff=None,
-             progress=None, desc=None):
+             progress=None, desc=None, min_rate=None):
     """Fetch the first URL of `urls` that works into `dest` and return what `verify` returned.
 
     urls:     URLs tried in order; each is tried up to `retries` times for failures that may
@@ -41,6 +45,10 @@ def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, bac
               (its message should name `url`). None accepts any content and returns None.
     max_bytes: the size cap: a body longer than this (announced or streamed) is cut off.
     timeout:  seconds, for connecting and for each read.
+    min_rate: bytes per second: a body arriving slower than this, averaged over each `timeout`
+              seconds, is cut off (and retried like a dropped connection). None uses
+              MIN_BYTES_PER_SECOND. So one attempt lasts at most about
+              2 * timeout + max_bytes / min_rate seconds, whatever the server does.
     retries:  attempts per URL (at least 1).
     backoff:  seconds before the second attempt; None uses BACKOFF_SECONDS.
     progress: tqdm bar on stderr: True, False, or None (only on a terminal).
@@ -53,6 +61,7 @@ def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, bac
 
     dest = Path(dest)
     backoff = BACKOFF_SECONDS if backoff is None else backoff
+    min_rate = MIN_BYTES_PER_SECOND if min_rate is None else min_rate
     # An unwritable destination is not the network's fault: fail now, before any request.
     dest.parent.mkdir(parents=True, exist_ok=True)
     attempts = max(1, retries)
@@ -61,8 +70,8 @@ def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, bac
         for url in urls:
             for attempt in range(1, attempts + 1):
                 try:
-                    return _fetch_once(session, url, dest, verify, max_bytes, timeout, progress,
-                                       desc or dest.name)
+                    return _fetch_once(session, url, dest, verify, max_bytes, timeout, min_rate,
+                                       progress, desc or dest.name)
                 except _GiveUpOnURL as exc:
                     failures.append(f"{url}: {exc}")
                     break
@@ -86,7 +95,7 @@ def _describe(exc):
     return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
 
 
-def _fetch_once(session, url, dest, verify, max_bytes, timeout, progress, desc):
+def _fetch_once(session, url, dest, verify, max_bytes, timeout, min_rate, progress, desc):
     from tqdm import tqdm
     import urllib3
 
@@ -107,15 +116,24 @@ def _fetch_once(session, url, dest, verify, max_bytes, timeout, progress, desc):
             with os.fdopen(fd, "wb") as out, tqdm(
                     total=announced, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                     disable=None if progress is None else not progress) as bar:
+                window_start, window_bytes = time.monotonic(), 0
                 try:
                     # The raw stream keeps the bytes exactly as served (a .gz stays a .gz);
                     # only a transport Content-Encoding is undone.
-                    for chunk in response.raw.stream(CHUNK_BYTES, decode_content=encoded):
+                    for chunk in _pieces(response.raw, encoded):
                         received += len(chunk)
+                        window_bytes += len(chunk)
                         if received > max_bytes:
                             raise _GiveUpOnURL(f"body exceeded the {max_bytes:,}-byte cap; cut off")
                         out.write(chunk)
                         bar.update(len(chunk))
+                        elapsed = time.monotonic() - window_start
+                        if elapsed >= timeout:
+                            if window_bytes < min_rate * elapsed:
+                                raise _TransientError(
+                                    f"too slow: {window_bytes:,} bytes in {elapsed:.1f} s, under the "
+                                    f"{min_rate:,} bytes/s minimum; cut off after {received:,} bytes")
+                            window_start, window_bytes = time.monotonic(), 0
                 except urllib3.exceptions.HTTPError as exc:
                     # Connection dropped or timed out mid-body.
                     raise _TransientError(f"transfer interrupted after {received:,} bytes "
@@ -135,6 +153,21 @@ def _fetch_once(session, url, dest, verify, max_bytes, timeout, progress, desc):
         finally:
             if os.path.exists(part):
                 os.remove(part)
+
+
+def _pieces(raw, decode):
+    """The body in pieces as they arrive. urllib3 2's read1 returns whatever bytes are there,
+    so the rate check runs even while a server drips; urllib3 1 only has reads that block
+    until a whole chunk is in (its drip is then cut off by the size cap alone)."""
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:
+        yield from raw.stream(CHUNK_BYTES, decode_content=decode)
+        return
+    while True:
+        piece = read1(CHUNK_BYTES, decode_content=decode)
+        if not piece:
+            return
+        yield piece
 
 
 def _content_length(response):
