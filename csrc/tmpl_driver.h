@@ -224,6 +224,7 @@ static void DN(wino_pack)(const DN(mc_isa) *isa, const DR *g0, ptrdiff_t si, ptr
     const int vlen = isa->vlen, nb = isa->nvmax * vlen;
     const int coutv = (int)DN(round_up)(cout, vlen);
     const DR (*G)[3] = DN(wino_g);
+    (void)threads;   /* read by the OpenMP pragma only */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && cin > 8)
 #endif
@@ -349,6 +350,7 @@ static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const D
     const int64_t per_img = (int64_t)th * tw, tiles = n * per_img;
     const int64_t blocks = (tiles + DN_WINO_TILES_W - 1) / DN_WINO_TILES_W;
     const int fv = (int)DN(round_up)(F, vlen);
+    (void)parts;   /* read by the OpenMP pragma only */
 #ifdef _OPENMP
 #pragma omp parallel num_threads(parts) if (parts > 1)
 #endif
@@ -408,6 +410,7 @@ static void DN(wino_unpack_dw)(DR *const *acc, int parts, int C, int F, int64_t 
                                int threads)
 {
     const DR (*G)[3] = DN(wino_g);
+    (void)threads;   /* read by the OpenMP pragma only */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && C > 8)
 #endif
@@ -516,7 +519,7 @@ static int DN(thread_regions)(DN(mc_arena) *arena, int64_t per_thread, int threa
 
 /* ---- forward ---- */
 
-static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel,
+static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel,
                              const DR *bias, int relu, DR *xpad, DR *y, DN(mc_arena) *arena,
                              int64_t per_thread, int threads)
 {
@@ -550,6 +553,7 @@ static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kerne
         DN(mc_arena) regions[MC_MAX_PARTS];
         DR *vbuf[MC_MAX_PARTS], *mbuf[MC_MAX_PARTS];
         const int parts = DN(thread_regions)(arena, per_thread, threads, regions);
+        if (parts < 1) return MC_ERR_SIZE;   /* the entry point's size check rules this out */
         for (int t = 0; t < parts; t++) {
             vbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * C * (int64_t)sizeof(DR));
             mbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * fpad * (int64_t)sizeof(DR));
@@ -560,7 +564,7 @@ static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kerne
         const DN(mc_view) in = {xpad, (ptrdiff_t)img_pad, (ptrdiff_t)d.wp * C, C, (int)d.hp, (int)d.wp, C};
         DN(wino_conv)(isa, &in, g->n, (int)d.oh, (int)d.ow, y, F, U, C * fpad,
                       bias ? packed_bias : NULL, relu, ident, zeros, vbuf, mbuf, parts);
-        return;
+        return MC_OK;
     }
 
     /* direct: kernel (K, F) -> column blocks of whole vectors; tap k reads offset aoff[k] */
@@ -583,11 +587,12 @@ static void DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kerne
         .c_col = F,
     };
     DN(run_igemm)(isa, &tl, K, aoff, packed, bias ? packed_bias : NULL, F, relu, threads);
+    return MC_OK;
 }
 
 /* ---- backward ---- */
 
-static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
+static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
                               const DR *dy, const DR *relu_y, DR *dx, DR *dkernel, DR *dbias,
                               DN(mc_arena) *arena, int64_t per_thread, int threads)
 {
@@ -626,6 +631,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
     }
     DN(mc_arena) regions[MC_MAX_PARTS];
     const int parts = DN(thread_regions)(arena, per_thread, threads, regions);
+    if (parts < 1) return MC_ERR_SIZE;   /* the entry point's size check rules this out */
 
     /* dy source for the kernel gradient: the frame's interior, or dy itself */
     const DR *src = dy;
@@ -682,7 +688,8 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
                 dbias[f] = s;
             }
     } else {
-        const int used = parts < g->n ? parts : g->n;   /* images are split between threads */
+        /* images are split between threads (g->n >= 1 and parts >= 1 were checked) */
+        const int used = parts < g->n ? parts : (g->n > 1 ? g->n : 1);
         DR *stage[MC_MAX_PARTS];
         for (int t = 0; t < used; t++) {
             priv[t] = DN(arena_take)(&regions[t], (K * fpad + fpad) * (int64_t)sizeof(DR));
@@ -766,7 +773,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
             }
         }
     }
-    if (!dx) return;
+    if (!dx) return MC_OK;
 
     /* input gradient. Winograd: the frame is dy zero-padded by exactly 2 - pad on each side,
      * so dx is its valid 3x3 correlation with the flipped, channel-swapped kernel. */
@@ -784,7 +791,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
                                 (int)hd, (int)wd, F};
         DN(wino_conv)(isa, &in, g->n, g->h, g->w, dx, C, U, F * cpad, NULL, 0, ident, zeros, vbuf,
                       mbuf, parts);
-        return;
+        return MC_OK;
     }
 
     /* direct: one dense transposed convolution per phase (row mod sh, column mod sw) */
@@ -835,6 +842,7 @@ static void DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *k
             tap_base += kph;
         }
     }
+    return MC_OK;
 }
 
 /* ---- dense (fully connected): y = act(x @ W + b), x (N, K), W (K, F) ----
@@ -1091,8 +1099,7 @@ int DN(mc_conv2d_forward)(const mc_conv_geom *g, const DR *x, int64_t x_len, con
         work_len * (int64_t)sizeof(DR) < fixed + per_thread)
         return MC_ERR_SIZE;
     DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
-    DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &arena, per_thread, mc_threads_now());
-    return MC_OK;
+    return DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &arena, per_thread, mc_threads_now());
 }
 
 int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_len,
@@ -1116,9 +1123,8 @@ int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_l
         work_len * (int64_t)sizeof(DR) < fixed + per_thread)
         return MC_ERR_SIZE;
     DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
-    DN(conv_backward)(g, xpad, kernel, dy, relu_y, dx, dkernel, dbias, &arena, per_thread,
-                      mc_threads_now());
-    return MC_OK;
+    return DN(conv_backward)(g, xpad, kernel, dy, relu_y, dx, dkernel, dbias, &arena, per_thread,
+                             mc_threads_now());
 }
 
 int DN(mc_maxpool2d_forward)(const mc_pool_geom *g, const DR *x, int64_t x_len, DR *y,

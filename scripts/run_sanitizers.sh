@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Build the C engine with AddressSanitizer + UndefinedBehaviorSanitizer into a scratch folder
-# and run the kernel tests against that build. Any out-of-bounds access, use of freed memory
-# or undefined behaviour (overflow, misaligned access, bad shifts...) aborts the run.
+# and run the kernel tests against that build, twice: with OpenMP (the threaded paths) and
+# without (the serial paths every call under the parallel threshold takes, and what a
+# compiler without OpenMP builds). Any out-of-bounds access, use of freed memory or undefined
+# behaviour (overflow, misaligned access, bad shifts...) aborts the run.
 #
-#   scripts/run_sanitizers.sh            # from the repository root; about a minute
+#   scripts/run_sanitizers.sh            # from the repository root; about two minutes
+#   scripts/run_sanitizers.sh -x -k dense   # extra arguments go to pytest
 #
 # Needs gcc with libasan/libubsan, cffi, numpy, pytest and hypothesis. The installed (fast)
 # extension is left alone: the tests import a copy of minicnn/ from the scratch folder whose
@@ -15,35 +18,41 @@ SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/minicnn-sanitize.XXXXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
 
 cp -r minicnn tests csrc "$SCRATCH"/
-rm -f "$SCRATCH"/minicnn/_kernels*
-
-"$PYTHON" - "$SCRATCH" <<'PY'
-import glob, os, shutil, sys
-sys.path.insert(0, "csrc")
-import build_kernels
-scratch = sys.argv[1]
-flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-         "-fno-omit-frame-pointer", "-g"]
-ffi = build_kernels.make_ffibuilder(extra_compile_args=flags, absolute_paths=True)
-built = ffi.compile(tmpdir=os.path.join(scratch, "build"))
-shutil.copy(built, os.path.join(scratch, "minicnn", os.path.basename(built)))
-print("sanitized build:", os.path.basename(built))
-PY
-
 LIBASAN=$(gcc -print-file-name=libasan.so)
 LIBUBSAN=$(gcc -print-file-name=libubsan.so)
-cd "$SCRATCH"
-# Python itself is not instrumented: preload the runtimes, and ignore CPython's deliberate
-# leaks at exit (leak checking would only report the interpreter).
-export LD_PRELOAD="$LIBASAN $LIBUBSAN"
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-export MINICNN_BACKEND=c
-export HYPOTHESIS_STORAGE_DIRECTORY="$SCRATCH/.hypothesis"
-"$PYTHON" -c "
+
+for OPENMP in 1 0; do
+    rm -f "$SCRATCH"/minicnn/_kernels*
+    "$PYTHON" - "$SCRATCH" "$OPENMP" <<'PY'
+import os, shutil, sys
+sys.path.insert(0, "csrc")
+import build_kernels
+scratch, openmp = sys.argv[1], sys.argv[2] == "1"
+flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+         "-fno-omit-frame-pointer", "-g"]
+ffi = build_kernels.make_ffibuilder(extra_compile_args=flags, openmp=None if openmp else False,
+                                    absolute_paths=True)
+built = ffi.compile(tmpdir=os.path.join(scratch, "build-openmp" if openmp else "build-serial"))
+shutil.copy(built, os.path.join(scratch, "minicnn", os.path.basename(built)))
+print("sanitized build:", os.path.basename(built), "OpenMP" if openmp else "no OpenMP")
+PY
+    (
+        cd "$SCRATCH"
+        # Python itself is not instrumented: preload the runtimes, and ignore CPython's
+        # deliberate leaks at exit (leak checking would only report the interpreter).
+        export LD_PRELOAD="$LIBASAN $LIBUBSAN"
+        export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+        export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+        export MINICNN_BACKEND=c
+        export HYPOTHESIS_STORAGE_DIRECTORY="$SCRATCH/.hypothesis"
+        "$PYTHON" -c "
 import minicnn.kernels.c_engine as c, minicnn._kernels as k, os
 assert k.__file__.startswith(os.getcwd()), 'not the sanitized build: ' + k.__file__
+assert c.engine_info()['openmp'] == ($OPENMP == 1), c.engine_info()
 print('running on', k.__file__, c.engine_info())
 "
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_c_engine.py tests/test_kernels.py tests/test_gradients.py "$@"
+        "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_c_engine.py tests/test_kernels.py \
+            tests/test_gradients.py "$@"
+    )
+done
 echo "sanitizers: no reports"
