@@ -138,13 +138,16 @@ class WithActivation:
     """Mixin for layers that take `activation=` (Conv2D, Dense): y = activation(z).
 
     The subclass computes z and implements `backward_preactivation(dz)`; this mixin runs the
-    activation forward and backward around it. The model's fused softmax + cross-entropy calls
-    `backward_preactivation` directly with dL/dz.
+    activation forward and backward around it. ReLU is the exception: it is fused into the
+    kernel (`relu_in_kernel`), whose forward applies max(z, 0) and whose backward masks dy by
+    y > 0 itself, saving a pass over the activations each way. The model's fused softmax +
+    cross-entropy calls `backward_preactivation` directly with dL/dz.
     """
 
     def _set_activation(self, activation):
         self.activation_name = activation_name(activation, self.describe())
         self.activation = make_activation(self.activation_name, self.dtype, self.name)
+        self.relu_in_kernel = self.activation_name == "relu"
 
     def _build_activation(self, output_shape):
         if self.activation is not None:
@@ -152,9 +155,11 @@ class WithActivation:
         return output_shape
 
     def _activate(self, z, training):
-        return self.activation.forward(z, training) if self.activation is not None else z
+        if self.activation is None or self.relu_in_kernel:
+            return z
+        return self.activation.forward(z, training)
 
     def _backward(self, dy, need_input_gradient=True):
-        if self.activation is not None:
+        if self.activation is not None and not self.relu_in_kernel:
             dy = self.activation.backward(dy)
         return self.backward_preactivation(dy, need_input_gradient)

@@ -59,14 +59,17 @@ class Conv2D(WithActivation, Layer):
         return self._build_activation((out_h, out_w, self.filters))
 
     def _forward(self, x, training):
-        y, cache = kernels.conv2d_forward(
-            x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads
-        )
+        convolve = kernels.conv2d_relu_forward if self.relu_in_kernel else kernels.conv2d_forward
+        y, cache = convolve(x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads)
         self._cache = cache if training else None
         return self._activate(y, training)
 
     def backward_preactivation(self, dz, need_input_gradient=True):
-        """Backward from the gradient w.r.t. the output *before* the activation."""
+        """Backward from the gradient w.r.t. the output *before* the activation.
+
+        With the ReLU fused into the kernel, the kernel masks dz by y > 0 itself (a no-op for a
+        gradient that is already zero where the ReLU was off).
+        """
         if self._cache is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
         dx, dkernel, dbias = kernels.conv2d_backward(dz, self._cache, need_dx=need_input_gradient)

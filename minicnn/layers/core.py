@@ -1,7 +1,7 @@
 """Dense and Flatten."""
 import numpy as np
 
-from .. import initializers
+from .. import initializers, kernels
 from .activations import WithActivation
 from .base import Layer
 
@@ -45,7 +45,7 @@ class Dense(WithActivation, Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
-        self._x = None
+        self._cache = None
 
     def _build(self, input_shape):
         if len(input_shape) != 1:
@@ -60,21 +60,24 @@ class Dense(WithActivation, Layer):
         return self._build_activation((self.units,))
 
     def _forward(self, x, training):
-        y = x @ self.params["kernel"]
-        if self.use_bias:
-            y += self.params["bias"]
-        self._x = x if training else None
+        y, cache = kernels.dense_forward(x, self.params["kernel"], self.params.get("bias"),
+                                         relu=self.relu_in_kernel)
+        self._cache = cache if training else None
         return self._activate(y, training)
 
     def backward_preactivation(self, dz, need_input_gradient=True):
-        """Backward from the gradient w.r.t. the output *before* the activation."""
-        if self._x is None:
+        """Backward from the gradient w.r.t. the output *before* the activation.
+
+        dkernel = x^T dz, dbias = sum of dz over the batch, dx = dz kernel^T (the kernel face
+        computes them; with the ReLU fused it first masks dz by y > 0).
+        """
+        if self._cache is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        self._check_grad_array(dz, (self._x.shape[0], self.units))
-        self.grads["kernel"] = self._x.T @ dz
+        dx, dkernel, dbias = kernels.dense_backward(dz, self._cache, need_dx=need_input_gradient)
+        self.grads["kernel"] = dkernel
         if self.use_bias:
-            self.grads["bias"] = dz.sum(axis=0)
-        return dz @ self.params["kernel"].T if need_input_gradient else None
+            self.grads["bias"] = dbias
+        return dx
 
     def get_config(self):
         return {
