@@ -10,7 +10,6 @@ Each test is bounded (max_examples) so that the whole file runs in well under a 
 import contextlib
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ModelFileError, ReLU, Sequential, Softmax
+from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ReLU, Sequential, Softmax
 from minicnn import images, kernels
 from minicnn.callbacks import Callback, ModelCheckpoint
 from minicnn.datasets import fashion_mnist as fm
@@ -48,9 +48,10 @@ def inputs(shape, seed=0):
 
 def strided_copy(a):
     """A non-contiguous view holding a's values: every other element of a larger array, on
-    every axis but the first."""
-    big = np.zeros((a.shape[0],) + tuple(2 * s for s in a.shape[1:]), a.dtype)
-    view = big[(slice(None),) + (slice(None, None, 2),) * (a.ndim - 1)]
+    every axis but the first (on the only axis of a vector)."""
+    first = 1 if a.ndim == 1 else 0
+    big = np.zeros(a.shape[:1 - first] + tuple(2 * s for s in a.shape[1 - first:]), a.dtype)
+    view = big[(slice(None),) * (1 - first) + (slice(None, None, 2),) * (a.ndim - 1 + first)]
     view[...] = a
     return view
 
