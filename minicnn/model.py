@@ -281,8 +281,9 @@ class Sequential:
         (seed, k), so fit(epochs=1) twice equals fit(epochs=2), and a saved model continues with
         the order an uninterrupted run would have used.
         verbose: 0 silent, 1 (or 'auto') a progress bar per epoch, 2 one line per epoch.
-        A batch whose loss is NaN or inf stops training before its update reaches the weights
-        (with a RuntimeWarning), so the model keeps its last finite weights.
+        A batch whose loss is NaN or inf stops training before its update reaches the weights,
+        with a RuntimeWarning that also says when an earlier update had already overflowed
+        (non-finite weights behind a finite loss); ModelCheckpoint skips such an epoch.
         """
         who = "fit"
         self._require_compiled(who)
