@@ -9,6 +9,13 @@ Layers call the functions below and never know which engine runs. The engine is 
 ``MINICNN_BACKEND=auto|c|numpy`` at import (auto = C when it was built) and can be changed with
 ``set_backend``; ``backend_info`` says which one runs, with its build flags and threads.
 
+The functions: conv2d_forward / conv2d_relu_forward (ReLU fused into the epilogue) /
+conv2d_backward, maxpool2d_forward / maxpool2d_backward, dense_forward (optional fused ReLU) /
+dense_backward. Every engine implements all of them. The fused and dense entry points exist for
+speed: a separate ReLU costs a pass over the activations each way, and running the dense
+products on the C engine's own threads keeps OpenBLAS's spinning pool from fighting them for the
+two cores (docs/architecture.md, "The C engine").
+
 Every forward returns ``(y, cache)``; the cache is opaque and remembers the engine that made
 it, so a backward always runs on the engine of its forward.
 
@@ -129,14 +136,7 @@ def _check_pads(pads, who):
         raise ValueError(f"{who}: pads must be four non-negative integers, received {pads!r}")
 
 
-def conv2d_forward(x, kernel, bias, strides, pads):
-    """2-D convolution (cross-correlation, as in every framework), NHWC.
-
-    x: (N, H, W, C); kernel: (KH, KW, C, F); bias: (F,) or None; strides: (sh, sw);
-    pads: (top, bottom, left, right) zero padding. Returns (y, cache) with
-    y: (N, OH, OW, F), OH = 1 + (H + top + bottom - KH) // sh, OW likewise.
-    """
-    who = "conv2d_forward"
+def _check_conv_arguments(x, kernel, bias, strides, pads, who):
     _check_image_batch(x, who)
     if not isinstance(kernel, np.ndarray) or kernel.ndim != 4:
         raise ValueError(f"{who}: kernel must be 4-D (KH, KW, C_in, F), received {getattr(kernel, 'shape', kernel)!r}")
@@ -152,6 +152,16 @@ def conv2d_forward(x, kernel, bias, strides, pads):
         raise ValueError(
             f"{who}: a {kh}x{kw} kernel does not fit the padded input {x.shape[1:3]} with pads {pads}"
         )
+
+
+def conv2d_forward(x, kernel, bias, strides, pads):
+    """2-D convolution (cross-correlation, as in every framework), NHWC.
+
+    x: (N, H, W, C); kernel: (KH, KW, C, F); bias: (F,) or None; strides: (sh, sw);
+    pads: (top, bottom, left, right) zero padding. Returns (y, cache) with
+    y: (N, OH, OW, F), OH = 1 + (H + top + bottom - KH) // sh, OW likewise.
+    """
+    _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_forward")
     y, cache = _active.conv2d_forward(x, kernel, bias, tuple(strides), tuple(pads))
     return y, (_active, y.shape, y.dtype, cache)
 
@@ -192,70 +202,6 @@ def maxpool2d_backward(dy, cache):
     return engine.maxpool2d_backward(dy, engine_cache)
 
 
-_select_from_environment()
-
-
-# ---- Fused and dense entry points (added for the training-speed issue) ------------------------
-# Engines may implement conv2d_relu_forward, dense_forward and dense_backward. For an engine that
-# does not (the NumPy engine today), the face composes the same results from NumPy below, so
-# every entry point works on every engine and gives the same numbers as the separate steps.
-# Why they exist: in a training step the ReLU after each layer is a separate pass over the
-# activations (forward) and the gradients (backward), and the dense layers' matmuls wake
-# OpenBLAS's thread pool, which spins against the C engine's OpenMP pool on the same cores
-# (docs/architecture.md, "The C engine"). The C engine fuses the ReLU into its epilogues and runs
-# the dense products on its own threads.
-
-class _ReLUMaskedEngine:
-    """Stands in for an engine without fused kernels: applies the ReLU mask to dy, then runs
-    that engine's own backward."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def conv2d_backward(self, dy, cache, need_dx):
-        inner, positive = cache
-        return self.engine.conv2d_backward(dy * positive, inner, need_dx)
-
-
-class _NumpyDense:
-    """dense_forward / dense_backward in NumPy, for engines without their own."""
-
-    @staticmethod
-    def dense_forward(x, kernel, bias, relu):
-        y = x @ kernel
-        if bias is not None:
-            y += bias
-        if relu:
-            np.maximum(y, 0, out=y)
-        return y, (x, kernel, bias is not None, y > 0 if relu else None)
-
-    @staticmethod
-    def dense_backward(dy, cache, need_dx):
-        x, kernel, has_bias, positive = cache
-        if positive is not None:
-            dy = dy * positive
-        dx = dy @ kernel.T if need_dx else None
-        return dx, x.T @ dy, dy.sum(axis=0) if has_bias else None
-
-
-def _check_conv_arguments(x, kernel, bias, strides, pads, who):
-    _check_image_batch(x, who)
-    if not isinstance(kernel, np.ndarray) or kernel.ndim != 4:
-        raise ValueError(f"{who}: kernel must be 4-D (KH, KW, C_in, F), received {getattr(kernel, 'shape', kernel)!r}")
-    _check_same_dtype(who, x=x, kernel=kernel, bias=bias)
-    _check_pair(strides, who, "strides")
-    _check_pads(pads, who)
-    kh, kw, c, f = kernel.shape
-    if x.shape[3] != c:
-        raise ValueError(f"{who}: x has {x.shape[3]} channels but the kernel expects {c}")
-    if bias is not None and bias.shape != (f,):
-        raise ValueError(f"{who}: bias must have shape ({f},), received {bias.shape}")
-    if x.shape[1] + pads[0] + pads[1] < kh or x.shape[2] + pads[2] + pads[3] < kw:
-        raise ValueError(
-            f"{who}: a {kh}x{kw} kernel does not fit the padded input {x.shape[1:3]} with pads {pads}"
-        )
-
-
 def conv2d_relu_forward(x, kernel, bias, strides, pads):
     """max(conv2d_forward(x, kernel, bias, strides, pads), 0) as one operation; returns (y, cache).
 
@@ -263,14 +209,8 @@ def conv2d_relu_forward(x, kernel, bias, strides, pads):
     to the ReLU's output and applies the ReLU's gradient itself: dy where y > 0, else 0 (the
     gradient at exactly 0 is 0, as in Keras and PyTorch). NaN propagates forward like np.maximum.
     """
-    fused = getattr(_active, "conv2d_relu_forward", None)
-    if fused is None:
-        y, cache = conv2d_forward(x, kernel, bias, strides, pads)
-        np.maximum(y, 0, out=y)
-        engine, y_shape, dtype, inner = cache
-        return y, (_ReLUMaskedEngine(engine), y_shape, dtype, (inner, y > 0))
     _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_relu_forward")
-    y, cache = fused(x, kernel, bias, tuple(strides), tuple(pads))
+    y, cache = _active.conv2d_relu_forward(x, kernel, bias, tuple(strides), tuple(pads))
     return y, (_active, y.shape, y.dtype, cache)
 
 
@@ -291,9 +231,8 @@ def dense_forward(x, kernel, bias, relu=False):
     _check_same_dtype(who, x=x, kernel=kernel, bias=bias)
     if bias is not None and bias.shape != (kernel.shape[1],):
         raise ValueError(f"{who}: bias must have shape ({kernel.shape[1]},), received {bias.shape}")
-    engine = _active if hasattr(_active, "dense_forward") else _NumpyDense
-    y, cache = engine.dense_forward(x, kernel, bias, bool(relu))
-    return y, (engine, y.shape, y.dtype, cache)
+    y, cache = _active.dense_forward(x, kernel, bias, bool(relu))
+    return y, (_active, y.shape, y.dtype, cache)
 
 
 def dense_backward(dy, cache, need_dx=True):
@@ -304,3 +243,6 @@ def dense_backward(dy, cache, need_dx=True):
     engine, y_shape, dtype, engine_cache = cache
     _check_grad(dy, y_shape, dtype, "dense_backward")
     return engine.dense_backward(dy, engine_cache, need_dx)
+
+
+_select_from_environment()

@@ -69,7 +69,15 @@ def conv2d_forward(x, kernel, bias, strides, pads):
     y = cols.reshape(n * oh * ow, kh * kw * c) @ kernel.reshape(kh * kw * c, f)
     if bias is not None:
         y += bias
-    return y.reshape(n, oh, ow, f), (x.shape, cols, kernel, strides, pads, bias is not None)
+    return y.reshape(n, oh, ow, f), (x.shape, cols, kernel, strides, pads, bias is not None, None)
+
+
+def conv2d_relu_forward(x, kernel, bias, strides, pads):
+    """max(conv2d_forward(...), 0); the cache keeps the mask y > 0 so conv2d_backward applies
+    the ReLU's gradient (dy where y > 0, else 0) before its own."""
+    y, cache = conv2d_forward(x, kernel, bias, strides, pads)
+    np.maximum(y, 0, out=y)
+    return y, cache[:-1] + (y > 0,)
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -79,7 +87,9 @@ def conv2d_backward(dy, cache, need_dx=True):
     dbias (F,) or None). The recipe of Darknet and cs231n: bias gradient, weight-gradient GEMM,
     input-gradient GEMM, col2im.
     """
-    x_shape, cols, kernel, strides, pads, has_bias = cache
+    x_shape, cols, kernel, strides, pads, has_bias, relu_positive = cache
+    if relu_positive is not None:
+        dy = dy * relu_positive
     kh, kw, c, f = kernel.shape
     n, oh, ow, _ = dy.shape
     dy2d = dy.reshape(n * oh * ow, f)
@@ -134,6 +144,26 @@ def maxpool2d_backward(dy, cache):
         i, j = divmod(k, pw)
         dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += np.where(winner == k, dy, 0)
     return dxp[:, top:top + h, left:left + w, :]
+
+
+def dense_forward(x, kernel, bias, relu):
+    """y = x @ kernel + bias (then max(y, 0) when relu). x: (N, K), kernel: (K, F) -> y: (N, F)."""
+    y = x @ kernel
+    if bias is not None:
+        y += bias
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y, (x, kernel, bias is not None, y > 0 if relu else None)
+
+
+def dense_backward(dy, cache, need_dx):
+    """(dx = dz kernel^T or None, dkernel = x^T dz, dbias = sum of dz or None), dz = dy masked
+    by the ReLU when the forward applied one."""
+    x, kernel, has_bias, relu_positive = cache
+    if relu_positive is not None:
+        dy = dy * relu_positive
+    dx = dy @ kernel.T if need_dx else None
+    return dx, x.T @ dy, dy.sum(axis=0) if has_bias else None
 
 
 def engine_info():
