@@ -1,20 +1,21 @@
 """Memory: predict and evaluate over 60,000 images keep their extra memory bounded by the batch
 size, not the dataset (issue 7).
 
-The model is small (so that 60,000 images take seconds) but has every kind of layer and the
-same per-batch structure as the seed model:
+The model is small, so that 60,000 images take seconds even on the NumPy engine, but has every
+kind of layer:
 
-    x uint8 (N, 28, 28, 1) -> Conv2D(4, 3x3, same, relu) -> MaxPooling2D(2) -> Flatten -> Dense(10, softmax)
+    x uint8 (N, 28, 28, 1) -> Conv2D(2, 3x3, strides 2, same, relu) -> (N, 14, 14, 2)
+      -> MaxPooling2D(2) -> (N, 7, 7, 2) -> Flatten -> Dense(10, softmax)
 
 The bound, derived from the activation sizes of one batch of B images (float32, 4 bytes):
 
-    the batch converted to float32         B * 28*28*1
-    the zero-padded batch                  B * 30*30*1
-    im2col's columns (NumPy engine)        B * 28*28 * 3*3*1
-    conv output, ReLU output, a temporary  3 * B * 28*28*4
-    pooled output and its bookkeeping      2 * B * 14*14*4
+    the batch converted to float32            B * 28*28*1
+    the zero-padded batch ("same": 1 row/col)  B * 29*29*1
+    im2col's columns (NumPy engine)            B * 14*14 * 3*3*1
+    conv output, ReLU output, a temporary      3 * B * 14*14*2
+    pooled output and its bookkeeping          2 * B * 7*7*2
 
-which is 9.86 million elements = 39.4 MB for B = 500, plus the results that must grow with N
+which is 2.38 million elements = 9.5 MB for B = 500, plus the results that must grow with N
 (predict's (N, 10) float32 probabilities, 40 bytes an image; evaluate's labels converted once
 to intp, 8 bytes an image) and 1 MiB for small objects. The dataset itself (784 bytes an image)
 is never copied. Measured with tracemalloc (NumPy reports its allocations there, the C engine's
@@ -42,14 +43,13 @@ MIB = 1 << 20
 
 
 def per_batch_bytes(batch=BATCH):
-    h = w = 28
-    elements = batch * (h * w + (h + 2) * (w + 2) + h * w * 9 + 3 * h * w * 4 + 2 * 14 * 14 * 4)
+    elements = batch * (28 * 28 + 29 * 29 + 14 * 14 * 9 + 3 * 14 * 14 * 2 + 2 * 7 * 7 * 2)
     return 4 * elements
 
 
 def model():
     minicnn.set_seed(0)
-    m = Sequential([Conv2D(4, 3, padding="same", activation="relu", input_shape=(28, 28, 1)),
+    m = Sequential([Conv2D(2, 3, strides=2, padding="same", activation="relu", input_shape=(28, 28, 1)),
                     MaxPooling2D(2), Flatten(), Dense(10, activation="softmax")])
     m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
     return m
@@ -76,7 +76,7 @@ def peak_extra_bytes(call):
 
 
 def test_the_stated_bound():
-    assert per_batch_bytes() == 4 * 9_858_000           # 39.4 MB for B = 500
+    assert per_batch_bytes() == 4 * 2_380_500           # 9.5 MB for B = 500
 
 
 def test_predict_and_evaluate_memory_is_bounded_by_the_batch_not_the_dataset(backend, dataset):
@@ -106,6 +106,7 @@ def test_the_c_engines_scratch_memory_follows_the_batch_not_the_dataset(dataset)
 
     x, _ = dataset
     m = model()
+    previous = kernels.get_backend()
     minicnn.set_backend("c")
     try:
         m.predict(x[:BATCH], batch_size=BATCH, verbose=0)
@@ -113,7 +114,7 @@ def test_the_c_engines_scratch_memory_follows_the_batch_not_the_dataset(dataset)
         m.predict(x[:10_000], batch_size=BATCH, verbose=0)
         after_the_dataset = {dtype: b.nbytes for dtype, b in c_engine._scratch.buffers.items()}
     finally:
-        minicnn.set_backend("auto")
+        minicnn.set_backend(previous)
     assert after_the_dataset == after_one_batch
     assert sum(after_one_batch.values()) < per_batch_bytes()
 
@@ -121,14 +122,16 @@ def test_the_c_engines_scratch_memory_follows_the_batch_not_the_dataset(dataset)
 def test_resident_memory_stays_bounded_on_the_c_engine():
     """VmHWM (peak resident set) growth of a fresh process while it predicts and evaluates on
     20,000, then 60,000 images: anything C allocates with malloc shows here even though
-    tracemalloc cannot see it. Bound: the tracemalloc bound above plus 24 MiB for the
+    tracemalloc cannot see it. Bound: the tracemalloc bound above plus 8 MiB for the
     allocator's slack and the OpenMP threads' stacks; then tripling N may add only the results'
-    growth (1.6 MB) and 2 MiB."""
+    growth (1.9 MB) and 2 MiB."""
     if "c" not in kernels.available_backends():
         pytest.skip("C engine not built here")
     script = textwrap.dedent(f"""
+        import sys
         import numpy as np, minicnn
-        from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_memory import model
 
         def hwm():
             for line in open("/proc/self/status"):
@@ -139,10 +142,7 @@ def test_resident_memory_stays_bounded_on_the_c_engine():
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (60_000, 28, 28, 1), dtype=np.uint8)
         y = rng.integers(0, 10, 60_000).astype(np.uint8)
-        minicnn.set_seed(0)
-        m = Sequential([Conv2D(4, 3, padding="same", activation="relu", input_shape=(28, 28, 1)),
-                        MaxPooling2D(2), Flatten(), Dense(10, activation="softmax")])
-        m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        m = model()
         m.evaluate(x[:{BATCH}], y[:{BATCH}], batch_size={BATCH}, verbose=0)
         marks = [hwm()]
         m.predict(x[:20_000], batch_size={BATCH}, verbose=0); marks.append(hwm())
@@ -156,6 +156,6 @@ def test_resident_memory_stays_bounded_on_the_c_engine():
                             env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=300)
     assert result.returncode == 0, result.stderr
     start, predicted20, evaluated20, predicted60, evaluated60 = map(int, result.stdout.split())
-    # Measured here: +6.0 MiB over the first 20,000 images, then +0.0 for everything after.
-    assert evaluated20 - start < per_batch_bytes() + 40 * 20_000 + 24 * MIB, result.stdout
+    # Measured here, per step: +0.8, +0.0, +1.6, +0.0 MiB: the growth of predict's result alone.
+    assert evaluated20 - start < per_batch_bytes() + 40 * 20_000 + 8 * MIB, result.stdout
     assert evaluated60 - evaluated20 < 40 * 40_000 + 8 * 40_000 + 2 * MIB, result.stdout
