@@ -19,6 +19,10 @@
 #include <malloc.h>
 #endif
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
+
 #include "minicnn_kernels.h"
 
 #ifndef MC_BUILD_FLAGS
@@ -29,6 +33,15 @@
 #define MC_X86 1
 #else
 #define MC_X86 0
+#endif
+
+/* The optimizer updates round every operation separately, like the NumPy ufuncs they mirror:
+ * no a*b+c contraction into FMA there (-ffp-contract=fast stays on for the kernels). Other
+ * compilers may contract: the results then differ from NumPy's by a rounding. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define MK_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define MK_NO_CONTRACT
 #endif
 
 /* Tallest tile of any microkernel instance (rows kept in registers). */
@@ -55,7 +68,12 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 #define MK_VBYTES 16
 #define MK_SFX base_f32
 #define MK_ATTR
+#define MK_SQRT sqrtf
+#if MC_X86
+#define MK_VSQRT(x) ((mk_vec_base_f32)_mm_sqrt_ps((__m128)(x)))
+#endif
 #include "tmpl_microkernel.h"
+#undef MK_VSQRT
 #undef MK_VBYTES
 #undef MK_SFX
 #undef MK_ATTR
@@ -63,7 +81,9 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 #define MK_VBYTES 32
 #define MK_SFX avx2_f32
 #define MK_ATTR __attribute__((target("avx2,fma")))
+#define MK_VSQRT(x) ((mk_vec_avx2_f32)_mm256_sqrt_ps((__m256)(x)))
 #include "tmpl_microkernel.h"
+#undef MK_VSQRT
 #undef MK_VBYTES
 #undef MK_SFX
 #undef MK_ATTR
@@ -78,7 +98,9 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 #define MK_VBYTES 64
 #define MK_SFX avx512_f32
 #define MK_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define MK_VSQRT(x) ((mk_vec_avx512_f32)_mm512_sqrt_ps((__m512)(x)))
 #include "tmpl_microkernel.h"
+#undef MK_VSQRT
 #undef MK_MR3
 #undef MK_MR4
 #undef MK_VBYTES
@@ -90,6 +112,7 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 #undef MK_MR2
 #undef MK_REAL
 #undef MK_INT
+#undef MK_SQRT
 
 #define MK_REAL double
 #define MK_INT int64_t
@@ -99,7 +122,12 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 #define MK_VBYTES 16
 #define MK_SFX base_f64
 #define MK_ATTR
+#define MK_SQRT sqrt
+#if MC_X86
+#define MK_VSQRT(x) ((mk_vec_base_f64)_mm_sqrt_pd((__m128d)(x)))
+#endif
 #include "tmpl_microkernel.h"
+#undef MK_VSQRT
 #undef MK_VBYTES
 #undef MK_SFX
 #undef MK_ATTR
@@ -107,7 +135,9 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 #define MK_VBYTES 32
 #define MK_SFX avx2_f64
 #define MK_ATTR __attribute__((target("avx2,fma")))
+#define MK_VSQRT(x) ((mk_vec_avx2_f64)_mm256_sqrt_pd((__m256d)(x)))
 #include "tmpl_microkernel.h"
+#undef MK_VSQRT
 #undef MK_VBYTES
 #undef MK_SFX
 #undef MK_ATTR
@@ -122,7 +152,9 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 #define MK_VBYTES 64
 #define MK_SFX avx512_f64
 #define MK_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define MK_VSQRT(x) ((mk_vec_avx512_f64)_mm512_sqrt_pd((__m512d)(x)))
 #include "tmpl_microkernel.h"
+#undef MK_VSQRT
 #undef MK_MR3
 #undef MK_MR4
 #undef MK_VBYTES
@@ -134,6 +166,7 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 #undef MK_MR2
 #undef MK_REAL
 #undef MK_INT
+#undef MK_SQRT
 
 /* ---- the tables: what each SIMD level runs ---- */
 #define MC_TABLE_TYPE(real, sfx)                                                              \
@@ -154,6 +187,8 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
         void (*wino_dy)(const real *const *, int, int, real *, ptrdiff_t);                    \
         void (*relu_mask)(real *, const real *, const real *, int);                           \
         void (*pool_max)(real *, int32_t *, const real *, int32_t, int);                      \
+        void (*adam)(real *, const real *, real *, real *, int64_t, const real *);            \
+        void (*sgd)(real *, const real *, real *, int64_t, real, real, int);                  \
     } mc_isa_##sfx;
 MC_TABLE_TYPE(float, f32)
 MC_TABLE_TYPE(double, f64)
@@ -162,14 +197,16 @@ MC_TABLE_TYPE(double, f64)
     {vlen, 2, {0, 12, 6, 0, 0}, {0, 6, 3, 0, 0},                                              \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, {0, mk_igemm_h1_##s, mk_igemm_h2_##s, 0, 0},   \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
-     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s}
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s,          \
+     mk_adam_##s, mk_sgd_##s}
 #define MC_TABLE4(vlen, s)                                                                    \
     {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, mk_igemm_3_##s, mk_igemm_4_##s},                      \
      {0, mk_igemm_h1_##s, mk_igemm_h2_##s, mk_igemm_h3_##s, mk_igemm_h4_##s},                  \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
      {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
-     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s}
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s,          \
+     mk_adam_##s, mk_sgd_##s}
 
 #if MC_X86
 static const mc_isa_f32 mc_isa_tables_f32[3] = {

@@ -154,6 +154,24 @@ int mc_maxpool2d_backward_f32(const mc_pool_geom *g, const float *dy, int64_t dy
 int mc_maxpool2d_backward_f64(const mc_pool_geom *g, const double *dy, int64_t dy_len,
                               const int32_t *argmax, int64_t argmax_len,
                               double *dx, int64_t dx_len);
+/* Optimizer updates, in place on n elements, Keras' rules with each coefficient rounded once to
+ * the dtype and every operation rounded on its own in the NumPy optimizer's order (so the
+ * results equal minicnn/training/optimizers.py's):
+ *   Adam: m = m*b1 + g*(1-b1); v = v*b2 + (g*g)*(1-b2); param -= (m / (sqrt(v) + eps)) * lr_t
+ *   SGD:  s = g*lr; velocity NULL: param -= s; else velocity = velocity*momentum - s and
+ *         param += velocity, or with nesterov != 0: param = (param - s) + velocity*momentum. */
+int mc_adam_update_f32(int64_t n, float *param, int64_t param_len, const float *grad, int64_t grad_len,
+                       float *m, int64_t m_len, float *v, int64_t v_len, double lr_t, double beta_1,
+                       double beta_2, double epsilon);
+int mc_adam_update_f64(int64_t n, double *param, int64_t param_len, const double *grad, int64_t grad_len,
+                       double *m, int64_t m_len, double *v, int64_t v_len, double lr_t, double beta_1,
+                       double beta_2, double epsilon);
+int mc_sgd_update_f32(int64_t n, float *param, int64_t param_len, const float *grad, int64_t grad_len,
+                      float *velocity, int64_t velocity_len, double learning_rate, double momentum,
+                      int nesterov);
+int mc_sgd_update_f64(int64_t n, double *param, int64_t param_len, const double *grad, int64_t grad_len,
+                      double *velocity, int64_t velocity_len, double learning_rate, double momentum,
+                      int nesterov);
 /* cdef-end */
 
 #endif

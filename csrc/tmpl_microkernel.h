@@ -294,6 +294,76 @@ static MK_ATTR void MK_NAME(mk_pool_max)(MK_REAL *best, int32_t *arg, const MK_R
     }
 }
 
+/* The optimizer updates, in place on n elements. Every operation rounds on its own, in the
+ * order of the NumPy optimizer's ufuncs (MK_NO_CONTRACT: no fused multiply-adds), so the C
+ * engine's parameters equal the NumPy engine's bit for bit. MK_VSQRT is the instruction set's
+ * correctly rounded vector square root (kernels.c), or lane by lane where it has none.
+ *
+ * Adam (Keras): c = {beta_1, 1 - beta_1, beta_2, 1 - beta_2, epsilon, lr_t}, already rounded
+ *   m = m*b1 + g*(1-b1);  v = v*b2 + (g*g)*(1-b2);  p = p - (m / (sqrt(v) + eps)) * lr_t */
+static MK_ATTR MK_NO_CONTRACT void MK_NAME(mk_adam)(MK_REAL *p, const MK_REAL *g, MK_REAL *m,
+                                                   MK_REAL *v, int64_t n, const MK_REAL *c)
+{
+    const MK_V zero = {0};
+    const MK_V b1 = zero + c[0], ob1 = zero + c[1], b2 = zero + c[2], ob2 = zero + c[3];
+    const MK_V eps = zero + c[4], lr = zero + c[5];
+    int64_t i = 0;
+    for (; i + MK_VLEN <= n; i += MK_VLEN) {
+        const MK_V gi = MK_NAME(mk_load)(g + i);
+        const MK_V mi = MK_NAME(mk_load)(m + i) * b1 + gi * ob1;
+        const MK_V vi = MK_NAME(mk_load)(v + i) * b2 + (gi * gi) * ob2;
+        MK_NAME(mk_store)(m + i, mi);
+        MK_NAME(mk_store)(v + i, vi);
+        MK_V root;
+#ifdef MK_VSQRT
+        root = MK_VSQRT(vi);
+#else
+        for (int k = 0; k < MK_VLEN; k++) root[k] = MK_SQRT(vi[k]);
+#endif
+        MK_NAME(mk_store)(p + i, MK_NAME(mk_load)(p + i) - (mi / (root + eps)) * lr);
+    }
+    for (; i < n; i++) {
+        const MK_REAL gi = g[i];
+        const MK_REAL mi = m[i] * c[0] + gi * c[1];
+        const MK_REAL vi = v[i] * c[2] + (gi * gi) * c[3];
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] - (mi / (MK_SQRT(vi) + c[4])) * c[5];
+    }
+}
+
+/* SGD (Keras): s = g*lr; without velocity p = p - s; with it vel = vel*mom - s, then
+ * p = p + vel, or for Nesterov p = (p - s) + vel*mom. */
+static MK_ATTR MK_NO_CONTRACT void MK_NAME(mk_sgd)(MK_REAL *p, const MK_REAL *g, MK_REAL *vel,
+                                                  int64_t n, MK_REAL lr, MK_REAL mom, int nesterov)
+{
+    const MK_V zero = {0};
+    const MK_V lrv = zero + lr, momv = zero + mom;
+    int64_t i = 0;
+    for (; i + MK_VLEN <= n; i += MK_VLEN) {
+        const MK_V s = MK_NAME(mk_load)(g + i) * lrv;
+        MK_V pi = MK_NAME(mk_load)(p + i);
+        if (!vel) {
+            pi = pi - s;
+        } else {
+            const MK_V vi = MK_NAME(mk_load)(vel + i) * momv - s;
+            MK_NAME(mk_store)(vel + i, vi);
+            pi = nesterov ? (pi - s) + vi * momv : pi + vi;
+        }
+        MK_NAME(mk_store)(p + i, pi);
+    }
+    for (; i < n; i++) {
+        const MK_REAL s = g[i] * lr;
+        if (!vel) {
+            p[i] = p[i] - s;
+        } else {
+            const MK_REAL vi = vel[i] * mom - s;
+            vel[i] = vi;
+            p[i] = nesterov ? (p[i] - s) + vi * mom : p[i] + vi;
+        }
+    }
+}
+
 #undef MK_WINO_IN
 #undef MK_WINO_OUT
 #undef MK_WINO_DY

@@ -639,3 +639,125 @@ def test_the_builder_declares_exactly_the_public_header():
                  "mc_maxpool2d_backward_f64", "mc_conv_geom"):
         assert name in cdef
     assert "#" not in cdef, "the cdef section must not contain preprocessor lines"
+
+
+# -- optimizer updates: C against the NumPy engine's ufuncs ----------------------------------------
+
+UPDATE_SIZES = [1, 7, 16, 33, 4096, 3 * 4096 + 5, 200_003]   # vector tails, chunk edges
+
+
+def _update_arrays(size, dtype, seed):
+    rng = np.random.default_rng(seed)
+    param = rng.standard_normal(size).astype(dtype)
+    grad = rng.standard_normal(size).astype(dtype) * dtype(0.1)
+    m = rng.standard_normal(size).astype(dtype) * dtype(0.01)
+    v = np.abs(rng.standard_normal(size)).astype(dtype) * dtype(1e-4)
+    grad[::11] = 0                       # v may then be tiny: epsilon matters
+    return param, grad, m, v
+
+
+def _assert_update_parity(got, want, dtype):
+    tolerance = {np.float32: 1e-6, np.float64: 1e-12}[dtype]
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=tolerance, atol=tolerance * np.abs(w).max())
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", UPDATE_SIZES)
+def test_adam_update_matches_numpy_engine(simd, size, dtype):
+    for step, (lr_t, b1, b2, eps) in enumerate([(0.001 * 0.0316 / 0.1, 0.9, 0.999, 1e-7),
+                                                (0.05, 0.8, 0.99, 1e-3)]):
+        want = _update_arrays(size, dtype, seed=size + step)
+        got = tuple(a.copy() for a in want)
+        numpy_engine.adam_update(*want, lr_t, b1, b2, eps)
+        c_engine.adam_update(*got, lr_t, b1, b2, eps)
+        _assert_update_parity(got, want, dtype)
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", UPDATE_SIZES)
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_sgd_update_matches_numpy_engine(simd, size, dtype, momentum, nesterov):
+    param, grad, velocity, _ = _update_arrays(size, dtype, seed=size)
+    velocity = velocity if momentum else None
+    want = (param, velocity)
+    got = (param.copy(), None if velocity is None else velocity.copy())
+    numpy_engine.sgd_update(want[0], grad, want[1], 0.01, momentum, nesterov)
+    c_engine.sgd_update(got[0], grad, got[1], 0.01, momentum, nesterov)
+    _assert_update_parity([a for a in got if a is not None], [a for a in want if a is not None], dtype)
+
+
+@requires_c
+def test_adam_update_is_bit_identical_to_numpy_engine_with_gcc():
+    # kernels.c turns FMA contraction off for the updates under GCC: every operation rounds
+    # like NumPy's ufuncs, so switching engines mid-training changes no bit.
+    if "clang" in c_engine.engine_info()["compiler_flags"]:
+        pytest.skip("FMA contraction is only switched off under GCC")
+    want = _update_arrays(10_001, np.float32, seed=3)
+    got = tuple(a.copy() for a in want)
+    numpy_engine.adam_update(*want, 0.0123, 0.9, 0.999, 1e-7)
+    c_engine.adam_update(*got, 0.0123, 0.9, 0.999, 1e-7)
+    for g, w in zip(got, want):
+        assert g.tobytes() == w.tobytes()
+
+
+@requires_c
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_adam_update_does_not_depend_on_threads(threads):
+    size = (1 << 21) + 4099       # above the size where a second thread is woken
+    want = _update_arrays(size, np.float64, seed=9)
+    numpy_engine.adam_update(*want, 0.01, 0.9, 0.999, 1e-7)
+    got = _update_arrays(size, np.float64, seed=9)
+    c_engine.set_num_threads(threads)
+    try:
+        c_engine.adam_update(*got, 0.01, 0.9, 0.999, 1e-7)
+    finally:
+        c_engine.set_num_threads(None)
+    _assert_update_parity(got, want, np.float64)
+
+
+@requires_c
+def test_updates_of_arrays_c_cannot_touch_in_place_fall_back_to_numpy():
+    base = _update_arrays(64, np.float64, seed=1)
+    strided = tuple(np.repeat(a[:, None], 2, axis=1)[:, 0] for a in base)   # non-contiguous views
+    assert not strided[0].flags.c_contiguous
+    want = tuple(a.copy() for a in base)
+    numpy_engine.adam_update(*want, 0.01, 0.9, 0.999, 1e-7)
+    c_engine.adam_update(*strided, 0.01, 0.9, 0.999, 1e-7)
+    _assert_update_parity(strided, want, np.float64)
+
+
+@requires_c
+def test_update_lengths_are_checked_by_c_too():
+    param, grad, m, v = _update_arrays(10, np.float32, seed=0)
+    before = param.copy()
+    status = c_engine.lib.mc_adam_update_f32(
+        10, c_engine.ffi.from_buffer("float[]", param), 10, c_engine.ffi.from_buffer("float[]", grad), 9,
+        c_engine.ffi.from_buffer("float[]", m), 10, c_engine.ffi.from_buffer("float[]", v), 10,
+        0.01, 0.9, 0.999, 1e-7)
+    assert status == 2 and param.tobytes() == before.tobytes()
+
+
+@pytest.mark.parametrize("engine", ["numpy", "c"])
+def test_face_optimizer_updates_reject_bad_arguments(engine):
+    if engine not in kernels.available_backends():
+        pytest.skip("C engine not built here")
+    previous = kernels.get_backend()
+    kernels.set_backend(engine)
+    try:
+        p, g, m, v = _update_arrays(6, np.float32, seed=0)
+        with pytest.raises(ValueError, match="shape"):
+            kernels.optimizer_adam_update(p, g[:5], m, v, 0.01, 0.9, 0.999, 1e-7)
+        with pytest.raises(TypeError, match="one dtype"):
+            kernels.optimizer_adam_update(p, g.astype(np.float64), m, v, 0.01, 0.9, 0.999, 1e-7)
+        frozen = m.copy()
+        frozen.flags.writeable = False
+        with pytest.raises(ValueError, match="writable"):
+            kernels.optimizer_adam_update(p, g, frozen, v, 0.01, 0.9, 0.999, 1e-7)
+        with pytest.raises(TypeError, match="float32 or float64"):
+            kernels.optimizer_sgd_update(p.astype(np.int64), g.astype(np.int64), None, 0.1, 0.0, False)
+    finally:
+        kernels.set_backend(previous)

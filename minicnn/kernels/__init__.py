@@ -11,7 +11,8 @@ Layers call the functions below and never know which engine runs. The engine is 
 
 The functions: conv2d_forward / conv2d_relu_forward (ReLU fused into the epilogue) /
 conv2d_backward, maxpool2d_forward / maxpool2d_backward, dense_forward (optional fused ReLU) /
-dense_backward. Every engine implements all of them. The fused and dense entry points exist for
+dense_backward, and the in-place optimizer steps optimizer_adam_update / optimizer_sgd_update.
+Every engine implements all of them. The fused and dense entry points exist for
 speed: a separate ReLU costs a pass over the activations each way, and running the dense
 products on the C engine's own threads keeps OpenBLAS's spinning pool from fighting them for the
 two cores (docs/architecture.md, "The C engine").
@@ -243,6 +244,50 @@ def dense_backward(dy, cache, need_dx=True):
     engine, y_shape, dtype, engine_cache = cache
     _check_grad(dy, y_shape, dtype, "dense_backward")
     return engine.dense_backward(dy, engine_cache, need_dx)
+
+
+def _check_update_arrays(who, param, grad, **state):
+    """param, grad and the state arrays: ndarrays of one float dtype and param's shape; param and
+    the state writable (they are updated in place)."""
+    arrays = {"param": param, "grad": grad, **state}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{who}: {name} must be a NumPy array, received {type(a).__name__}")
+    if param.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{who}: param must be float32 or float64, received dtype {param.dtype}")
+    _check_same_dtype(who, **arrays)
+    for name, a in arrays.items():
+        if a.shape != param.shape:
+            raise ValueError(f"{who}: {name} must have param's shape {param.shape}, received {a.shape}")
+        if name != "grad" and not a.flags.writeable:
+            raise ValueError(f"{who}: {name} must be writable (it is updated in place)")
+
+
+def optimizer_adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch=None):
+    """One Adam step, Keras' rule, IN PLACE on param and its moments m and v:
+
+        m = beta_1 m + (1 - beta_1) g;  v = beta_2 v + (1 - beta_2) g^2
+        param -= lr_t m / (sqrt(v) + epsilon)
+
+    lr_t is the step's bias-corrected rate (minicnn/training/optimizers.py computes it once per
+    step). Each coefficient is rounded once to the dtype and every operation rounds on its own,
+    so all engines give the NumPy engine's bits. scratch (param's shape and dtype) spares the
+    NumPy engine an allocation; the C engine needs none.
+    """
+    _check_update_arrays("optimizer_adam_update", param, grad, m=m, v=v)
+    if scratch is not None and (scratch.shape != param.shape or scratch.dtype != param.dtype):
+        scratch = None
+    _active.adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch)
+
+
+def optimizer_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov, scratch=None):
+    """One SGD step, Keras' rule, IN PLACE: velocity None: param -= lr g; else velocity =
+    momentum velocity - lr g and param += velocity (nesterov: param += momentum velocity - lr g)."""
+    state = {} if velocity is None else {"velocity": velocity}
+    _check_update_arrays("optimizer_sgd_update", param, grad, **state)
+    if scratch is not None and (scratch.shape != param.shape or scratch.dtype != param.dtype):
+        scratch = None
+    _active.sgd_update(param, grad, velocity, learning_rate, momentum, nesterov, scratch)
 
 
 _select_from_environment()

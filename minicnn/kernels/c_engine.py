@@ -15,7 +15,8 @@ arrays it returns and the caches.
 Functions: the face's four (conv2d_forward/backward, maxpool2d_forward/backward) plus
 conv2d_relu_forward (ReLU fused into the kernel; conv2d_backward then masks dy in C) and
 dense_forward/dense_backward (the fully connected products on the same threads as the
-convolutions, so a training step never wakes OpenBLAS's pool; docs/architecture.md).
+convolutions, so a training step never wakes OpenBLAS's pool; docs/architecture.md), and the
+optimizer updates adam_update/sgd_update (in place on the parameter and its state).
 Layout as everywhere in minicnn: images NHWC (N, H, W, C), kernels (KH, KW, C, F), dense
 kernels (K, F).
 Environment: MINICNN_SIMD=avx512|avx2|sse2 caps the SIMD level (default: the best the CPU
@@ -34,6 +35,7 @@ import warnings
 import numpy as np
 
 from .._kernels import ffi, lib
+from . import numpy_engine  # the optimizer updates' fallback for arrays C cannot update in place
 
 NAME = "c"
 
@@ -346,6 +348,45 @@ def maxpool2d_backward(dy, cache):
         _In("argmax", argmax, _INT32, argmax.size), _Out("dx", dx, dtype, dx.size),
     )
     return dx
+
+
+# ---- optimizer updates (in place; elementwise, so any thread split gives the same bits) ----
+
+def _updatable(*arrays):
+    return all(a is None or (a.flags.c_contiguous and a.flags.writeable) for a in arrays)
+
+
+def adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch=None):
+    """Keras' Adam step in place on param, m and v, in C; the same roundings as the NumPy
+    engine's ufuncs. Arrays C cannot update in place (not C-contiguous) take the NumPy path."""
+    who = "optimizer_adam_update"
+    dtype = param.dtype
+    sfx = _suffix(dtype, who)
+    if not _updatable(param, m, v):
+        return numpy_engine.adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch)
+    grad = _contiguous(grad, dtype, "grad", who)
+    n = param.size
+    _call(
+        "mc_adam_update" + sfx, n, _Out("param", param, dtype, n), _In("grad", grad, dtype, n),
+        _Out("m", m, dtype, n), _Out("v", v, dtype, n),
+        float(lr_t), float(beta_1), float(beta_2), float(epsilon),
+    )
+
+
+def sgd_update(param, grad, velocity, learning_rate, momentum, nesterov, scratch=None):
+    """Keras' SGD step (velocity None without momentum) in place, in C; NumPy's roundings."""
+    who = "optimizer_sgd_update"
+    dtype = param.dtype
+    sfx = _suffix(dtype, who)
+    if not _updatable(param, velocity):
+        return numpy_engine.sgd_update(param, grad, velocity, learning_rate, momentum, nesterov, scratch)
+    grad = _contiguous(grad, dtype, "grad", who)
+    n = param.size
+    _call(
+        "mc_sgd_update" + sfx, n, _Out("param", param, dtype, n), _In("grad", grad, dtype, n),
+        _Out("velocity", velocity, dtype, n, optional=True),
+        float(learning_rate), float(momentum), int(bool(nesterov)),
+    )
 
 
 def _pool_geometry(x_shape, pool_size, strides, pads):

@@ -7,8 +7,10 @@ model and training can resume exactly where it stopped.
 
 Every update works on preallocated arrays: the state arrays are made once, and one scratch
 buffer per dtype (as large as the largest parameter) holds the temporaries, so a step allocates
-no parameter-sized memory. The arithmetic is a fixed sequence of NumPy ufuncs: the same seed
-and the same engine give bit-identical parameters.
+no parameter-sized memory. Adam and SGD run through the kernel face
+(kernels.optimizer_adam_update / optimizer_sgd_update: one pass in C on the C engine, a fixed
+sequence of NumPy ufuncs on the NumPy engine, both with the same roundings); RMSprop is NumPy
+ufuncs. The same seed gives bit-identical parameters.
 
     opt = Adam(learning_rate=1e-3)
     opt.apply(model)              # one step from the grads the last backward left in the layers
@@ -17,6 +19,8 @@ and the same engine give bit-identical parameters.
 import math
 
 import numpy as np
+
+from .. import kernels
 
 
 class Optimizer:
@@ -162,19 +166,9 @@ class SGD(Optimizer):
         self.slot_names = ("momentum",) if momentum > 0 else ()
 
     def _update(self, param, grad, slots, scratch, lr):
-        np.multiply(grad, lr, out=scratch)           # lr * g
-        if not self.slot_names:
-            param -= scratch
-            return
-        velocity = slots["momentum"]
-        velocity *= self.momentum
-        velocity -= scratch                          # v = momentum * v - lr * g
-        if self.nesterov:
-            param -= scratch
-            np.multiply(velocity, self.momentum, out=scratch)
-            param += scratch                         # p += momentum * v - lr * g
-        else:
-            param += velocity
+        # the kernel face's in-place step (numpy_engine.sgd_update spells out the ufuncs)
+        kernels.optimizer_sgd_update(param, _like(grad, param), slots.get("momentum"), lr,
+                                     self.momentum, self.nesterov, scratch)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -214,19 +208,10 @@ class Adam(Optimizer):
         return self.learning_rate * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
 
     def _update(self, param, grad, slots, scratch, lr_t):
-        m, v = slots["m"], slots["v"]
-        m *= self.beta_1
-        np.multiply(grad, 1.0 - self.beta_1, out=scratch)
-        m += scratch
-        v *= self.beta_2
-        np.multiply(grad, grad, out=scratch)
-        scratch *= 1.0 - self.beta_2
-        v += scratch
-        np.sqrt(v, out=scratch)
-        scratch += self.epsilon
-        np.divide(m, scratch, out=scratch)
-        scratch *= lr_t
-        param -= scratch
+        # the kernel face's in-place step: one pass in C on the C engine; the NumPy engine's
+        # numpy_engine.adam_update spells out the ufuncs, with the same roundings
+        kernels.optimizer_adam_update(param, _like(grad, param), slots["m"], slots["v"], lr_t,
+                                      self.beta_1, self.beta_2, self.epsilon, scratch)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
@@ -301,6 +286,13 @@ def deserialize(description):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+def _like(grad, param):
+    """The gradient as param's dtype and shape (layers already give exactly that)."""
+    if type(grad) is np.ndarray and grad.dtype == param.dtype and grad.shape == param.shape:
+        return grad
+    return np.broadcast_to(np.asarray(grad, dtype=param.dtype), param.shape)
+
 
 def _trainable_variables(model):
     return [(layer, key) for layer in model.layers if layer.trainable for key in layer.params]
