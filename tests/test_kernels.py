@@ -181,6 +181,34 @@ def test_face_rejects_bad_arrays_with_clear_messages(rng):
         kernels.conv2d_backward(np.ones(y.shape, np.float32), cache)
 
 
+@pytest.mark.parametrize("call,error,message", [
+    (lambda x, k: kernels.conv2d_forward(x, k, None, 1, (0, 0, 0, 0)), TypeError, r"strides must be a tuple of 2 integers >= 1, received 1"),
+    (lambda x, k: kernels.conv2d_forward(x, k, None, (1.0, 1.0), (0, 0, 0, 0)), ValueError, r"strides must be 2 integers >= 1"),
+    (lambda x, k: kernels.conv2d_forward(x, k, None, (2**40, 1), (0, 0, 0, 0)), ValueError, r"at most 2147483647"),
+    (lambda x, k: kernels.conv2d_forward(x, k, None, (1, 1), (2**31, 0, 0, 0)), ValueError, r"pads must be 4 integers >= 0"),
+    (lambda x, k: kernels.conv2d_forward(x, k, None, (1, 1), (3, 0, 0, 0)), ValueError, r"every pad must be smaller than the 3x3 kernel"),
+    (lambda x, k: kernels.conv2d_forward(x, k, [0.0] * 4, (1, 1), (0, 0, 0, 0)), TypeError, r"bias must be a NumPy array or None, received list"),
+    (lambda x, k: kernels.conv2d_forward(x[:0], k, None, (1, 1), (0, 0, 0, 0)), ValueError, r"x must have no empty axis, received shape \(0, 5, 5, 3\)"),
+    (lambda x, k: kernels.conv2d_forward(x, k[:, :, :, :0], None, (1, 1), (0, 0, 0, 0)), ValueError, r"without empty axes"),
+    (lambda x, k: kernels.maxpool2d_forward(x, 2, (2, 2), (0, 0, 0, 0)), TypeError, r"pool_size must be a tuple"),
+    (lambda x, k: kernels.maxpool2d_forward(x, (2, 2), (2, 2), (0, 2, 0, 0)), ValueError, r"every pad must be smaller than the 2x2 window"),
+    (lambda x, k: kernels.dense_forward(x.reshape(2, -1)[:, :0], k.reshape(27, 4)[:0], None), ValueError, r"x must have no empty axis"),
+])
+def test_face_refuses_malformed_geometry_on_every_engine(backend, call, error, message, rng):
+    """Checked once at the face, so no engine sees (or overflows on) such arguments."""
+    with pytest.raises(error, match=message):
+        call(rng.standard_normal((2, 5, 5, 3)), rng.standard_normal((3, 3, 3, 4)))
+
+
+def test_backward_refuses_a_cache_from_another_operation(backend, rng):
+    x = rng.standard_normal((1, 4, 4, 1))
+    _, pool_cache = kernels.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0, 0, 0))
+    with pytest.raises(TypeError, match="cache must be the one conv2d_forward or conv2d_relu_forward returned"):
+        kernels.conv2d_backward(np.ones((1, 2, 2, 1)), pool_cache)
+    with pytest.raises(TypeError, match="cache must be the one dense_forward returned"):
+        kernels.dense_backward(np.ones((1, 2)), ("junk",))
+
+
 def test_set_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="'auto', 'c' or 'numpy'"):
         kernels.set_backend("cuda")

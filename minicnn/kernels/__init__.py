@@ -101,6 +101,11 @@ def _select_from_environment():
         )
 
 
+# The C engine computes sizes in C ints; no real geometry comes near this, so larger values are
+# refused here with a ValueError rather than overflowing anywhere.
+_LARGEST = 2**31 - 1
+
+
 def _check_image_batch(x, who, name="x"):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{who}: {name} must be a NumPy array, received {type(x).__name__}")
@@ -110,6 +115,13 @@ def _check_image_batch(x, who, name="x"):
         )
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"{who}: {name} must be float32 or float64, received dtype {x.dtype}")
+    if 0 in x.shape:
+        raise ValueError(f"{who}: {name} must have no empty axis, received shape {x.shape}")
+
+
+def _check_optional_vector(value, who, name):
+    if value is not None and not isinstance(value, np.ndarray):
+        raise TypeError(f"{who}: {name} must be a NumPy array or None, received {type(value).__name__}")
 
 
 def _check_same_dtype(who, **arrays):
@@ -127,32 +139,59 @@ def _check_grad(dy, expected_shape, dtype, who):
         raise TypeError(f"{who}: upstream gradient must be {dtype}, received {dy.dtype}")
 
 
-def _check_pair(value, who, name):
-    if len(value) != 2 or any(int(v) != v or v < 1 for v in value):
-        raise ValueError(f"{who}: {name} must be two positive integers, received {value!r}")
+def _int_tuple(value, length, minimum, who, name):
+    """value as a tuple of `length` Python ints in [minimum, 2**31 - 1], or a clear error."""
+    description = f"{length} integers >= {minimum}"
+    if not isinstance(value, (tuple, list, np.ndarray)):
+        raise TypeError(f"{who}: {name} must be a tuple of {description}, received {value!r}")
+    values = tuple(value)
+    if len(values) != length or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and minimum <= v <= _LARGEST
+        for v in values
+    ):
+        raise ValueError(f"{who}: {name} must be {description} (at most {_LARGEST}), received {value!r}")
+    return tuple(int(v) for v in values)
 
 
-def _check_pads(pads, who):
-    if len(pads) != 4 or any(int(p) != p or p < 0 for p in pads):
-        raise ValueError(f"{who}: pads must be four non-negative integers, received {pads!r}")
+def _check_window(x, window, strides, pads, who, what):
+    """Normalise strides and pads; the window must fit the padded input, and no pad may be as
+    large as the window (such padding would only add outputs made of padding alone)."""
+    strides = _int_tuple(strides, 2, 1, who, "strides")
+    pads = _int_tuple(pads, 4, 0, who, "pads")
+    kh, kw = window
+    if max(pads[0], pads[1]) >= kh or max(pads[2], pads[3]) >= kw:
+        raise ValueError(f"{who}: every pad must be smaller than the {kh}x{kw} {what}, received pads {pads}")
+    if x.shape[1] + pads[0] + pads[1] < kh or x.shape[2] + pads[2] + pads[3] < kw:
+        raise ValueError(
+            f"{who}: a {kh}x{kw} {what} does not fit the padded input {x.shape[1:3]} with pads {pads}"
+        )
+    return strides, pads
 
 
 def _check_conv_arguments(x, kernel, bias, strides, pads, who):
+    """Validate a convolution's arguments; returns (strides, pads) as tuples of ints."""
     _check_image_batch(x, who)
-    if not isinstance(kernel, np.ndarray) or kernel.ndim != 4:
-        raise ValueError(f"{who}: kernel must be 4-D (KH, KW, C_in, F), received {getattr(kernel, 'shape', kernel)!r}")
+    if not isinstance(kernel, np.ndarray) or kernel.ndim != 4 or 0 in kernel.shape:
+        raise ValueError(
+            f"{who}: kernel must be a 4-D array (KH, KW, C_in, F) without empty axes, "
+            f"received {getattr(kernel, 'shape', type(kernel).__name__)!r}"
+        )
+    _check_optional_vector(bias, who, "bias")
     _check_same_dtype(who, x=x, kernel=kernel, bias=bias)
-    _check_pair(strides, who, "strides")
-    _check_pads(pads, who)
     kh, kw, c, f = kernel.shape
     if x.shape[3] != c:
         raise ValueError(f"{who}: x has {x.shape[3]} channels but the kernel expects {c}")
     if bias is not None and bias.shape != (f,):
         raise ValueError(f"{who}: bias must have shape ({f},), received {bias.shape}")
-    if x.shape[1] + pads[0] + pads[1] < kh or x.shape[2] + pads[2] + pads[3] < kw:
-        raise ValueError(
-            f"{who}: a {kh}x{kw} kernel does not fit the padded input {x.shape[1:3]} with pads {pads}"
-        )
+    return _check_window(x, (kh, kw), strides, pads, who, "kernel")
+
+
+def _unpack_cache(cache, kind, who):
+    """(engine, y_shape, dtype, engine_cache) from a face cache made by a `kind` forward."""
+    if not (isinstance(cache, tuple) and len(cache) == 5 and cache[0] == kind):
+        made_by = {"conv2d": "conv2d_forward or conv2d_relu_forward"}.get(kind, f"{kind}_forward")
+        raise TypeError(f"{who}: cache must be the one {made_by} returned, received {type(cache).__name__}")
+    return cache[1:]
 
 
 def conv2d_forward(x, kernel, bias, strides, pads):
@@ -162,9 +201,9 @@ def conv2d_forward(x, kernel, bias, strides, pads):
     pads: (top, bottom, left, right) zero padding. Returns (y, cache) with
     y: (N, OH, OW, F), OH = 1 + (H + top + bottom - KH) // sh, OW likewise.
     """
-    _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_forward")
-    y, cache = _active.conv2d_forward(x, kernel, bias, tuple(strides), tuple(pads))
-    return y, (_active, y.shape, y.dtype, cache)
+    strides, pads = _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_forward")
+    y, cache = _active.conv2d_forward(x, kernel, bias, strides, pads)
+    return y, ("conv2d", _active, y.shape, y.dtype, cache)
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -173,7 +212,7 @@ def conv2d_backward(dy, cache, need_dx=True):
     dy: (N, OH, OW, F) like the forward output. need_dx=False skips the input gradient
     (the first layer of a model never needs it).
     """
-    engine, y_shape, dtype, engine_cache = cache
+    engine, y_shape, dtype, engine_cache = _unpack_cache(cache, "conv2d", "conv2d_backward")
     _check_grad(dy, y_shape, dtype, "conv2d_backward")
     return engine.conv2d_backward(dy, engine_cache, need_dx)
 
@@ -187,18 +226,15 @@ def maxpool2d_forward(x, pool_size, strides, pads):
     """
     who = "maxpool2d_forward"
     _check_image_batch(x, who)
-    _check_pair(pool_size, who, "pool_size")
-    _check_pair(strides, who, "strides")
-    _check_pads(pads, who)
-    if x.shape[1] + pads[0] + pads[1] < pool_size[0] or x.shape[2] + pads[2] + pads[3] < pool_size[1]:
-        raise ValueError(f"{who}: a {pool_size} window does not fit the input {x.shape[1:3]}")
-    y, cache = _active.maxpool2d_forward(x, tuple(pool_size), tuple(strides), tuple(pads))
-    return y, (_active, y.shape, y.dtype, cache)
+    pool_size = _int_tuple(pool_size, 2, 1, who, "pool_size")
+    strides, pads = _check_window(x, pool_size, strides, pads, who, "window")
+    y, cache = _active.maxpool2d_forward(x, pool_size, strides, pads)
+    return y, ("maxpool2d", _active, y.shape, y.dtype, cache)
 
 
 def maxpool2d_backward(dy, cache):
     """Gradient of maxpool2d_forward: dy (N, OH, OW, C) -> dx (N, H, W, C)."""
-    engine, y_shape, dtype, engine_cache = cache
+    engine, y_shape, dtype, engine_cache = _unpack_cache(cache, "maxpool2d", "maxpool2d_backward")
     _check_grad(dy, y_shape, dtype, "maxpool2d_backward")
     return engine.maxpool2d_backward(dy, engine_cache)
 
@@ -210,9 +246,9 @@ def conv2d_relu_forward(x, kernel, bias, strides, pads):
     to the ReLU's output and applies the ReLU's gradient itself: dy where y > 0, else 0 (the
     gradient at exactly 0 is 0, as in Keras and PyTorch). NaN propagates forward like np.maximum.
     """
-    _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_relu_forward")
-    y, cache = _active.conv2d_relu_forward(x, kernel, bias, tuple(strides), tuple(pads))
-    return y, (_active, y.shape, y.dtype, cache)
+    strides, pads = _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_relu_forward")
+    y, cache = _active.conv2d_relu_forward(x, kernel, bias, strides, pads)
+    return y, ("conv2d", _active, y.shape, y.dtype, cache)
 
 
 def dense_forward(x, kernel, bias, relu=False):
@@ -225,15 +261,20 @@ def dense_forward(x, kernel, bias, relu=False):
         raise ValueError(f"{who}: x must be 2-D (batch, features), received {getattr(x, 'shape', x)!r}")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"{who}: x must be float32 or float64, received dtype {x.dtype}")
-    if not isinstance(kernel, np.ndarray) or kernel.ndim != 2 or kernel.shape[0] != x.shape[1]:
+    if 0 in x.shape:
+        raise ValueError(f"{who}: x must have no empty axis, received shape {x.shape}")
+    if (not isinstance(kernel, np.ndarray) or kernel.ndim != 2 or kernel.shape[0] != x.shape[1]
+            or kernel.shape[1] == 0):
         raise ValueError(
-            f"{who}: kernel must be 2-D ({x.shape[1]}, units), received {getattr(kernel, 'shape', kernel)!r}"
+            f"{who}: kernel must be 2-D ({x.shape[1]}, units) with units >= 1, received "
+            f"{getattr(kernel, 'shape', type(kernel).__name__)!r}"
         )
+    _check_optional_vector(bias, who, "bias")
     _check_same_dtype(who, x=x, kernel=kernel, bias=bias)
     if bias is not None and bias.shape != (kernel.shape[1],):
         raise ValueError(f"{who}: bias must have shape ({kernel.shape[1]},), received {bias.shape}")
     y, cache = _active.dense_forward(x, kernel, bias, bool(relu))
-    return y, (_active, y.shape, y.dtype, cache)
+    return y, ("dense", _active, y.shape, y.dtype, cache)
 
 
 def dense_backward(dy, cache, need_dx=True):
@@ -241,7 +282,7 @@ def dense_backward(dy, cache, need_dx=True):
 
     dy: (N, F), with respect to the output (after the ReLU when relu=True).
     """
-    engine, y_shape, dtype, engine_cache = cache
+    engine, y_shape, dtype, engine_cache = _unpack_cache(cache, "dense", "dense_backward")
     _check_grad(dy, y_shape, dtype, "dense_backward")
     return engine.dense_backward(dy, engine_cache, need_dx)
 
