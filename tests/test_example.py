@@ -44,11 +44,13 @@ def synthetic_fashion(n_train=600, n_test=200, seed=0):
 
 @pytest.fixture
 def example(monkeypatch):
+    """The example module with synthetic data; the engine its main() selects is put back after."""
     module = load_example()
     data = synthetic_fashion()
     monkeypatch.setattr(module.fashion_mnist, "load_data", lambda: data)
+    previous = minicnn.get_backend()
     yield module
-    minicnn.set_backend("auto")
+    minicnn.set_backend(previous)
 
 
 def drawing(path, background, item, size=(60, 40)):
