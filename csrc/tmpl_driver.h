@@ -1228,6 +1228,7 @@ int DN(mc_adam_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, 
     const DR c[6] = {(DR)beta_1, (DR)(1.0 - beta_1), (DR)beta_2, (DR)(1.0 - beta_2), (DR)epsilon, (DR)lr_t};
     const int64_t chunks = (n + DN_OPT_CHUNK - 1) / DN_OPT_CHUNK;
     const int threads = n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now();
+    (void)threads;   /* read by the OpenMP pragma only */
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
     for (int64_t k = 0; k < chunks; k++) {
         const int64_t start = k * DN_OPT_CHUNK;
@@ -1249,6 +1250,7 @@ int DN(mc_sgd_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, i
     const DR lr = (DR)learning_rate, mom = (DR)momentum;
     const int64_t chunks = (n + DN_OPT_CHUNK - 1) / DN_OPT_CHUNK;
     const int threads = n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now();
+    (void)threads;   /* read by the OpenMP pragma only */
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
     for (int64_t k = 0; k < chunks; k++) {
         const int64_t start = k * DN_OPT_CHUNK;
