@@ -13,6 +13,8 @@ def main(argv=None):
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG photos or drawings")
     commands.add_parser("info", help="which engine runs, with its build flags and threads")
     args = parser.parse_args(argv)
+    if args.command == "predict" and args.top < 1:
+        parser.error("--top must be at least 1")
 
     import minicnn
 
@@ -29,7 +31,7 @@ def main(argv=None):
         return 2
     try:
         failures = predict_image_files(model, args.images, CLASS_NAMES, k=args.top)
-    except ImportError as error:  # no Pillow: no file can be read
+    except (ImportError, ValueError) as error:  # no Pillow, or a model not made for 28x28x1 images
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 1 if failures else 0

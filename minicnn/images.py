@@ -211,7 +211,9 @@ def load_image(path):
 
 def _pixels(picture):
     """A Pillow image -> array of a dtype and layout prepare_image takes."""
-    if picture.mode in ("I", "I;16", "I;16B", "I;16L", "F"):     # 16-bit and float grayscale
+    if picture.mode == "F":          # float grayscale: prepare_image tells 0..1 from 0..255 itself
+        return np.asarray(picture, dtype=np.float32)
+    if picture.mode in ("I", "I;16", "I;16B", "I;16L"):          # 16-bit / 32-bit integer grayscale
         a = np.asarray(picture, dtype=np.float32)
         return a / (65535 if a.max() > 255 else 255)
     has_alpha = "A" in picture.mode or "transparency" in picture.info

@@ -189,6 +189,8 @@ class Sequential:
                         f"Sequential '{self.name}': {layer.describe()} expects a weight of shape "
                         f"{current.shape}, received {np.shape(new)}"
                     )
+                if not np.all(np.isfinite(new)):
+                    raise ValueError(f"Sequential '{self.name}': a weight of {layer.describe()} contains NaN or inf")
             plan.append((layer, weights[position:position + count]))
             position += count
         for layer, layer_weights in plan:

@@ -6,6 +6,8 @@ from .images import load_images
 
 def top_k(probabilities, k=3):
     """For (N, K) probabilities: (indices (N, k), probabilities (N, k)), most likely first."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"top_k: k must be a positive integer, received {k!r}")
     probabilities = np.asarray(probabilities)
     k = min(k, probabilities.shape[1])
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import textwrap
 
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
@@ -128,7 +130,7 @@ CONV_GRID = [
 def test_conv2d_matches_numpy_engine(simd, algorithm, case, dtype):
     x_shape, kernel_size, filters, strides, padding = case
     pads = conv_geometry(x_shape[1], x_shape[2], kernel_size, strides, padding)
-    rng = np.random.default_rng(abs(hash(str(case))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()))
     run_conv_both(rng, dtype, x_shape, (*kernel_size, x_shape[3], filters), strides, pads)
 
 

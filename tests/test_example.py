@@ -174,3 +174,12 @@ def test_end_to_end_on_real_fashion_mnist():
     loss, accuracy = model.evaluate(x_test[..., None] / np.float32(255), y_test, batch_size=1000, verbose=0)
     print(f"real-data end-to-end: accuracy {accuracy:.4f}, training {seconds:.1f} s on {minicnn.get_backend()}")
     assert accuracy >= 0.84
+
+
+def test_top_k_needs_a_positive_k():
+    probabilities = np.array([[0.1, 0.7, 0.2]])
+    indices, values = top_k(probabilities, 5)
+    assert indices.tolist() == [[1, 2, 0]] and values.tolist() == [[0.7, 0.2, 0.1]]
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            top_k(probabilities, k)

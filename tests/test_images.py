@@ -276,3 +276,15 @@ def test_works_without_pillow_except_reading_files():
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_float_image_in_zero_to_one_is_read_as_is(tmp_path):
+    image_module = pytest.importorskip("PIL.Image")
+    from minicnn.images import load_image
+
+    pixels = np.zeros((40, 30), np.float32)
+    pixels[8:32, 10:20] = 0.9                       # a light item on black, values in [0, 1]
+    path = tmp_path / "float.tiff"
+    image_module.fromarray(pixels, mode="F").save(path)
+    image = load_image(path)
+    assert image.shape == (28, 28) and image.max() > 0.5   # not taken for a blank picture

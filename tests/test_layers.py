@@ -229,3 +229,21 @@ def test_model_layers_follow_the_first_layers_dtype():
     assert y.dtype == np.float64
     with pytest.raises(ValueError, match=r"Dense 'dense.*has dtype float32 but the model computes in float64"):
         model.add(Dense(2, dtype="float32"))
+
+
+def test_softmax_refuses_the_batch_axis_however_it_is_written():
+    for axis in (0, -2):
+        with pytest.raises(ValueError, match=f"axis {axis} is not a feature axis"):
+            Softmax(axis=axis).build((5,))
+    np.testing.assert_allclose(Softmax(axis=-1).forward(np.ones((2, 4), np.float32)).sum(axis=1), 1.0)
+
+
+def test_set_weights_writes_nothing_when_any_weight_is_not_finite():
+    model = Sequential([Dense(3, input_shape=(4,)), Dense(2)])
+    before = model.get_weights()
+    bad = [np.ones_like(w) for w in before]
+    bad[2][0, 0] = np.nan  # the second layer's kernel
+    with pytest.raises(ValueError, match="dense.*contains NaN or inf"):
+        model.set_weights(bad)
+    for got, expected in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, expected)  # the first layer was not touched either

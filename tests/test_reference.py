@@ -75,7 +75,7 @@ def run_and_compare(layer, case, weight_names=()):
 
 
 @pytest.mark.parametrize("kind, case", cases("conv2d"))
-def test_conv2d_matches_torch(kind, case):
+def test_conv2d_matches_torch(backend, kind, case):
     p = case["params"]
     layer = Conv2D(p["filters"], kernel_size=tuple(p["kernel_size"]), strides=tuple(p["strides"]),
                    padding=p["padding"], use_bias=p["use_bias"], dtype=DTYPE)
@@ -83,7 +83,7 @@ def test_conv2d_matches_torch(kind, case):
 
 
 @pytest.mark.parametrize("kind, case", cases("maxpool2d", "maxpool2d_ties"))
-def test_maxpool2d_matches_torch(kind, case):
+def test_maxpool2d_matches_torch(backend, kind, case):
     """Tie-free inputs, plus the "_ties" file where the first maximum in row-major window order
     must take the gradient (PyTorch's rule, documented in MaxPooling2D)."""
     p = case["params"]
@@ -93,7 +93,7 @@ def test_maxpool2d_matches_torch(kind, case):
 
 
 @pytest.mark.parametrize("kind, case", cases("dense"))
-def test_dense_matches_torch(kind, case):
+def test_dense_matches_torch(backend, kind, case):
     p = case["params"]
     layer = Dense(p["units"], use_bias=p["use_bias"], dtype=DTYPE)
     run_and_compare(layer, case, ("kernel", "bias") if p["use_bias"] else ("kernel",))
@@ -170,7 +170,7 @@ def _model_layers(p, fused_activation):
 
 @pytest.mark.parametrize("fused_activation", [True, False], ids=["activation_arg", "relu_layers"])
 @pytest.mark.parametrize("kind, case", cases("model"))
-def test_small_model_matches_torch(kind, case, fused_activation):
+def test_small_model_matches_torch(backend, kind, case, fused_activation):
     """conv-relu-pool x2, flatten, dense-relu, dense: logits, then every gradient from torch's
     d(cross-entropy)/d(logits). Non-square images with C > 1 at Flatten pin its (H, W, C) order."""
     a = case["arrays"]

@@ -64,7 +64,7 @@ class Softmax(Activation):
         self.axis = int(axis)
 
     def _build(self, input_shape):
-        if not -len(input_shape) - 1 <= self.axis <= len(input_shape) or self.axis == 0:
+        if not -len(input_shape) <= self.axis <= len(input_shape) or self.axis == 0:
             raise ValueError(
                 f"{self.describe()}: axis {self.axis} is not a feature axis of inputs shaped "
                 f"(batch, {', '.join(map(str, input_shape))})"

@@ -28,6 +28,8 @@ import warnings
 
 import numpy as np
 
+from ..layers.activations import softmax
+
 EPSILON = 1e-7
 
 
@@ -87,7 +89,7 @@ class Loss:
         value = self.value(targets, y_pred)
         n = y_pred.shape[0]
         if fused_softmax or self.from_logits:
-            probabilities = y_pred if fused_softmax else _softmax(y_pred)
+            probabilities = y_pred if fused_softmax else softmax(y_pred, axis=1)
             return value, self._softmax_gradient(targets, probabilities, n)
         return value, self._clipped_probability_gradient(targets, y_pred, n)
 
@@ -222,11 +224,6 @@ def _clipped_gradient(targets, y_pred, n):
     d_normalised = np.where(inside, -targets / (clipped * n), 0).astype(y_pred.dtype, copy=False)
     # p / S: d/dp_k = (h_k - sum_j h_j * p_j / S) / S
     return (d_normalised - np.sum(d_normalised * normalised, axis=1, keepdims=True)) / total
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _as_numeric_array(y, argument):
