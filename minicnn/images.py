@@ -18,6 +18,7 @@ files and says how to install it. Feed the result to a model as `x[None, :, :, N
 """
 import errno
 import os
+import stat
 
 import numpy as np
 
@@ -175,7 +176,9 @@ def load_image(path):
     The camera's EXIF orientation is applied first, so a phone photo is upright.
     Returns a (28, 28) float32 array in [0, 1].
     Raises ImportError without Pillow; FileNotFoundError for a missing file; ValueError naming
-    the file for a directory, a file that is not a readable image, or a blank picture.
+    the file for anything that is not a regular file (a directory, a FIFO, a device, a socket:
+    refused before reading, so nothing blocks), a file that is not a readable image, or a blank
+    picture.
     """
     image_module = _pillow()
     if image_module is None:
@@ -183,30 +186,67 @@ def load_image(path):
     from PIL import ImageOps, UnidentifiedImageError
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, "no such image file", path)
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a directory, not an image file")
     try:
-        with image_module.open(path) as picture:
-            picture = ImageOps.exif_transpose(picture)
-            picture.thumbnail((_MAX_WORKING_SIDE, _MAX_WORKING_SIDE))
-            pixels = _pixels(picture)
-    except UnidentifiedImageError as exc:
-        raise ValueError(f"{path}: not an image file that Pillow can read") from exc
-    except image_module.DecompressionBombError as exc:
-        # Pillow refuses pictures of over 2 * Image.MAX_IMAGE_PIXELS: a small file that would
-        # decode into gigabytes. It is an Exception of its own; report it like any bad file.
-        raise ValueError(f"{path}: the picture is too large to decode safely ({exc})") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, (FileNotFoundError, PermissionError)):
-            raise
-        # A truncated or damaged file fails while decoding, after it was identified.
-        raise ValueError(f"{path}: the image cannot be decoded ({exc})") from exc
+        _refuse_non_regular(path, os.stat(path).st_mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "no such image file", path) from None
+    with _open_regular(path) as file:
+        try:
+            pixels = _decode(image_module, ImageOps, file)
+        except UnidentifiedImageError as exc:
+            raise ValueError(f"{path}: not an image file that Pillow can read") from exc
+        except image_module.DecompressionBombError as exc:
+            # Pillow refuses pictures of over 2 * Image.MAX_IMAGE_PIXELS: a small file that
+            # would decode into gigabytes. An Exception of its own; report it like any bad file.
+            raise ValueError(f"{path}: the picture is too large to decode safely ({exc})") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            if isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise
+            # A truncated or damaged file fails while decoding, after it was identified.
+            raise ValueError(f"{path}: the image cannot be decoded ({exc})") from exc
     try:
         return prepare_image(pixels)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_non_regular(path, mode):
+    """ValueError unless `mode` (an st_mode) is a regular file's. A FIFO blocks in open() until
+    a writer comes, a device like /dev/zero never ends: either would stall every later file."""
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    raise ValueError(f"{path}: is {kind}, not a regular file; expected an image file")
+
+
+def _open_regular(path):
+    """The file opened for reading in binary, refused unless it is a regular file.
+
+    Checked twice: os.stat before (a clear error without touching it) and os.fstat on what was
+    actually opened, since the path may be swapped for a FIFO in between. O_NONBLOCK makes
+    opening a FIFO return at once instead of waiting for a writer; on a regular file the flag
+    changes nothing, so it may stay set while Pillow reads.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        _refuse_non_regular(path, os.fstat(fd).st_mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _decode(image_module, image_ops, file):
+    """The pixels of the picture in the open `file`, upright and at most _MAX_WORKING_SIDE."""
+    with image_module.open(file) as picture:
+        picture = image_ops.exif_transpose(picture)
+        picture.thumbnail((_MAX_WORKING_SIDE, _MAX_WORKING_SIDE))
+        return _pixels(picture)
 
 
 def _pixels(picture):
