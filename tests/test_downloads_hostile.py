@@ -3,8 +3,9 @@
 Covered there: a dropped connection, an endless stream (size cap), an announced oversize body,
 corrupted content (checksum), a server that never answers (time-out), an unwritable cache.
 Here: a server that drips bytes (slower than the minimum rate, so it would never finish), one
-that stalls mid-body, a transport gzip bomb, redirects and Content-Disposition names that try
-to choose the file name, a redirect to another scheme, and a mirror that serves an HTML page --
+that drips its status line or an endless list of headers (also over TLS), one that stalls
+mid-body, a transport gzip bomb, redirects and Content-Disposition names that try to choose the
+file name, a redirect to another scheme, and a mirror that serves an HTML page --
 and in every case only the expected files are written, only in the cache directory, and no
 .part file is left behind. Every server runs on 127.0.0.1 (port 0) in a thread.
 """
@@ -126,6 +127,96 @@ def test_a_slow_drip_is_cut_off_by_the_minimum_rate_and_leaves_nothing(sandbox, 
         dl.download([f"{server.base}/f.gz"], dest, max_bytes=10**6, timeout=0.5, retries=1, progress=False)
     assert time.perf_counter() - start < 1.5                 # about one time-out window
     assert files_under(sandbox) == []
+
+
+def drip_head(head, then_forever, every):
+    """Send `head` one byte every `every` seconds, then `then_forever(i)` for i = 0, 1, ...
+    the same way, until the client hangs up (or a minute passes)."""
+    def respond(handler):
+        give_up = time.monotonic() + 60
+
+        def pieces():
+            yield head
+            i = 0
+            while True:
+                yield then_forever(i)
+                i += 1
+
+        for piece in pieces():
+            for byte in piece:
+                if time.monotonic() > give_up:
+                    return
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(every)
+    return respond
+
+
+@pytest.mark.parametrize("kind", ["status-line", "headers"])
+def test_a_dripping_status_line_or_endless_headers_is_cut_off_and_leaves_nothing(sandbox, server,
+                                                                                   kind):
+    # Bug: the minimum rate covered only the body, and the read time-out bounds each wait for
+    # a byte, not the whole head: a status line dripped one byte every 20 ms (up to http.client's
+    # 64 KiB line limit) or an endless list of dripped headers (up to its 100-header limit) held
+    # one attempt for minutes instead of the documented 2 x timeout + cap / min_rate.
+    if kind == "status-line":
+        respond = drip_head(b"HTTP/1.0 200 ", lambda i: b"O", 0.02)
+    else:
+        respond = drip_head(b"HTTP/1.0 200 OK\r\n", lambda i: b"X-Drip-%d: 1\r\n" % i, 0.02)
+    server.routes["/f.gz"] = respond
+    timeout = 0.5
+    start = time.perf_counter()
+    cut_off = r"attempt 1/1.*too slow: no complete status line and headers within 0\.5 s"
+    with pytest.raises(dl.DownloadError, match=cut_off):
+        dl.download([f"{server.base}/f.gz"], sandbox / "cache" / "f.gz", max_bytes=10**6,
+                    timeout=timeout, retries=1, progress=False)
+    # The head's deadline is `timeout` from the attempt's start; 1 s more for a loaded machine.
+    assert time.perf_counter() - start < timeout + 1.0
+    assert files_under(sandbox) == []
+
+
+def test_a_dripping_status_line_over_tls_is_cut_off(sandbox, tmp_path, monkeypatch):
+    """The same cut-off through TLS, where the socket is an ssl.SSLSocket."""
+    import shutil
+    import socket
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        connection, _ = listener.accept()
+        with context.wrap_socket(connection, server_side=True) as tls:
+            tls.recv(65536)
+            try:
+                tls.sendall(b"HTTP/1.0 200 ")
+                for _ in range(3000):                   # one minute of "O"
+                    tls.sendall(b"O")
+                    time.sleep(0.02)
+            except OSError:                             # the client hung up, as it should
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/f.gz"
+    start = time.perf_counter()
+    try:
+        with pytest.raises(dl.DownloadError, match="too slow: no complete status line and headers"):
+            dl.download([url], sandbox / "cache" / "f.gz", max_bytes=10**6, timeout=0.5, retries=1,
+                        progress=False)
+    finally:
+        listener.close()
+    assert time.perf_counter() - start < 1.5
+    assert files_under(sandbox / "cache") == [] and files_under(sandbox / "cwd") == []
 
 
 def test_a_fast_enough_transfer_is_not_cut_off(sandbox, server):

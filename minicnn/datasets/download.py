@@ -3,8 +3,12 @@ a progress bar, and a `.part` file that is renamed into place only once verified
 
 Kept free of any knowledge of IDX or Fashion-MNIST: the caller passes a `verify` function.
 """
+import contextvars
+import functools
 import os
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,7 +48,9 @@ def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, bac
     verify:   verify(part_path, url) -> result; raises ValueError when the content is wrong
               (its message should name `url`). None accepts any content and returns None.
     max_bytes: the size cap: a body longer than this (announced or streamed) is cut off.
-    timeout:  seconds, for connecting and for each read.
+    timeout:  seconds: connecting and receiving the whole head (status line and headers, and
+              those of any redirects) must finish within `timeout` of the attempt's start;
+              each read of the body waits at most `timeout` for the next bytes.
     min_rate: bytes per second: a body arriving slower than this, averaged over each `timeout`
               seconds, is cut off (and retried like a dropped connection). None uses
               MIN_BYTES_PER_SECOND. So one attempt lasts at most about
@@ -67,6 +73,8 @@ def download(urls, dest, *, verify=None, max_bytes, timeout=30.0, retries=3, bac
     attempts = max(1, retries)
     failures = []
     with requests.Session() as session:
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, _head_deadline_adapter())
         for url in urls:
             for attempt in range(1, attempts + 1):
                 try:
@@ -96,10 +104,26 @@ def _describe(exc):
 
 
 def _fetch_once(session, url, dest, verify, max_bytes, timeout, min_rate, progress, desc):
+    import requests
     from tqdm import tqdm
     import urllib3
 
-    with session.get(url, stream=True, timeout=(timeout, timeout)) as response:
+    watchdog = _HeadWatchdog(time.monotonic() + timeout)
+    head_too_slow = f"too slow: no complete status line and headers within {timeout:g} s; cut off"
+    token = _head_watchdog.set(watchdog)
+    try:
+        response = session.get(url, stream=True, timeout=(timeout, timeout))
+    except requests.RequestException as exc:
+        if watchdog.fired:
+            raise _TransientError(head_too_slow) from exc
+        raise
+    finally:
+        _head_watchdog.reset(token)
+    if watchdog.fired:
+        # Cut off mid-head, http.client may still have parsed what came as a (short) answer.
+        response.close()
+        raise _TransientError(head_too_slow)
+    with response:
         status = response.status_code
         if status == 429 or status >= 500:
             raise _TransientError(f"HTTP {status} {response.reason}")
@@ -176,3 +200,112 @@ def _content_length(response):
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+# The head's deadline. requests' read time-out is a socket time-out: it bounds each wait for
+# a byte, never the total, so a server dripping its status line or an endless list of headers
+# one byte at a time is never cut off (http.client's own limits, 64 KiB a line and 100 headers,
+# still allow hours). urllib3 offers no total deadline for reading the head, and shrinking the
+# socket time-out would need a hook into every recv inside http.client. So a watchdog thread
+# shuts the socket down when the deadline passes: shutdown(2) from another thread is
+# well-defined and wakes the blocked recv, which then sees the end of the stream, and urllib3
+# discards the broken connection. The watchdog is attached where the head is read, in the
+# connection's getresponse, through urllib3's documented extension points (a pool's
+# ConnectionCls, a PoolManager's pool_classes_by_scheme), the same in urllib3 1.26 and 2.
+_head_watchdog = contextvars.ContextVar("minicnn_download_head_watchdog", default=None)
+
+
+class _HeadWatchdog:
+    """Shuts down the socket of a response whose head is not complete by `deadline`
+    (time.monotonic() seconds). `fired` tells afterwards whether it did."""
+
+    def __init__(self, deadline):
+        self.deadline = deadline
+        self.fired = False
+        self._lock = threading.Lock()
+
+    def read_head(self, sock, getresponse):
+        """getresponse() (which reads the head from `sock`), cut off at the deadline."""
+        finished = False
+
+        def cut_off():
+            with self._lock:
+                if finished:
+                    return
+                self.fired = True
+            try:
+                # socket.socket's own shutdown, also for an ssl.SSLSocket: SSLSocket.shutdown
+                # would first drop its TLS state under the reading thread's feet.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), cut_off)
+        timer.daemon = True
+        timer.start()
+        try:
+            return getresponse()
+        finally:
+            with self._lock:
+                finished = True
+            timer.cancel()
+
+
+class _HeadDeadlineConnection:
+    """Mixed into urllib3's connection classes: getresponse under the attempt's watchdog."""
+
+    def getresponse(self, *args, **kwargs):
+        read_head = super().getresponse
+        watchdog = _head_watchdog.get()
+        sock = getattr(self, "sock", None)
+        if watchdog is None or not isinstance(sock, socket.socket):
+            return read_head(*args, **kwargs)
+        return watchdog.read_head(sock, lambda: read_head(*args, **kwargs))
+
+
+@functools.lru_cache(maxsize=None)
+def _head_deadline_pools():
+    """{scheme: urllib3 connection pool class} whose connections read the head under the
+    watchdog (built on first use: requests and urllib3 are imported only when downloading)."""
+    from urllib3 import connection, connectionpool
+
+    class HTTPConnection(_HeadDeadlineConnection, connection.HTTPConnection):
+        pass
+
+    class HTTPSConnection(_HeadDeadlineConnection, connection.HTTPSConnection):
+        pass
+
+    class HTTPConnectionPool(connectionpool.HTTPConnectionPool):
+        ConnectionCls = HTTPConnection
+
+    class HTTPSConnectionPool(connectionpool.HTTPSConnectionPool):
+        ConnectionCls = HTTPSConnection
+
+    return {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+
+
+def _use_head_deadline_pools(manager):
+    """Make a urllib3 PoolManager (or ProxyManager) open its pools with the watchdog. One with
+    pools of its own (a SOCKS proxy's) is left as it is: it keeps only the per-read time-out."""
+    from urllib3 import connectionpool
+
+    standard = {"http": connectionpool.HTTPConnectionPool,
+                "https": connectionpool.HTTPSConnectionPool}
+    if dict(manager.pool_classes_by_scheme) == standard:
+        manager.pool_classes_by_scheme = _head_deadline_pools()
+    return manager
+
+
+def _head_deadline_adapter():
+    """A requests HTTPAdapter whose connections read the head under the watchdog."""
+    from requests.adapters import HTTPAdapter
+
+    class HeadDeadlineAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            _use_head_deadline_pools(self.poolmanager)
+
+        def proxy_manager_for(self, proxy, **proxy_kwargs):
+            return _use_head_deadline_pools(super().proxy_manager_for(proxy, **proxy_kwargs))
+
+    return HeadDeadlineAdapter()
