@@ -22,16 +22,21 @@ def main(argv=None):
         print(json.dumps(minicnn.backend_info(), indent=2))
         return 0
     from minicnn.datasets.fashion_mnist import CLASS_NAMES
-    from minicnn.predict import predict_image_files
+    from minicnn.predict import output_kind, predict_image_files
 
     try:
-        model = minicnn.load_model(args.model)
+        model = minicnn.load_model(args.model, compile=False)   # only predicts: no optimizer
     except (OSError, ValueError) as error:
         print(f"error: cannot load the model {args.model}: {error}", file=sys.stderr)
         return 2
     try:
+        output_kind(model, CLASS_NAMES)
+    except ValueError as error:   # not made for 28x28x1 images or the ten Fashion-MNIST classes
+        print(f"error: {args.model}: {error}", file=sys.stderr)
+        return 2
+    try:
         failures = predict_image_files(model, args.images, CLASS_NAMES, k=args.top)
-    except (ImportError, ValueError) as error:  # no Pillow, or a model not made for 28x28x1 images
+    except ImportError as error:  # no Pillow: no file can be read
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 1 if failures else 0

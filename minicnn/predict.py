@@ -1,7 +1,14 @@
 """Answering "what is in this picture?": top-k classes with probabilities, for arrays and files."""
+import sys
+
 import numpy as np
 
-from .images import load_images
+from .images import SIZE, load_images
+
+# What image files become (images.prepare_image): one 28x28 grayscale channel.
+IMAGE_INPUT_SHAPE = (SIZE, SIZE, 1)
+# How far a row of probabilities may sum from 1: float32 softmax sums are within ~1e-6.
+_SUM_TOLERANCE = 1e-3
 
 
 def top_k(probabilities, k=3):
@@ -23,18 +30,70 @@ def describe(probability_row, class_names, true_label=None):
     return text
 
 
-def predict_image_files(model, paths, class_names, k=3, print_fn=print):
+def output_kind(model, class_names):
+    """'probabilities' when the model ends in a softmax over len(class_names) classes, 'logits'
+    when it ends in a layer without activation (its outputs then go through a softmax here).
+
+    Raises ValueError, naming what the model has and what is expected, when the model does
+    not take (28, 28, 1) images or does not output one value per class, or ends in another
+    activation (relu, ...), whose outputs are neither probabilities nor logits.
+    """
+    from .layers import Softmax
+
+    input_shape = tuple(model.input_shape or ())
+    if input_shape != IMAGE_INPUT_SHAPE:
+        raise ValueError(f"the model takes images of shape {input_shape}, but image files are "
+                         f"prepared as {IMAGE_INPUT_SHAPE} (28x28 grayscale, like Fashion-MNIST)")
+    expected = (len(class_names),)
+    output_shape = tuple(model.output_shape or ())
+    if output_shape != expected:
+        raise ValueError(f"the model outputs shape {output_shape} per image, but predict needs "
+                         f"{expected}: one probability for each of the {len(class_names)} "
+                         f"Fashion-MNIST classes")
+    # Flatten only reshapes: the layer before it made the values.
+    last = next((layer for layer in reversed(model.layers)
+                 if type(layer).__name__ != "Flatten"), None)
+    activation = getattr(last, "activation_name", None)
+    if isinstance(last, Softmax) or activation == "softmax":
+        return "probabilities"
+    if activation == "linear":
+        return "logits"
+    raise ValueError(f"the model ends in a {activation!r} activation, but predict needs "
+                     f"probabilities (a final softmax) or logits (no final activation)")
+
+
+def softmax(logits):
+    """Row-wise softmax of (N, K) logits, max-subtracted so that large logits do not overflow."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def predict_image_files(model, paths, class_names, k=3, print_fn=print, note_fn=None):
     """Print the top-k items for each image file; a bad file gets its error, the others their answer.
 
-    Returns the number of files that could not be read (0 means every file got an answer).
-    Raises ImportError (with the install hint) when Pillow is missing, since then no file can be read.
+    model: takes (N, 28, 28, 1) images and outputs (N, len(class_names)) probabilities (a final
+           softmax) or logits (no final activation: a softmax is applied, and note_fn told so
+           once). note_fn(text) defaults to printing on stderr.
+    Returns the number of files that got no answer (0 means every file got one).
+    Raises ValueError, before reading any file, for a model that cannot answer (see
+    output_kind); ImportError (with the install hint) when Pillow is missing, since then no
+    file can be read.
     """
+    kind = output_kind(model, class_names)
+    if kind == "logits":
+        (note_fn or _print_on_stderr)("note: the model outputs logits (its last layer has no "
+                                      "softmax); applying softmax")
     results = load_images(paths)
     readable = [i for i, (_, image) in enumerate(results) if isinstance(image, np.ndarray)]
     probabilities = {}
     if readable:
         batch = np.stack([results[i][1] for i in readable])[..., None].astype(model.dtype)
-        probabilities = dict(zip(readable, model.predict(batch, verbose=0)))
+        with np.errstate(all="ignore"):      # overflow inside the model is caught on its output
+            outputs = np.asarray(model.predict(batch, verbose=0))
+        if kind == "logits":
+            outputs = softmax(outputs)
+        probabilities = dict(zip(readable, outputs))
     failures = 0
     for i, (path, image) in enumerate(results):
         if i not in probabilities:
@@ -45,3 +104,7 @@ def predict_image_files(model, paths, class_names, k=3, print_fn=print):
         answer = ", ".join(f"{class_names[c]} {100 * p:.1f}%" for c, p in zip(indices[0], values[0]))
         print_fn(f"{path}: {answer}")
     return failures
+
+
+def _print_on_stderr(text):
+    print(text, file=sys.stderr)

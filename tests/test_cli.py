@@ -122,3 +122,99 @@ def test_a_fifo_swapped_in_after_the_check_does_not_hang(tmp_path, monkeypatch):
         pytest.fail("load_image blocked opening a FIFO")
     assert len(outcome) == 1 and isinstance(outcome[0], ValueError), outcome
     assert "not a regular file" in str(outcome[0]) and str(fifo) in str(outcome[0])
+
+
+# ------------------------------------------------------------------ models that cannot answer
+
+def huge_kernels(model):
+    """Finite float32 weights so large that any image overflows the first Dense to inf."""
+    return [np.full_like(w, 3e38) if w.ndim == 2 else w for w in model.get_weights()]
+
+
+@pytest.mark.parametrize("layers, input_shape, expected", [
+    ([Dense(12, activation="softmax")], (28, 28, 1), "outputs shape (12,) per image"),
+    ([Dense(5, activation="softmax")], (28, 28, 1), "outputs shape (5,) per image"),
+    ("conv", (28, 28, 1), "outputs shape (26, 26, 4) per image"),
+    ([Dense(10, activation="softmax")], (32, 32, 3), "takes images of shape (32, 32, 3)"),
+    ([Dense(10, activation="relu")], (28, 28, 1), "ends in a 'relu' activation"),
+], ids=["dense12", "dense5", "conv", "input32x32x3", "relu"])
+def test_a_model_that_does_not_output_ten_probabilities_is_refused_in_one_line(
+        tmp_path, layers, input_shape, expected):
+    # Bug: Dense(12) gave an IndexError traceback, a conv output a TypeError, Dense(5) was
+    # labelled with the first five item names, another input shape a traceback from predict.
+    if layers == "conv":
+        minicnn.set_seed(0)
+        model = Sequential([minicnn.Conv2D(4, 3, activation="softmax", input_shape=input_shape)])
+        path = model.save(tmp_path / "model.npz")
+    else:
+        path = save_model(tmp_path / "model.npz", layers, input_shape)
+    good = drawing(tmp_path / "good.png")
+    result = run_cli("predict", "--model", str(path), str(good))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == b""
+    errors = result.stderr.decode().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert expected in errors[0], errors[0]
+    if "outputs shape" in expected:
+        assert "(10,)" in errors[0] and "Fashion-MNIST" in errors[0], errors[0]
+    if "takes images" in expected:
+        assert "(28, 28, 1)" in errors[0], errors[0]
+
+
+def test_a_model_that_outputs_logits_gets_softmax_and_a_note(tmp_path):
+    # Bug: Dense(10) without softmax printed its raw outputs as percentages ("215.7%", "-74.0%").
+    logits_path = save_model(tmp_path / "logits.npz", [Dense(10)])
+    probabilities_path = save_model(tmp_path / "probabilities.npz", [Dense(10, activation="softmax")])
+    good = drawing(tmp_path / "good.png")
+    logits = run_cli("predict", "--model", str(logits_path), "--top", "10", str(good), str(good))
+    probabilities = run_cli("predict", "--model", str(probabilities_path), "--top", "10", str(good))
+    assert logits.returncode == 0 and probabilities.returncode == 0, logits.stderr
+    assert logits.stderr.decode().splitlines() == [
+        "note: the model outputs logits (its last layer has no softmax); applying softmax"]
+    lines = answer_lines(logits)
+    # The same weights (seed 0) with a softmax layer give the same answer.
+    assert lines == answer_lines(probabilities) * 2
+    percents = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in lines[0].split(": ", 1)[1].split(", ")]
+    assert len(percents) == 10 and all(0 <= p <= 100 for p in percents)
+    assert abs(sum(percents) - 100) <= 10 * 0.05 + 1e-9      # ten roundings to 0.1
+    assert sorted(percents, reverse=True) == percents
+
+
+# ------------------------------------------------------------------ the same for Python callers
+
+class FakeModel:
+    """A stand-in with the public face of a model, returning chosen outputs."""
+
+    def __init__(self, outputs, layers, input_shape=(28, 28, 1)):
+        self.outputs = np.asarray(outputs, np.float32)
+        self.layers = layers
+        self.input_shape = input_shape
+        self.output_shape = self.outputs.shape[1:]
+        self.dtype = np.float32
+
+    def predict(self, x, verbose=0):
+        return self.outputs[:len(x)]
+
+
+def test_predict_image_files_refuses_a_model_that_cannot_answer_before_reading(tmp_path):
+    pytest.importorskip("PIL")
+    from minicnn.datasets.fashion_mnist import CLASS_NAMES
+    from minicnn.predict import predict_image_files
+
+    files = [drawing(tmp_path / "good.png")]
+    lines, notes = [], []
+    with pytest.raises(ValueError, match=r"outputs shape \(3,\) per image.*\(10,\)"):
+        predict_image_files(FakeModel([[0.2, 0.3, 0.5]], [minicnn.Softmax()]), files, CLASS_NAMES,
+                            print_fn=lines.append)
+    with pytest.raises(ValueError, match=r"takes images of shape \(28, 28, 3\).*\(28, 28, 1\)"):
+        predict_image_files(FakeModel([np.full(10, 0.1)], [minicnn.Softmax()], (28, 28, 3)), files,
+                            CLASS_NAMES, print_fn=lines.append)
+    with pytest.raises(ValueError, match=r"ends in a 'relu' activation"):
+        predict_image_files(FakeModel([np.full(10, 0.1)], [minicnn.ReLU()]), files, CLASS_NAMES,
+                            print_fn=lines.append)
+    assert lines == []                                 # nothing printed before refusing
+    logits = np.log(np.arange(1, 11, dtype=np.float32))  # softmax: (1..10) / 55
+    assert predict_image_files(FakeModel([logits], [Dense(10)]), files, CLASS_NAMES,
+                               print_fn=lines.append, note_fn=notes.append) == 0
+    assert notes == ["note: the model outputs logits (its last layer has no softmax); applying softmax"]
+    assert lines == [f"{files[0]}: Ankle boot 18.2%, Bag 16.4%, Sneaker 14.5%"]
