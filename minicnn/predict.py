@@ -70,11 +70,13 @@ def softmax(logits):
 
 
 def predict_image_files(model, paths, class_names, k=3, print_fn=print, note_fn=None):
-    """Print the top-k items for each image file; a bad file gets its error, the others their answer.
+    """Print the top-k items for each image file; a bad file gets its error, the others theirs.
 
     model: takes (N, 28, 28, 1) images and outputs (N, len(class_names)) probabilities (a final
            softmax) or logits (no final activation: a softmax is applied, and note_fn told so
            once). note_fn(text) defaults to printing on stderr.
+    A row that is not a probability vector (NaN/inf, negative values, not summing to 1: a
+    model that overflowed) is reported as that file's error, never printed as an answer.
     Returns the number of files that got no answer (0 means every file got one).
     Raises ValueError, before reading any file, for a model that cannot answer (see
     output_kind); ImportError (with the install hint) when Pillow is missing, since then no
@@ -96,14 +98,30 @@ def predict_image_files(model, paths, class_names, k=3, print_fn=print, note_fn=
         probabilities = dict(zip(readable, outputs))
     failures = 0
     for i, (path, image) in enumerate(results):
-        if i not in probabilities:
+        problem = image if i not in probabilities else _invalid(probabilities[i])
+        if problem is not None:
             failures += 1
-            print_fn(f"{path}: error: {image}")
+            print_fn(f"{path}: error: {problem}")
             continue
         indices, values = top_k(probabilities[i][None, :], k)
-        answer = ", ".join(f"{class_names[c]} {100 * p:.1f}%" for c, p in zip(indices[0], values[0]))
+        answer = ", ".join(f"{class_names[c]} {100 * p:.1f}%"
+                           for c, p in zip(indices[0], values[0]))
         print_fn(f"{path}: {answer}")
     return failures
+
+
+def _invalid(row):
+    """Why a row of probabilities is not an answer ('the model produced invalid output ...'),
+    or None when it is one: finite, none negative, summing to 1 within _SUM_TOLERANCE."""
+    if not np.isfinite(row).all():
+        reason = "NaN or infinite values"
+    elif (row < 0).any():
+        reason = "negative values"
+    elif abs(float(row.sum(dtype=np.float64)) - 1) > _SUM_TOLERANCE:
+        reason = f"not a probability vector: it sums to {float(row.sum(dtype=np.float64)):.4g}"
+    else:
+        return None
+    return f"the model produced invalid output for this image ({reason})"
 
 
 def _print_on_stderr(text):

@@ -17,6 +17,8 @@ from minicnn import Dense, Flatten, Sequential
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30   # seconds; a healthy run takes about one
+INVALID = "the model produced invalid output for this image"
+LOGITS_NOTE = "note: the model outputs logits (its last layer has no softmax); applying softmax"
 
 
 def run_cli(*args, env=None, cwd=ROOT):
@@ -164,20 +166,37 @@ def test_a_model_that_does_not_output_ten_probabilities_is_refused_in_one_line(
 def test_a_model_that_outputs_logits_gets_softmax_and_a_note(tmp_path):
     # Bug: Dense(10) without softmax printed its raw outputs as percentages ("215.7%", "-74.0%").
     logits_path = save_model(tmp_path / "logits.npz", [Dense(10)])
-    probabilities_path = save_model(tmp_path / "probabilities.npz", [Dense(10, activation="softmax")])
+    probabilities_path = save_model(tmp_path / "probabilities.npz",
+                                    [Dense(10, activation="softmax")])
     good = drawing(tmp_path / "good.png")
     logits = run_cli("predict", "--model", str(logits_path), "--top", "10", str(good), str(good))
     probabilities = run_cli("predict", "--model", str(probabilities_path), "--top", "10", str(good))
     assert logits.returncode == 0 and probabilities.returncode == 0, logits.stderr
-    assert logits.stderr.decode().splitlines() == [
-        "note: the model outputs logits (its last layer has no softmax); applying softmax"]
+    assert logits.stderr.decode().splitlines() == [LOGITS_NOTE]
     lines = answer_lines(logits)
     # The same weights (seed 0) with a softmax layer give the same answer.
     assert lines == answer_lines(probabilities) * 2
-    percents = [float(part.rsplit(" ", 1)[1].rstrip("%")) for part in lines[0].split(": ", 1)[1].split(", ")]
+    answers = lines[0].split(": ", 1)[1].split(", ")
+    percents = [float(answer.rsplit(" ", 1)[1].rstrip("%")) for answer in answers]
     assert len(percents) == 10 and all(0 <= p <= 100 for p in percents)
     assert abs(sum(percents) - 100) <= 10 * 0.05 + 1e-9      # ten roundings to 0.1
     assert sorted(percents, reverse=True) == percents
+
+
+@pytest.mark.parametrize("activation", ["softmax", None], ids=["softmax", "logits"])
+def test_invalid_model_output_is_reported_never_printed_as_nan(tmp_path, activation):
+    # Bug: huge (finite) weights overflow to inf, softmax makes NaN, and "nan%" was printed.
+    path = save_model(tmp_path / "model.npz", [Dense(10, activation=activation)],
+                      weights=huge_kernels)
+    good = drawing(tmp_path / "good.png")
+    result = run_cli("predict", "--model", str(path), str(good), str(tmp_path / "missing.png"))
+    lines = answer_lines(result)
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 2, lines
+    assert lines[0] == f"{good}: error: {INVALID} (NaN or infinite values)"
+    assert lines[1].startswith(f"{tmp_path / 'missing.png'}: error: ")
+    assert "nan%" not in result.stdout.decode() and "inf%" not in result.stdout.decode()
+    assert b"Traceback" not in result.stderr and b"RuntimeWarning" not in result.stderr
 
 
 # ------------------------------------------------------------------ the same for Python callers
@@ -216,5 +235,25 @@ def test_predict_image_files_refuses_a_model_that_cannot_answer_before_reading(t
     logits = np.log(np.arange(1, 11, dtype=np.float32))  # softmax: (1..10) / 55
     assert predict_image_files(FakeModel([logits], [Dense(10)]), files, CLASS_NAMES,
                                print_fn=lines.append, note_fn=notes.append) == 0
-    assert notes == ["note: the model outputs logits (its last layer has no softmax); applying softmax"]
+    assert notes == [LOGITS_NOTE]
     assert lines == [f"{files[0]}: Ankle boot 18.2%, Bag 16.4%, Sneaker 14.5%"]
+
+
+def test_predict_image_files_reports_each_invalid_output_row_as_an_error(tmp_path):
+    pytest.importorskip("PIL")
+    from minicnn.datasets.fashion_mnist import CLASS_NAMES
+    from minicnn.predict import predict_image_files
+
+    files = [drawing(tmp_path / f"{i}.png") for i in range(4)]
+    rows = [np.full(10, 0.1),                          # a valid answer
+            np.r_[1.5, -0.5, np.zeros(8)],               # sums to 1 but has a negative value
+            np.r_[0.5, 0.9, np.zeros(8)],                # positive but sums to 1.4
+            np.r_[np.nan, np.zeros(9)]]
+    lines = []
+    failures = predict_image_files(FakeModel(rows, [minicnn.Softmax()]), files, CLASS_NAMES,
+                                   print_fn=lines.append)
+    assert failures == 3 and len(lines) == 4
+    assert lines[0].startswith(f"{files[0]}: T-shirt/top 10.0%")
+    assert lines[1] == f"{files[1]}: error: {INVALID} (negative values)"
+    assert lines[2] == f"{files[2]}: error: {INVALID} (not a probability vector: it sums to 1.4)"
+    assert lines[3] == f"{files[3]}: error: {INVALID} (NaN or infinite values)"
