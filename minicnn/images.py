@@ -5,13 +5,18 @@ longest side resized to 28 px, centred, and inverted, so the item is light on bl
 module repeats those steps for any picture:
 
  1. grayscale (ITU-R 601 luma, as Pillow's "L"); transparent pixels are laid on white;
- 2. invert when the background is light, judged from the median of the border pixels;
- 3. stretch so the background is 0 and the brightest pixel 1;
- 4. crop to the bounding box of the pixels above ITEM_THRESHOLD (ignoring a stray speck),
-    and stretch again so the item's brightest pixel is 1;
- 5. resize the longest side to 28 px, keeping the aspect (Pillow's LANCZOS when Pillow is
-    importable, else exact area averaging in NumPy);
- 6. centre on a 28x28 black canvas; float32 in [0, 1].
+ 2. the background level is the median of the border pixels, its noise level is measured
+    between neighbouring border pixels; the item is what departs from the background by more
+    than the noise, in either direction;
+ 3. invert when the item is darker than its background (whatever the background's grey:
+    white paper, a grey table), judged by which side of the background holds more of the
+    item's departure, so a few extreme pixels cannot flip it;
+ 4. stretch so the background (and its noise) is 0 and the item's top 1, the top being the
+    value reached by its brightest 0.5% of pixels, not by a single hot pixel;
+ 5. crop to the bounding box of the pixels above ITEM_THRESHOLD (ignoring a stray speck);
+ 6. resize the longest side to 28 px, keeping the aspect (Pillow's LANCZOS when Pillow is
+    importable, else exact area averaging in NumPy), and stretch again so the item's top is 1;
+ 7. centre on a 28x28 black canvas; float32 in [0, 1].
 
 Pillow is optional: `prepare_image` works on arrays without it; `load_image` needs it to read
 files and says how to install it. Feed the result to a model as `x[None, :, :, None]`.
@@ -33,6 +38,11 @@ ITEM_THRESHOLD = 0.05
 # Fraction of the item's pixels allowed outside the crop on each side, so that a speck of dust
 # in a corner does not stretch the bounding box over the whole picture.
 _SPECK_FRACTION = 0.002
+# Pixels departing from the background by more than this many noise standard deviations
+# (estimated on the border) are taken for the item; Gaussian noise goes that far in 6e-5 of them.
+_NOISE_SIGMAS = 4
+# Float pixels are taken as 0..1 when none exceeds this, else as 0..255 (see _to_gray).
+_FLOAT_0_TO_1_LIMIT = 1.5
 # Photos are shrunk to this size before the float work; the crop at 28 px cannot tell.
 _MAX_WORKING_SIDE = 1024
 _INSTALL_HINT = 'pip install "minicnn[examples]" (or pip install Pillow)'
@@ -52,7 +62,8 @@ def prepare_image(image):
 
     image: (H, W) grayscale, (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA; uint8 or uint16
            (scaled by their full range), another integer type with values in 0..255, bool, or
-           float (taken as 0..1, or as 0..255 when its maximum is above 1).
+           float (taken as 0..1, values up to 1.5 included and clipped to 1, or as 0..255 when
+           its maximum is above 1.5).
 
     Returns a new (28, 28) float32 array in [0, 1], the item light on black, centred; `image`
     is never written to.
@@ -65,29 +76,71 @@ def prepare_image(image):
         raise ValueError(f"image: expected an array of pixels, could not convert "
                          f"{type(image).__name__}: {exc}") from None
     gray = _to_gray(array)
-    border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
-    if np.median(border) > 0.5:          # light background: Fashion-MNIST's is black
-        gray = 1.0 - gray
-        border = 1.0 - border
-    background = float(np.median(border))
-    contrast = float(gray.max()) - background
-    if contrast < 2 / 255:
-        raise ValueError(f"the picture is blank: no item stands out from its background "
-                         f"(shape {gray.shape}, background level {background:.3f})")
-    gray = np.clip((gray - background) / contrast, 0.0, 1.0)
-    top, bottom, left, right = _item_box(gray > ITEM_THRESHOLD)
-    item = gray[top:bottom, left:right]
-    item = item / item.max()            # again: a bright speck left outside set the first scale
+    item_signal, noise = _item_signal(gray)
+    top, bottom, left, right = _item_box(item_signal > max(ITEM_THRESHOLD, noise))
+    item = item_signal[top:bottom, left:right]
 
     h, w = item.shape
     scale = SIZE / max(h, w)
     new_h, new_w = max(1, min(SIZE, round(h * scale))), max(1, min(SIZE, round(w * scale)))
     small = np.clip(_resize(item, new_h, new_w), 0.0, 1.0)
+    # Stretch again, at the final size: a bright blob left outside the crop may have set the
+    # first scale, and averaging down smooths the noise that made the item's top look higher.
+    lit = small[small > ITEM_THRESHOLD]
+    if lit.size:
+        small = np.minimum(small / _robust_top(lit), 1.0)
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
     # An odd margin puts its extra pixel above and left, as Fashion-MNIST does.
     y0, x0 = (SIZE - new_h + 1) // 2, (SIZE - new_w + 1) // 2
     canvas[y0:y0 + new_h, x0:x0 + new_w] = small
     return canvas
+
+
+def _item_signal(gray):
+    """(H, W) gray in [0, 1] -> (the item light on black in [0, 1], the noise level on that
+    scale). Raises ValueError for a blank picture.
+
+    Robust statistics throughout, so that neither noise nor a few extreme pixels decide:
+      * the background level is the median of the border pixels, the noise level the median
+        absolute difference between neighbours along the border (scaled to the standard
+        deviation of Gaussian noise);
+      * pixels departing from the background by more than _NOISE_SIGMAS noise levels (and at
+        least 2/255) in EITHER direction are the item; its polarity is the side of the
+        background holding more of that departure, so a dark item on a mid-grey background
+        is an item (turned light on black), and one white pixel cannot outweigh it;
+      * the item's contrast is the value reached by its brightest 0.5% (at least two pixels),
+        not the maximum, so one hot pixel cannot set the scale.
+    """
+    # The border as one ring (clockwise), so that neighbours in it are neighbours in the picture.
+    border = np.concatenate([gray[0], gray[1:, -1], gray[-1, -2::-1], gray[-2:0:-1, 0]])
+    background = float(np.median(border))
+    # From differences of neighbours (std sqrt(2) sigma for independent noise) rather than the
+    # spread around the median: an item reaching the border must not pass for noise.
+    steps = np.abs(np.diff(border, append=border[:1]))
+    noise = 1.4826 * float(np.median(steps)) / np.sqrt(2)
+    departure = gray - background
+    threshold = max(_NOISE_SIGMAS * noise, 2 / 255)
+    above = np.maximum(departure - threshold, 0.0).sum(dtype=np.float64)
+    below = np.maximum(-departure - threshold, 0.0).sum(dtype=np.float64)
+    if above == 0 and below == 0:
+        raise ValueError(f"the picture is blank: no item stands out from its background "
+                         f"(shape {gray.shape}, background level {background:.3f}, noise "
+                         f"{noise:.3f})")
+    if below > above:                    # a darker item: Fashion-MNIST's items are light
+        departure = -departure
+    contrast = _robust_top(departure[departure > threshold])
+    # Background noise (up to twice its standard deviation) goes to black, as in Fashion-MNIST;
+    # a clean picture (noise 0) is only stretched.
+    floor = min(2 * noise, contrast / 2)
+    signal = np.clip((departure - floor) / (contrast - floor), 0.0, 1.0)
+    return signal, (threshold - floor) / (contrast - floor)
+
+
+def _robust_top(values):
+    """The value reached by the largest 0.5% of `values` (1-D, non-empty), at least by two of
+    them when there are two: a single extreme pixel never decides it."""
+    rank = max(1, int(0.005 * values.size)) if values.size > 1 else 0
+    return float(np.partition(values, values.size - 1 - rank)[values.size - 1 - rank])
 
 
 def _to_gray(a):
@@ -115,8 +168,10 @@ def _to_gray(a):
             raise ValueError("the image contains NaN or infinite values")
         if a.min() < 0:
             raise ValueError(f"float pixel values must not be negative, got minimum {a.min()}")
-        if a.max() > 1:
-            a = np.minimum(a, 255).astype(np.float32) / 255   # above 255 is white, as the clip below
+        # 0..1 unless values clearly exceed 1: an overshoot of image processing (a TIFF in
+        # 0..1.02) is still 0..1, while a 0..255 picture with any visible content goes past 1.5.
+        if a.max() > _FLOAT_0_TO_1_LIMIT:
+            a = np.minimum(a, 255).astype(np.float32) / 255   # above 255 is white
         else:
             a = a.astype(np.float32)
     else:

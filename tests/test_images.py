@@ -288,3 +288,56 @@ def test_a_float_image_in_zero_to_one_is_read_as_is(tmp_path):
     image_module.fromarray(pixels, mode="F").save(path)
     image = load_image(path)
     assert image.shape == (28, 28) and image.max() > 0.5   # not taken for a blank picture
+
+
+# ------------------------------------------------------------------ mid-grey and noisy backgrounds
+
+def on_grey(ink, background=110, noise=0.0, seed=0):
+    """The trousers in `ink` on a `background` grey, with Gaussian noise of std `noise`."""
+    mask = trousers(light_background=False) > 128
+    rng = np.random.default_rng(seed)
+    picture = np.where(mask, ink, background) + rng.normal(0, noise, mask.shape)
+    return np.clip(np.round(picture), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("noise", [0.0, 8.0], ids=["clean", "noise8"])
+def test_a_dark_item_on_a_mid_grey_background_is_an_item(resampler, noise):
+    # Bug: the polarity came from the border alone (median above 0.5 or not); grey 110 is
+    # "dark", so a dark item on it was clipped away and the picture called blank.
+    result = images.prepare_image(on_grey(ink=20, noise=noise))
+    assert_fashion_mnist_like(result)
+    reference = images.prepare_image(trousers(light_background=True))
+    assert np.corrcoef(result.ravel(), reference.ravel())[0, 1] > (0.98 if noise == 0 else 0.95)
+
+
+def test_a_light_item_on_a_mid_grey_background_is_an_item(resampler):
+    result = images.prepare_image(on_grey(ink=230, background=110, noise=5.0))
+    assert_fashion_mnist_like(result)
+    reference = images.prepare_image(trousers(light_background=True))
+    assert np.corrcoef(result.ravel(), reference.ravel())[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("ink, hot", [(20, 255), (230, 255), (230, 0)],
+                         ids=["dark-item-white-pixel", "light-item-white-pixel",
+                              "light-item-black-pixel"])
+def test_one_extreme_pixel_changes_nothing(resampler, ink, hot):
+    # Bug: one white pixel on grey 110 with a dark item flipped the polarity ("Bag 98.6%"), and
+    # a hot pixel set the contrast scale, so the item came out dim.
+    picture = on_grey(ink=ink, noise=3.0)
+    with_pixel = picture.copy()
+    with_pixel[110, 5] = hot                                 # far from the item, off the border
+    without, with_ = images.prepare_image(picture), images.prepare_image(with_pixel)
+    assert_fashion_mnist_like(with_)
+    assert np.abs(with_ - without).max() < 0.02
+
+
+def test_a_float_image_slightly_above_one_is_read_as_zero_to_one():
+    # Bug: float pixels above 1 were all taken as 0..255, so a TIFF in 0..1.02 (an overshoot
+    # of image processing) became nearly black and was called blank.
+    picture = trousers().astype(np.float32) / 255
+    overshoot = picture * 1.02
+    expected = images.prepare_image(picture)
+    np.testing.assert_allclose(images.prepare_image(overshoot), expected, atol=0.02)
+    assert_fashion_mnist_like(images.prepare_image(overshoot))
+    # Still 0..255 when the largest value is clearly beyond 1.5.
+    np.testing.assert_allclose(images.prepare_image(picture * 255), expected, atol=1e-5)
