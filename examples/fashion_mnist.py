@@ -11,6 +11,7 @@ pictures into --out.
 """
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
 from minicnn.datasets import fashion_mnist
 from minicnn.evaluation import confusion_matrix, per_class_accuracy
-from minicnn.predict import describe, predict_image_files
+from minicnn.predict import describe, output_kind, predict_image_files, softmax
 
 CLASS_NAMES = fashion_mnist.CLASS_NAMES
 
@@ -137,6 +138,8 @@ def train(model, args, x_train, y_train, x_test, y_test):
 def report_on_test_set(args, model, history, x_test, y_test):
     """Test accuracy, per-class accuracy, a few predictions in words, and the pictures."""
     probabilities = model.predict(x_test, batch_size=1000, verbose=0)
+    if output_kind(model, CLASS_NAMES) == "logits":   # a saved model without a final softmax
+        probabilities = softmax(probabilities)
     predicted = probabilities.argmax(axis=1)
     print(f"test accuracy: {np.mean(predicted == y_test):.4f} on {len(y_test):,} images")
     counts = confusion_matrix(y_test, predicted, len(CLASS_NAMES))
@@ -149,6 +152,20 @@ def report_on_test_set(args, model, history, x_test, y_test):
     draw_pictures(args.out, model, history, x_test, y_test, probabilities, counts)
 
 
+def prepare_out(out):
+    """Create --out and prove it writable now, not after an hour of training.
+    Raises OSError (a file in the way, no permission, a read-only file system)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):
+        pass
+
+
+def fail(message):
+    """A user mistake: one line on stderr and exit status 2, as the command line does."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None):
     args = parse_arguments(argv)
     minicnn.set_backend(args.backend)
@@ -156,11 +173,21 @@ def main(argv=None):
     info = minicnn.backend_info()
     print(f"minicnn {minicnn.__version__}, engine: {info['engine']}"
           + (f" ({info.get('simd')}, {info.get('threads')} threads)" if info["engine"] == "c" else ""))
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_out(args.out)
+    except OSError as error:
+        return fail(f"cannot write into --out {args.out}: {error}")
 
     history = None
     if args.model is not None:
-        model = minicnn.load_model(args.model)
+        try:
+            model = minicnn.load_model(args.model, compile=False)   # only predicts
+        except (OSError, ValueError) as error:
+            return fail(f"cannot load the model {args.model}: {error}")
+        try:
+            output_kind(model, CLASS_NAMES)
+        except ValueError as error:   # another input size or number of classes
+            return fail(f"{args.model}: {error}")
         print(f"loaded {args.model}")
     else:
         (x_train, y_train), (x_test, y_test) = load_images(args.subset, args.seed)

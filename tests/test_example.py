@@ -1,5 +1,6 @@
 """The main job end to end: examples/fashion_mnist.py, the predict path and the CLI."""
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -183,3 +184,42 @@ def test_top_k_needs_a_positive_k():
     for k in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="k must be a positive integer"):
             top_k(probabilities, k)
+
+
+def run_example(*args):
+    """examples/fashion_mnist.py in a new process, importing this checkout's minicnn."""
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "fashion_mnist.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("case", ["missing-model", "damaged-model", "input-32x32x3", "five-outputs",
+                                  "out-is-a-file", "out-under-a-file"])
+def test_example_reports_bad_model_and_out_in_one_line(tmp_path, case):
+    # Bug: each of these printed a traceback (FileNotFoundError, ModelFileError, a shape error
+    # from predict, FileExistsError / NotADirectoryError from mkdir).
+    from minicnn import Dense, Flatten, Sequential
+
+    out, model = tmp_path / "run", tmp_path / "model.npz"
+    expected = {"missing-model": "cannot load the model", "damaged-model": "cannot load the model",
+                "input-32x32x3": "takes images of shape (32, 32, 3)",
+                "five-outputs": "outputs shape (5,) per image",
+                "out-is-a-file": "cannot write into --out", "out-under-a-file": "cannot write into --out"}[case]
+    if case == "damaged-model":
+        model.write_bytes(b"PK\x03\x04 this is not a model")
+    elif case in ("input-32x32x3", "five-outputs"):
+        shape, units = ((32, 32, 3), 10) if case == "input-32x32x3" else ((28, 28, 1), 5)
+        Sequential([Flatten(input_shape=shape), Dense(units, activation="softmax")]).save(model)
+    elif case == "out-is-a-file":
+        out.write_text("a file, not a directory")
+    elif case == "out-under-a-file":
+        (tmp_path / "file").write_text("a file")
+        out = tmp_path / "file" / "run"
+    if case.startswith("out-"):
+        Sequential([Flatten(input_shape=(28, 28, 1)), Dense(10, activation="softmax")]).save(model)
+    picture = drawing(tmp_path / "good.png", background=255, item=0)
+    result = run_example("--model", model, "--out", out, "--predict", picture)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
