@@ -238,7 +238,7 @@ def load_image(path):
     image_module = _pillow()
     if image_module is None:
         raise ImportError(f"reading image files needs Pillow: {_INSTALL_HINT}")
-    from PIL import ImageOps, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     path = os.fspath(path)
     try:
@@ -247,7 +247,7 @@ def load_image(path):
         raise FileNotFoundError(errno.ENOENT, "no such image file", path) from None
     with _open_regular(path) as file:
         try:
-            pixels = _decode(image_module, ImageOps, file)
+            pixels = _decode(image_module, file)
         except UnidentifiedImageError as exc:
             raise ValueError(f"{path}: not an image file that Pillow can read") from exc
         except image_module.DecompressionBombError as exc:
@@ -296,12 +296,42 @@ def _open_regular(path):
         raise
 
 
-def _decode(image_module, image_ops, file):
-    """The pixels of the picture in the open `file`, upright and at most _MAX_WORKING_SIDE."""
+# EXIF orientation (tag 0x0112) -> the Image.transpose method that makes the picture upright,
+# as in ImageOps.exif_transpose.
+_ORIENTATION_TAG = 0x0112
+_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+            6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+def _decode(image_module, file):
+    """The pixels of the picture in the open `file`, upright and at most _MAX_WORKING_SIDE.
+
+    Memory is what matters for a large picture: a JPEG is decoded at 1/2, 1/4 or 1/8 of its
+    size by the decoder itself (draft), straight to grayscale when it has no alpha; other
+    formats (PNG cannot be decoded in parts) are decoded once at full size and reduced by an
+    integer factor (reducing_gap) before the final resampling. The orientation is applied to
+    the small picture, and only when the EXIF tag asks for it: ImageOps.exif_transpose would
+    copy the full-size picture even for orientation 1.
+    """
     with image_module.open(file) as picture:
-        picture = image_ops.exif_transpose(picture)
-        picture.thumbnail((_MAX_WORKING_SIDE, _MAX_WORKING_SIDE))
+        orientation = _orientation(picture)
+        if picture.format == "JPEG":
+            picture.draft("L" if picture.mode == "RGB" else None,
+                          (_MAX_WORKING_SIDE, _MAX_WORKING_SIDE))
+        picture.thumbnail((_MAX_WORKING_SIDE, _MAX_WORKING_SIDE), reducing_gap=2.0)
+        if orientation in _UPRIGHT:
+            methods = getattr(image_module, "Transpose", image_module)
+            picture = picture.transpose(getattr(methods, _UPRIGHT[orientation]))
         return _pixels(picture)
+
+
+def _orientation(picture):
+    """The EXIF orientation (1..8), 1 when there is none or it cannot be read."""
+    try:
+        value = picture.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:        # a damaged EXIF block must not make the picture unreadable
+        return 1
+    return value if isinstance(value, int) else 1
 
 
 def _pixels(picture):
