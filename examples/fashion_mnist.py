@@ -21,7 +21,7 @@ import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
 from minicnn.datasets import fashion_mnist
 from minicnn.evaluation import confusion_matrix, per_class_accuracy
-from minicnn.predict import describe, output_kind, predict_image_files, softmax
+from minicnn.predict import describe, escape_unencodable_output, output_kind, predict_image_files, softmax
 
 CLASS_NAMES = fashion_mnist.CLASS_NAMES
 
@@ -167,6 +167,7 @@ def fail(message):
 
 
 def main(argv=None):
+    escape_unencodable_output()
     args = parse_arguments(argv)
     minicnn.set_backend(args.backend)
     minicnn.set_seed(args.seed)

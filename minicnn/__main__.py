@@ -5,6 +5,8 @@ import sys
 
 
 def main(argv=None):
+    from minicnn.predict import escape_unencodable_output
+
     parser = argparse.ArgumentParser(prog="python -m minicnn", description="minicnn from the command line")
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser("predict", help="say which Fashion-MNIST item each image shows (top 3)")
@@ -12,6 +14,7 @@ def main(argv=None):
     predict.add_argument("--top", type=int, default=3, help="how many items to list per image")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG photos or drawings")
     commands.add_parser("info", help="which engine runs, with its build flags and threads")
+    escape_unencodable_output()
     args = parser.parse_args(argv)
     if args.command == "predict" and args.top < 1:
         parser.error("--top must be at least 1")

@@ -1,4 +1,5 @@
 """Answering "what is in this picture?": top-k classes with probabilities, for arrays and files."""
+import os
 import sys
 
 import numpy as np
@@ -77,6 +78,7 @@ def predict_image_files(model, paths, class_names, k=3, print_fn=print, note_fn=
            once). note_fn(text) defaults to printing on stderr.
     A row that is not a probability vector (NaN/inf, negative values, not summing to 1: a
     model that overflowed) is reported as that file's error, never printed as an answer.
+    Names are printed with display_name, so a name that is not valid text cannot stop the others.
     Returns the number of files that got no answer (0 means every file got one).
     Raises ValueError, before reading any file, for a model that cannot answer (see
     output_kind); ImportError (with the install hint) when Pillow is missing, since then no
@@ -98,16 +100,40 @@ def predict_image_files(model, paths, class_names, k=3, print_fn=print, note_fn=
         probabilities = dict(zip(readable, outputs))
     failures = 0
     for i, (path, image) in enumerate(results):
+        name = display_name(path)
         problem = image if i not in probabilities else _invalid(probabilities[i])
         if problem is not None:
             failures += 1
-            print_fn(f"{path}: error: {problem}")
+            print_fn(f"{name}: error: {str(problem).replace(os.fsdecode(path), name)}")
             continue
         indices, values = top_k(probabilities[i][None, :], k)
         answer = ", ".join(f"{class_names[c]} {100 * p:.1f}%"
                            for c, p in zip(indices[0], values[0]))
-        print_fn(f"{path}: {answer}")
+        print_fn(f"{name}: {answer}")
     return failures
+
+
+def display_name(path):
+    """A file name as text that any stream can write: bytes that are not valid in the file
+    system's encoding (b'\\xff', a str holding surrogate escapes) are shown as '\\xff'.
+    Characters a terminal cannot show are the stream's business: the command line writes with
+    errors='backslashreplace'."""
+    try:
+        raw = os.fsencode(path)
+    except TypeError:
+        return str(path)
+    return raw.decode(sys.getfilesystemencoding(), "backslashreplace")
+
+
+def escape_unencodable_output():
+    """Make sys.stdout and sys.stderr write what their encoding cannot (a file name in another
+    script on an ASCII terminal) as backslash escapes instead of raising UnicodeEncodeError
+    mid-run, so every file still gets its line."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):   # not a TextIOWrapper (replaced by a caller)
+            pass
 
 
 def _invalid(row):

@@ -257,3 +257,29 @@ def test_predict_image_files_reports_each_invalid_output_row_as_an_error(tmp_pat
     assert lines[1] == f"{files[1]}: error: {INVALID} (negative values)"
     assert lines[2] == f"{files[2]}: error: {INVALID} (not a probability vector: it sums to 1.4)"
     assert lines[3] == f"{files[3]}: error: {INVALID} (NaN or infinite values)"
+
+
+# ------------------------------------------------------------------ names the terminal cannot show
+
+def test_every_file_gets_its_line_whatever_the_terminal_can_encode(tmp_path, fashion_model):
+    # Bug: print() raised UnicodeEncodeError at the first name the terminal could not encode
+    # (a non-ASCII name on an ASCII terminal, a name that is not UTF-8 anywhere), and the files
+    # after it got no answer.
+    directory = os.fsencode(tmp_path)
+    names = [b"trousers-\xc3\xa9.png", "ズボン.png".encode(), b"\xff.png"]   # é, Japanese, not UTF-8
+    for name in names:
+        drawing(os.fsdecode(directory + b"/" + name))
+    missing = directory + b"/\xfe-missing.png"
+    arguments = [directory + b"/" + name for name in names] + [missing]
+    shown = {"ascii": ["trousers-\\xe9.png", "\\u30ba\\u30dc\\u30f3.png", "\\xff.png"],
+             "utf-8": ["trousers-é.png", "ズボン.png", "\\xff.png"]}
+    for encoding, expected in shown.items():
+        result = run_cli("predict", "--model", str(fashion_model), *arguments,
+                         env={"PYTHONIOENCODING": encoding})
+        assert result.returncode == 1, result.stderr
+        assert b"Traceback" not in result.stderr, result.stderr
+        lines = result.stdout.decode(encoding).splitlines()
+        assert len(lines) == 4, lines
+        for line, name in zip(lines, expected):
+            assert line.startswith(f"{os.fsdecode(directory)}/{name}: ") and line.count("%") == 3, line
+        assert lines[3].startswith(f"{os.fsdecode(directory)}/\\xfe-missing.png: error: "), lines[3]
