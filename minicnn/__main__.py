@@ -39,7 +39,7 @@ def main(argv=None):
         return 2
     try:
         failures = predict_image_files(model, args.images, CLASS_NAMES, k=args.top)
-    except ImportError as error:  # no Pillow: no file can be read
+    except (ImportError, ValueError) as error:  # no Pillow: no file can be read
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 1 if failures else 0

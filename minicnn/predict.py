@@ -23,9 +23,11 @@ def top_k(probabilities, k=3):
 
 
 def describe(probability_row, class_names, true_label=None):
-    """'Ankle boot 97.3% (true: Ankle boot)' for one row of probabilities."""
+    """'Ankle boot 97.3% (true: Ankle boot)' for one row of probabilities; for a row that is not
+    a probability vector, 'the model produced invalid output for this image (...)' instead."""
+    problem = _invalid(np.asarray(probability_row))
     best = int(np.argmax(probability_row))
-    text = f"{class_names[best]} {100 * probability_row[best]:.1f}%"
+    text = problem or f"{class_names[best]} {100 * probability_row[best]:.1f}%"
     if true_label is not None:
         text += f" (true: {class_names[int(true_label)]})"
     return text

@@ -283,3 +283,11 @@ def test_every_file_gets_its_line_whatever_the_terminal_can_encode(tmp_path, fas
         for line, name in zip(lines, expected):
             assert line.startswith(f"{os.fsdecode(directory)}/{name}: ") and line.count("%") == 3, line
         assert lines[3].startswith(f"{os.fsdecode(directory)}/\\xfe-missing.png: error: "), lines[3]
+
+
+def test_describe_never_shows_nan_as_a_percentage():
+    from minicnn.datasets.fashion_mnist import CLASS_NAMES
+    from minicnn.predict import describe
+
+    assert describe(np.eye(10)[9], CLASS_NAMES, 9) == "Ankle boot 100.0% (true: Ankle boot)"
+    assert describe(np.full(10, np.nan), CLASS_NAMES, 1) == f"{INVALID} (NaN or infinite values) (true: Trouser)"
