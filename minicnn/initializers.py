@@ -5,6 +5,7 @@ For a Dense kernel (in, units): fan_in = in, fan_out = units.
 """
 import numpy as np
 
+from .errors import check_int, quote
 from .seeding import generator
 
 
@@ -24,7 +25,7 @@ class Initializer:
     name = "initializer"
 
     def __init__(self, seed=None):
-        self.seed = seed
+        self.seed = None if seed is None else check_int(seed, type(self).__name__, "seed")
 
     def _rng(self):
         return np.random.default_rng(self.seed) if self.seed is not None else generator()
@@ -117,7 +118,7 @@ def get(identifier, who="initializer"):
     if callable(identifier) and not isinstance(identifier, type):
         return _CallableInitializer(identifier)
     raise ValueError(
-        f"{who}: unknown initializer {identifier!r}; expected one of {sorted(_BY_NAME)} "
+        f"{who}: unknown initializer {quote(identifier)}; expected one of {sorted(_BY_NAME)} "
         f"or an Initializer instance"
     )
 
@@ -143,7 +144,14 @@ def serialize(initializer):
 
 
 def deserialize(description):
-    return _BY_NAME[description["class_name"]](**description.get("config", {}))
+    """Inverse of serialize; only minicnn's own initializer classes are accepted."""
+    name = description.get("class_name") if isinstance(description, dict) else None
+    if not isinstance(name, str) or name not in _BY_NAME:
+        raise ValueError(f"unknown initializer {quote(name)}; expected one of {sorted(_BY_NAME)}")
+    config = description.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"initializer config must be a mapping, received {type(config).__name__}")
+    return _BY_NAME[name](**config)
 
 
 zeros, ones = Zeros, Ones

@@ -35,14 +35,18 @@ directory, is fsync'd, then renamed over the target with os.replace: a crash or 
 save leaves the previous file intact.
 """
 import contextlib
+import errno
 import json
 import os
+import re
+import secrets
 import stat
-import tempfile
+import time
 
 import numpy as np
 
 from . import initializers
+from .errors import ModelFileError, check_int, quote, shorten
 from .training import losses, metrics, optimizers
 
 FORMAT = "minicnn-model"
@@ -52,15 +56,6 @@ _MAX_HEADER_BYTES = 16 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
 _NPY_MAGIC = b"\x93NUMPY"
 _FLOAT_DTYPES = ("float32", "float64")
-
-
-class ModelFileError(ValueError):
-    """A file that is not a (readable, intact, supported) minicnn model file."""
-
-    def __init__(self, path, problem):
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-        self.problem = problem
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -102,7 +97,7 @@ def save_weights(model, filepath, overwrite=True):
 def nonfinite_state(model, include_optimizer=True):
     """Names of the weights (and, with include_optimizer, optimizer states) that hold NaN or
     inf, e.g. ['dense/kernel']; empty when the model can be saved and loaded back."""
-    names = [f"{layer.name}/{key}" for layer in model.layers for key in layer.weight_names
+    names = [f"{shorten(layer.name)}/{key}" for layer in model.layers for key in layer.weight_names
              if key in layer.params and not np.isfinite(layer.params[key]).all()]
     if include_optimizer and model.compiled and model.optimizer.built:
         names += [f"{layer}/{param} (optimizer state '{slot}')"
@@ -159,29 +154,88 @@ def npz_path(filepath):
     return path if path.endswith(".npz") else path + ".npz"
 
 
+# A temporary file is "ours" when it matches exactly the name _write gives it; one older than
+# this is left from a save that was killed (a live save writes its temporary continuously and
+# renames it within seconds of its last write, even for a model of gigabytes), so removing it
+# cannot disturb a concurrent save by another process. An hour is a thousand times the longest
+# save we can think of, yet bounds the pile of leftovers to the saves killed within one hour.
+STALE_TEMPORARY_SECONDS = 3600
+_TEMPORARY_TOKEN = re.compile(r"[0-9a-f]{16}|[a-z0-9_]{8}")   # ours, and tempfile.mkstemp's of older versions
+
+
+def temporary_prefix(path):
+    return "." + os.path.basename(path) + "."
+
+
 def _write(filepath, header, arrays, overwrite):
     path = npz_path(filepath)
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path} exists and overwrite=False")
     header_bytes = json.dumps(header, allow_nan=False).encode("utf-8")
     entries = {HEADER_ENTRY: np.frombuffer(header_bytes, dtype=np.uint8), **arrays}
+    try:
+        _write_atomically(path, entries)
+    except OSError as error:
+        # A full disk says "[Errno 28] No space left on device" and nothing else: say which file.
+        if error.filename == path:
+            raise
+        raise OSError(error.errno, f"{error.strerror or error} (while saving {path})", path) from error
+    return path
+
+
+def _write_atomically(path, entries):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o644
-    descriptor, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    _remove_stale_temporaries(directory, temporary_prefix(path))
+    existing_mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else None
+    temporary, descriptor = _create_temporary(directory, temporary_prefix(path))
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez(handle, allow_pickle=False, **entries)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
+        if existing_mode is not None:   # an existing file keeps its mode, as a plain overwrite would
+            os.chmod(temporary, existing_mode)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
     _fsync_directory(directory)
-    return path
+
+
+def _create_temporary(directory, prefix):
+    """(path, descriptor) of a new file opened with mode 0o666: the kernel applies the umask,
+    so a new model file gets the permissions any new file of this process would get (mkstemp
+    would give 0o600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        temporary = os.path.join(directory, prefix + secrets.token_hex(8) + ".tmp")
+        try:
+            return temporary, os.open(temporary, flags, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", os.path.join(directory, prefix + "*.tmp"))
+
+
+def _remove_stale_temporaries(directory, prefix):
+    """Delete this target's temporaries (".<basename>.<token>.tmp", regular files of this user)
+    older than STALE_TEMPORARY_SECONDS: what saves killed before their rename left behind."""
+    now = time.time()
+    try:
+        candidates = list(os.scandir(directory))
+    except OSError:
+        return
+    for candidate in candidates:
+        name = candidate.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")
+                and _TEMPORARY_TOKEN.fullmatch(name[len(prefix):-len(".tmp")])):
+            continue
+        with contextlib.suppress(OSError):
+            info = candidate.stat(follow_symlinks=False)
+            ours = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+            if stat.S_ISREG(info.st_mode) and ours and now - info.st_mtime > STALE_TEMPORARY_SECONDS:
+                os.unlink(candidate.path)
 
 
 def _fsync_directory(directory):
@@ -264,7 +318,7 @@ def _read(path):
     if magic.startswith(_NPY_MAGIC):
         raise ModelFileError(path, "is a single .npy array, not a minicnn model file (.npz)")
     if not magic.startswith(_ZIP_MAGIC):
-        raise ModelFileError(path, f"is not a minicnn model file: it is not a .npz (zip) file (it starts with {magic[:4]!r})")
+        raise ModelFileError(path, f"is not a minicnn model file: it is not a .npz (zip) file (it starts with {quote(magic[:4])})")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return _read_npz(path, npz, size)
@@ -291,13 +345,13 @@ def _read_npz(path, npz, file_size):
         raise ModelFileError(path, f"has an unreadable header ({error})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(path, f"is not a minicnn model file (its header's format is "
-                                   f"{header.get('format') if isinstance(header, dict) else None!r})")
+                                   f"{quote(header.get('format') if isinstance(header, dict) else None)})")
     version = header.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ModelFileError(path, f"has an invalid format_version {version!r}")
+        raise ModelFileError(path, f"has an invalid format_version {quote(version)}")
     if version > FORMAT_VERSION:
         raise ModelFileError(
-            path, f"was written by a newer minicnn ({header.get('minicnn_version')!r}, format version "
+            path, f"was written by a newer minicnn ({quote(header.get('minicnn_version'))}, format version "
                   f"{version}); this minicnn ({_version()}) reads format version {FORMAT_VERSION}; upgrade minicnn"
         )
     specs = _listed_entries(path, header)
@@ -352,7 +406,7 @@ def _listed_entries(path, header):
                   and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in item["shape"])
                   and isinstance(item.get("layer"), str) and isinstance(item.get("param"), str))
             if not ok or item["entry"] in specs or item["entry"] == HEADER_ENTRY:
-                raise ModelFileError(path, f"has an invalid entry description in '{section}': {str(item)[:200]}")
+                raise ModelFileError(path, f"has an invalid entry description in '{section}': {quote(item, 200)}")
             specs[item["entry"]] = item
     return specs
 
@@ -404,8 +458,8 @@ def _set_weights(model, contents, strict_names):
         raise ValueError(f"the file has {len(specs)} weight arrays, the model needs {len(expected)}")
     for spec, (layer, key) in zip(specs, expected):
         if strict_names and (spec["layer"], spec["param"]) != (layer.name, key):
-            raise ValueError(f"weight {spec['entry']} belongs to {spec['layer']}/{spec['param']}, "
-                             f"expected {layer.name}/{key}")
+            raise ValueError(f"weight {quote(spec['entry'])} belongs to {quote(spec['layer'])}/{quote(spec['param'])}, "
+                             f"expected {quote(layer.name)}/{key}")
         if tuple(spec["shape"]) != layer.params[key].shape:
             raise ValueError(f"{layer.describe()} expects '{key}' of shape {layer.params[key].shape}, "
                              f"the file has {tuple(spec['shape'])}")
@@ -418,7 +472,7 @@ def _compile(model, config):
         classes = {"SparseCategoricalAccuracy": metrics.SparseCategoricalAccuracy,
                    "CategoricalAccuracy": metrics.CategoricalAccuracy}
         if not isinstance(item, dict) or item.get("class_name") not in classes or not isinstance(item.get("name"), str):
-            raise ValueError(f"unknown metric {str(item)[:100]}")
+            raise ValueError(f"unknown metric {quote(item)}")
         metric_objects.append(classes[item["class_name"]](name=item["name"]))
     model.compile(optimizer=optimizers.deserialize(config.get("optimizer")),
                   loss=losses.deserialize(config.get("loss")), metrics=metric_objects)
@@ -426,11 +480,10 @@ def _compile(model, config):
 
 def _restore_shuffling(model, training):
     seed = training.get("shuffle_seed")
-    epochs = training.get("epochs_seen")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
-        raise ValueError(f"shuffle_seed must be an integer in [0, 2**63), received {seed!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs_seen must be a non-negative integer, received {epochs!r}")
+    if seed is not None:
+        seed = check_int(seed, "training", "shuffle_seed")
+    epochs = check_int(training.get("epochs_seen"), "training", "epochs_seen")
+    check_int(training.get("optimizer_iterations"), "training", "optimizer_iterations")
     model._shuffle_seed = seed
     model._epochs_seen = epochs
 
@@ -439,7 +492,7 @@ def _restore_optimizer(model, training, contents):
     slots = {}
     for spec in training["slots"]:
         if not isinstance(spec.get("slot"), str):
-            raise ValueError(f"slot description without a slot name: {str(spec)[:100]}")
+            raise ValueError(f"slot description without a slot name: {quote(spec)}")
         slots[(spec["layer"], spec["param"], spec["slot"])] = contents.arrays[spec["entry"]]
     model.optimizer.set_state({"iterations": training.get("optimizer_iterations"), "slots": slots}, model)
 

@@ -20,7 +20,8 @@ import numpy as np
 from . import initializers, seeding
 from .layers import LAYER_CLASSES
 from .layers.activations import Softmax
-from .layers.base import Layer, unique_name
+from .errors import check_str, quote, shorten
+from .layers.base import Layer, as_shape, unique_name
 from .training import callbacks as callbacks_module
 from .training import data, losses, metrics as metrics_module, optimizers
 
@@ -34,7 +35,7 @@ class Sequential:
     """
 
     def __init__(self, layers=None, name=None):
-        self.name = name if name is not None else unique_name("Sequential")
+        self.name = check_str(name, "Sequential", "name") if name is not None else unique_name("Sequential")
         self.layers = []
         self.built = False
         self.input_shape = None
@@ -57,15 +58,15 @@ class Sequential:
         """Append a layer; builds it at once when the model's input shape is already known."""
         if not isinstance(layer, Layer):
             raise TypeError(
-                f"Sequential '{self.name}': add() takes a minicnn layer, received {type(layer).__name__}"
+                f"Sequential '{shorten(self.name)}': add() takes a minicnn layer, received {type(layer).__name__}"
             )
         if any(existing is layer for existing in self.layers):
-            raise ValueError(f"Sequential '{self.name}': layer '{layer.name}' was already added")
+            raise ValueError(f"Sequential '{shorten(self.name)}': layer '{shorten(layer.name)}' was already added")
         if any(existing.name == layer.name for existing in self.layers):
-            raise ValueError(f"Sequential '{self.name}': two layers are named '{layer.name}'; names must be unique")
+            raise ValueError(f"Sequential '{shorten(self.name)}': two layers are named '{shorten(layer.name)}'; names must be unique")
         if self.layers and layer.declared_input_shape is not None:
             raise ValueError(
-                f"Sequential '{self.name}': only the first layer may declare input_shape, "
+                f"Sequential '{shorten(self.name)}': only the first layer may declare input_shape, "
                 f"but {layer.describe()} declares {layer.declared_input_shape}"
             )
         if self.layers:
@@ -80,11 +81,11 @@ class Sequential:
         """Build every layer for inputs of `input_shape` (Keras: WITH the batch axis, e.g.
         (None, 28, 28, 1)); without an argument, the first layer's input_shape is used."""
         if not self.layers:
-            raise ValueError(f"Sequential '{self.name}': cannot build a model with no layers")
+            raise ValueError(f"Sequential '{shorten(self.name)}': cannot build a model with no layers")
         if input_shape is None:
             if self.layers[0].declared_input_shape is None:
                 raise ValueError(
-                    f"Sequential '{self.name}': give the first layer input_shape=(H, W, C) or call "
+                    f"Sequential '{shorten(self.name)}': give the first layer input_shape=(H, W, C) or call "
                     f"build((None, H, W, C))"
                 )
             shape = self.layers[0].declared_input_shape
@@ -92,7 +93,7 @@ class Sequential:
             input_shape = tuple(input_shape)
             if len(input_shape) < 2:
                 raise ValueError(
-                    f"Sequential '{self.name}': build() takes the input shape with its batch axis, "
+                    f"Sequential '{shorten(self.name)}': build() takes the input shape with its batch axis, "
                     f"e.g. (None, 28, 28, 1), received {input_shape}"
                 )
             shape = input_shape[1:]
@@ -110,7 +111,7 @@ class Sequential:
             layer.adopt_dtype(dtype)
         elif layer.dtype != dtype:
             raise ValueError(
-                f"Sequential '{self.name}': {layer.describe()} has dtype {layer.dtype} but the model "
+                f"Sequential '{shorten(self.name)}': {layer.describe()} has dtype {layer.dtype} but the model "
                 f"computes in {dtype} (its first layer's); every layer must share one dtype"
             )
 
@@ -124,10 +125,10 @@ class Sequential:
         """Run x (batch first, in the model's dtype) through every layer."""
         if not self.built:
             if not self.layers:
-                raise ValueError(f"Sequential '{self.name}': the model has no layers")
+                raise ValueError(f"Sequential '{shorten(self.name)}': the model has no layers")
             if not isinstance(x, np.ndarray) or x.ndim < 2:
                 raise ValueError(
-                    f"Sequential '{self.name}': expected a batch array, received "
+                    f"Sequential '{shorten(self.name)}': expected a batch array, received "
                     f"{getattr(x, 'shape', type(x).__name__)}"
                 )
             self.build((None,) + x.shape[1:])
@@ -153,7 +154,7 @@ class Sequential:
                 dy = last.backward_preactivation(dy, need_input_gradient or bool(layers))
             else:
                 raise ValueError(
-                    f"Sequential '{self.name}': dy_is_logits_gradient needs a final softmax, "
+                    f"Sequential '{shorten(self.name)}': dy_is_logits_gradient needs a final softmax, "
                     f"but the last layer is {last.describe()}"
                 )
         for position in range(len(layers) - 1, -1, -1):
@@ -174,28 +175,23 @@ class Sequential:
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights):
-        """Inverse of get_weights; shapes are checked for every array before any is written."""
+        """Inverse of get_weights. Every array of every layer is checked first (count, shape,
+        NaN/inf, overflow of the layer's dtype: see Layer.checked_weights); nothing is written
+        unless all pass."""
         weights = list(weights)
-        expected = sum(len(layer.get_weights()) for layer in self.layers)
-        if len(weights) != expected:
-            raise ValueError(f"Sequential '{self.name}': expected {expected} weight arrays, received {len(weights)}")
-        position = 0
+        counts = [len([key for key in layer.weight_names if key in layer.params]) for layer in self.layers]
+        if len(weights) != sum(counts):
+            raise ValueError(f"Sequential '{shorten(self.name)}': expected {sum(counts)} weight arrays, "
+                             f"received {len(weights)}")
         plan = []
-        for layer in self.layers:
-            count = len(layer.get_weights())
-            for current, new in zip(layer.get_weights(), weights[position:position + count]):
-                if np.shape(new) != current.shape:
-                    raise ValueError(
-                        f"Sequential '{self.name}': {layer.describe()} expects a weight of shape "
-                        f"{current.shape}, received {np.shape(new)}"
-                    )
-                if not np.all(np.isfinite(new)):
-                    raise ValueError(f"Sequential '{self.name}': a weight of {layer.describe()} contains NaN or inf")
-            plan.append((layer, weights[position:position + count]))
+        position = 0
+        for layer, count in zip(self.layers, counts):
+            if count:
+                plan.append((layer, layer.checked_weights(weights[position:position + count])))
             position += count
-        for layer, layer_weights in plan:
-            if layer_weights:
-                layer.set_weights(layer_weights)
+        for layer, checked in plan:
+            for key, value in checked:
+                layer.params[key][...] = value
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
@@ -208,11 +204,11 @@ class Sequential:
         """
         if not self.built:
             raise ValueError(
-                f"Sequential '{self.name}': the model is not built yet; give the first layer "
+                f"Sequential '{shorten(self.name)}': the model is not built yet; give the first layer "
                 f"input_shape=... or call build()"
             )
         rows = [
-            (f"{layer.name} ({type(layer).__name__})",
+            (f"{shorten(layer.name)} ({type(layer).__name__})",
              "(None, " + ", ".join(str(d) for d in layer.output_shape) + ")",
              f"{layer.count_params():,}")
             for layer in self.layers
@@ -243,7 +239,7 @@ class Sequential:
         fresh optimizer state unless the same optimizer instance is passed."""
         if loss is None:
             raise ValueError(
-                f"Sequential '{self.name}': compile needs a loss, e.g. "
+                f"Sequential '{shorten(self.name)}': compile needs a loss, e.g. "
                 f"loss='sparse_categorical_crossentropy'"
             )
         self.optimizer = optimizers.get(optimizer)
@@ -255,7 +251,7 @@ class Sequential:
         self.compiled_metrics = [metrics_module.get(m, self.loss) for m in metrics]
         names = [m.name for m in self.compiled_metrics]
         if len(set(names)) != len(names) or "loss" in names:
-            raise ValueError(f"Sequential '{self.name}': metric names must be unique and not 'loss', received {names}")
+            raise ValueError(f"Sequential '{shorten(self.name)}': metric names must be unique and not 'loss', received {names}")
         if self.layers:
             self.loss.check_model_output(self)
 
@@ -294,15 +290,15 @@ class Sequential:
         verbose = data.check_verbose(verbose, who)
         for what, value in (("epochs", epochs), ("initial_epoch", initial_epoch)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{who}: {what} must be a non-negative integer, received {value!r}")
+                raise ValueError(f"{who}: {what} must be a non-negative integer, received {quote(value)}")
         if not isinstance(shuffle, (bool, np.bool_)):
-            raise ValueError(f"{who}: shuffle must be True or False, received {shuffle!r}")
+            raise ValueError(f"{who}: shuffle must be True or False, received {quote(shuffle)}")
         try:
             validation_split = float(validation_split)
         except (TypeError, ValueError):
-            raise ValueError(f"{who}: validation_split must be a number in [0, 1), received {validation_split!r}") from None
+            raise ValueError(f"{who}: validation_split must be a number in [0, 1), received {quote(validation_split)}") from None
         if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"{who}: validation_split must be in [0, 1), received {validation_split!r}")
+            raise ValueError(f"{who}: validation_split must be in [0, 1), received {quote(validation_split)}")
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise TypeError(f"{who}: callbacks must be a list of minicnn.callbacks.Callback instances, "
                             f"received {type(callbacks).__name__}")
@@ -458,7 +454,7 @@ class Sequential:
         for entry in config["layers"]:
             if not isinstance(entry, dict) or entry.get("class_name") not in LAYER_CLASSES:
                 name = entry.get("class_name") if isinstance(entry, dict) else entry
-                raise ValueError(f"Sequential.from_config: unknown layer class {name!r}; expected one of {sorted(LAYER_CLASSES)}")
+                raise ValueError(f"Sequential.from_config: unknown layer class {quote(name)}; expected one of {sorted(LAYER_CLASSES)}")
             layer_config = entry.get("config", {})
             if not isinstance(layer_config, dict):
                 raise ValueError(f"Sequential.from_config: the config of a {entry['class_name']} must be a mapping")
@@ -471,22 +467,27 @@ class Sequential:
         for layer in layers:
             model.add(layer)
         shape = config.get("build_input_shape")
-        if shape is not None and not model.built:
-            model.build((None,) + tuple(shape))
+        if shape is not None:
+            shape = as_shape(shape, "Sequential.from_config", "build_input_shape")
+            if not model.built:
+                model.build((None,) + shape)
+            elif shape != model.input_shape:
+                raise ValueError(f"Sequential.from_config: build_input_shape {shape} differs from the "
+                                 f"first layer's input_shape {model.input_shape}")
         return model
 
     # -- the training machinery -------------------------------------------------------------
     def _require_compiled(self, who):
         if not self.compiled:
             raise RuntimeError(
-                f"Sequential '{self.name}': {who} needs a compiled model; call "
+                f"Sequential '{shorten(self.name)}': {who} needs a compiled model; call "
                 f"model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])"
             )
 
     def _check_inputs(self, x, who, argument="x"):
         """Validate x once (dtype, shape, empty, NaN/inf); builds the model from x if needed."""
         if not self.layers:
-            raise ValueError(f"Sequential '{self.name}': {who} on a model with no layers")
+            raise ValueError(f"Sequential '{shorten(self.name)}': {who} on a model with no layers")
         x = data.as_input_array(x, who, argument)
         if not self.built:
             self.build((None,) + x.shape[1:])
@@ -610,7 +611,7 @@ class Sequential:
         return values[0] if len(values) == 1 else values
 
     def __repr__(self):
-        return f"<Sequential name={self.name!r} layers={len(self.layers)} built={self.built}>"
+        return f"<Sequential name={quote(self.name)} layers={len(self.layers)} built={self.built}>"
 
 
 def _progress_bar(total, description, verbose):

@@ -91,7 +91,7 @@ def test_get_and_set_weights_follow_keras_order_and_shapes():
     got = model.get_weights()
     got[0][...] = -5  # get_weights returns copies
     assert model.layers[0].params["kernel"][0, 0, 0, 0] == 1
-    with pytest.raises(ValueError, match=r"expects a weight of shape \(3, 3, 1, 32\), received \(3, 3, 2, 32\)"):
+    with pytest.raises(ValueError, match=r"weight .kernel. must have shape \(3, 3, 1, 32\), received \(3, 3, 2, 32\)"):
         model.set_weights([np.zeros((3, 3, 2, 32))] + new[1:])
     with pytest.raises(ValueError, match="expected 8 weight arrays, received 7"):
         model.set_weights(new[:-1])

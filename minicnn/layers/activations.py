@@ -8,6 +8,7 @@ Softmax:  y = exp(x - max x) / sum exp(x - max x) along `axis` (max-subtracted, 
 """
 import numpy as np
 
+from ..errors import quote
 from .base import Layer
 
 
@@ -60,7 +61,7 @@ class Softmax(Activation):
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"{self.describe()}: axis must be an int, received {axis!r}")
+            raise TypeError(f"{self.describe()}: axis must be an int, received {quote(axis)}")
         self.axis = int(axis)
 
     def _build(self, input_shape):
@@ -121,7 +122,7 @@ def activation_name(identifier, who):
     if callable(identifier) and identifier in _FUNCTION_NAMES:
         return _FUNCTION_NAMES[identifier]
     raise ValueError(
-        f"{who}: unknown activation {identifier!r}; expected None, one of "
+        f"{who}: unknown activation {quote(identifier)}; expected None, one of "
         f"{sorted(ACTIVATION_LAYERS)}, or minicnn.nn.relu / minicnn.nn.softmax (an arbitrary "
         f"function has no backward pass minicnn could use)"
     )

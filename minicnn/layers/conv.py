@@ -1,5 +1,6 @@
 """Conv2D: 2-D convolution over NHWC images, Keras' arguments and weight layout."""
 from .. import initializers, kernels
+from ..errors import check_bool, quote
 from .activations import WithActivation
 from .base import Layer, normalize_padding, normalize_tuple
 
@@ -25,15 +26,15 @@ class Conv2D(WithActivation, Layer):
         super().__init__(**kwargs)
         who = self.describe()
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"{who}: filters must be a positive integer, received {filters!r}")
+            raise ValueError(f"{who}: filters must be a positive integer, received {quote(filters)}")
         if data_format not in (None, "channels_last"):
-            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {data_format!r}")
+            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
         self.filters = filters
         self.kernel_size = normalize_tuple(kernel_size, 2, who, "kernel_size")
         self.strides = normalize_tuple(strides, 2, who, "strides")
         self.padding = normalize_padding(padding, who)
         self._set_activation(activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool(use_bias, who, "use_bias")
         self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
         self._cache = None

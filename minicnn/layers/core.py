@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import initializers, kernels
+from ..errors import check_bool, quote
 from .activations import WithActivation
 from .base import Layer
 
@@ -12,7 +13,7 @@ class Flatten(Layer):
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
-            raise ValueError(f"{self.describe()}: only data_format='channels_last' is supported, received {data_format!r}")
+            raise ValueError(f"{self.describe()}: only data_format='channels_last' is supported, received {quote(data_format)}")
 
     def _build(self, input_shape):
         return (int(np.prod(input_shape)),)
@@ -39,10 +40,10 @@ class Dense(WithActivation, Layer):
         super().__init__(**kwargs)
         who = self.describe()
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"{who}: units must be a positive integer, received {units!r}")
+            raise ValueError(f"{who}: units must be a positive integer, received {quote(units)}")
         self.units = units
         self._set_activation(activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool(use_bias, who, "use_bias")
         self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
         self._cache = None

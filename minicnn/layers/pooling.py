@@ -1,5 +1,6 @@
 """MaxPooling2D over NHWC images."""
 from .. import kernels
+from ..errors import quote
 from .base import Layer, normalize_padding, normalize_tuple
 
 
@@ -20,7 +21,7 @@ class MaxPooling2D(Layer):
         super().__init__(**kwargs)
         who = self.describe()
         if data_format not in (None, "channels_last"):
-            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {data_format!r}")
+            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
         self.pool_size = normalize_tuple(pool_size, 2, who, "pool_size")
         self.strides = self.pool_size if strides is None else normalize_tuple(strides, 2, who, "strides")
         self.padding = normalize_padding(padding, who)

@@ -19,6 +19,8 @@ import warnings
 
 import numpy as np
 
+from ..errors import check_bool, quote
+
 
 class Callback:
     """Base class for user callbacks; every hook does nothing."""
@@ -196,7 +198,7 @@ class ProgressLogger(Callback):
 
 def _monitor_mode(monitor, mode, who):
     if mode not in ("auto", "min", "max"):
-        raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', received {mode!r}")
+        raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', received {quote(mode)}")
     if mode == "auto":
         mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
     return mode
@@ -219,12 +221,12 @@ class EarlyStopping(Callback):
         self.monitor = monitor
         self.min_delta = abs(float(min_delta))
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be a non-negative integer, received {patience!r}")
+            raise ValueError(f"EarlyStopping: patience must be a non-negative integer, received {quote(patience)}")
         self.patience = int(patience)
         self.verbose = verbose
         self.mode = _monitor_mode(monitor, mode, "EarlyStopping")
         self.baseline = baseline
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = check_bool(restore_best_weights, "EarlyStopping", "restore_best_weights")
         self.start_from_epoch = int(start_from_epoch)
         self._reset()
 
@@ -293,12 +295,12 @@ class ModelCheckpoint(Callback):
                  save_weights_only=False, mode="auto", save_freq="epoch", initial_value_threshold=None):
         super().__init__()
         if save_freq != "epoch":
-            raise ValueError(f"ModelCheckpoint: only save_freq='epoch' is supported, received {save_freq!r}")
+            raise ValueError(f"ModelCheckpoint: only save_freq='epoch' is supported, received {quote(save_freq)}")
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
         self.verbose = verbose
-        self.save_best_only = bool(save_best_only)
-        self.save_weights_only = bool(save_weights_only)
+        self.save_best_only = check_bool(save_best_only, "ModelCheckpoint", "save_best_only")
+        self.save_weights_only = check_bool(save_weights_only, "ModelCheckpoint", "save_weights_only")
         self.mode = _monitor_mode(monitor, mode, "ModelCheckpoint")
         if initial_value_threshold is not None:
             self.best = float(initial_value_threshold)
@@ -312,7 +314,7 @@ class ModelCheckpoint(Callback):
             path = self.filepath.format(epoch=epoch + 1, **logs)
         except KeyError as error:
             raise KeyError(
-                f"ModelCheckpoint: filepath {self.filepath!r} names {error} which is not among the "
+                f"ModelCheckpoint: filepath {quote(self.filepath)} names {error} which is not among the "
                 f"logs {sorted(logs)} of epoch {epoch + 1}"
             ) from None
         if self.save_best_only:

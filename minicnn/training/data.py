@@ -7,6 +7,8 @@ images by 255 yourself if you want [0, 1].
 """
 import numpy as np
 
+from ..errors import quote
+
 # The NaN/inf scan works on blocks of about this many elements so its temporaries stay small.
 _SCAN_BLOCK_ELEMENTS = 1 << 20
 
@@ -86,7 +88,7 @@ def check_batch_size(batch_size, who, argument="batch_size"):
     if batch_size is None:
         return 32
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{who}: {argument} must be a positive integer, received {batch_size!r}")
+        raise ValueError(f"{who}: {argument} must be a positive integer, received {quote(batch_size)}")
     return int(batch_size)
 
 
@@ -94,7 +96,7 @@ def check_verbose(verbose, who):
     if verbose == "auto":
         return 1
     if isinstance(verbose, bool) or verbose not in (0, 1, 2):
-        raise ValueError(f"{who}: verbose must be 0, 1, 2 or 'auto', received {verbose!r}")
+        raise ValueError(f"{who}: verbose must be 0, 1, 2 or 'auto', received {quote(verbose)}")
     return int(verbose)
 
 

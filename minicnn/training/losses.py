@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 
+from ..errors import check_bool, check_str, quote
 from ..layers.activations import softmax
 
 EPSILON = 1e-7
@@ -39,8 +40,9 @@ class Loss:
     sparse = False
 
     def __init__(self, from_logits=False, name=None):
-        self.from_logits = bool(from_logits)
-        self.name = name if name is not None else self.default_name
+        who = type(self).__name__
+        self.from_logits = check_bool(from_logits, who, "from_logits")
+        self.name = check_str(name, who, "name") if name is not None else self.default_name
 
     # -- public, Keras-like -----------------------------------------------------------------
     def __call__(self, y_true, y_pred):
@@ -105,7 +107,7 @@ class Loss:
             last = model.layers[-1]
             warnings.warn(
                 f"{type(self).__name__}: from_logits=False expects probabilities, but the model ends "
-                f"in {last.describe()} (activation {getattr(last, 'activation_name', 'none')!r}), whose "
+                f"in {last.describe()} (activation {quote(getattr(last, 'activation_name', 'none'))}), whose "
                 f"outputs are not; use activation='softmax' or from_logits=True",
                 UserWarning, stacklevel=4,
             )
@@ -151,7 +153,7 @@ class SparseCategoricalCrossentropy(Loss):
                 bad = y[~np.isfinite(y) | (y != np.floor(y))][0]
                 raise ValueError(
                     f"{argument}: class labels must be whole numbers in [0, {num_classes}), "
-                    f"received {bad!r}"
+                    f"received {quote(bad)}"
                 )
         if y.size:
             low, high = y.min(), y.max()
@@ -195,6 +197,11 @@ class CategoricalCrossentropy(Loss):
             )
         if not np.all(np.isfinite(y)):
             raise ValueError(f"{argument}: targets contain NaN or inf")
+        if y.size and y.min() < 0:
+            # A negative target weights a log-probability with the wrong sign: the loss is then
+            # unbounded below and training pushes that class's probability towards zero forever.
+            raise ValueError(f"{argument}: categorical_crossentropy targets must be >= 0 (one-hot or "
+                             f"probabilities), received {quote(y.min().item())}")
         with np.errstate(over="ignore"):
             converted = y.astype(dtype, copy=False)
         if not np.all(np.isfinite(converted)):
@@ -266,7 +273,7 @@ def get(identifier):
     if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
         return _BY_NAME[identifier.lower()]()
     raise ValueError(
-        f"compile: unknown loss {identifier!r}; expected one of {sorted(_BY_NAME)} or an instance "
+        f"compile: unknown loss {quote(identifier)}; expected one of {sorted(_BY_NAME)} or an instance "
         f"such as minicnn.losses.SparseCategoricalCrossentropy(from_logits=True)"
     )
 
@@ -279,7 +286,7 @@ def deserialize(description):
     """Inverse of serialize; only minicnn's own loss classes are accepted."""
     name = description.get("class_name") if isinstance(description, dict) else None
     if name not in _BY_CLASS_NAME:
-        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(_BY_CLASS_NAME)}")
+        raise ValueError(f"unknown loss {quote(name)}; expected one of {sorted(_BY_CLASS_NAME)}")
     config = description.get("config", {})
     if not isinstance(config, dict):
         raise ValueError(f"loss config must be a mapping, received {type(config).__name__}")

@@ -8,6 +8,8 @@ Ties in argmax go to the first class, as numpy's and TensorFlow's argmax.
 """
 import numpy as np
 
+from ..errors import quote
+
 
 class Metric:
     """reset() / update(targets, y_pred) / result(); targets as the loss prepared them."""
@@ -67,11 +69,11 @@ def get(identifier, loss):
             cls = _BY_NAME[name]
             if (cls is SparseCategoricalAccuracy) != bool(loss.sparse):
                 raise ValueError(
-                    f"compile: metric {identifier!r} does not fit the loss {loss.name!r}; use "
+                    f"compile: metric {quote(identifier)} does not fit the loss {quote(loss.name)}; use "
                     f"metrics=['accuracy'] and minicnn picks the right one"
                 )
             return cls(name=identifier)
     raise ValueError(
-        f"compile: unknown metric {identifier!r}; expected 'accuracy', 'acc', "
+        f"compile: unknown metric {quote(identifier)}; expected 'accuracy', 'acc', "
         f"'sparse_categorical_accuracy' or 'categorical_accuracy'"
     )
