@@ -64,3 +64,12 @@ def check_str(value, who, what):
 def _power(high):
     exponent = math.log2(high) if high > 0 else 0
     return f"2**{int(exponent)}" if high > 2 ** 20 and exponent == int(exponent) else str(high)
+
+
+class NonFiniteStateError(ValueError):
+    """save()/save_weights() refused a model whose weights or optimizer state hold NaN or inf;
+    `names` lists them, e.g. ['dense/kernel']. Nothing was written."""
+
+    def __init__(self, names, message):
+        super().__init__(message)
+        self.names = list(names)

@@ -17,8 +17,10 @@ import warnings
 
 import numpy as np
 
-from . import initializers, seeding
-from .layers import LAYER_CLASSES
+from . import saving, seeding
+from .errors import check_int
+from .layers import REGISTRY as LAYERS
+from .registry import MODELS
 from .layers.activations import Softmax
 from .errors import check_str, quote, shorten
 from .layers.base import Layer, as_shape, unique_name
@@ -26,6 +28,7 @@ from .training import callbacks as callbacks_module
 from .training import data, losses, metrics as metrics_module, optimizers
 
 
+@MODELS.register()
 class Sequential:
     """A linear stack of layers.
 
@@ -413,28 +416,35 @@ class Sequential:
         return self._format_results(results, return_dict)
 
     # -- files ------------------------------------------------------------------------------
+    def get_training_state(self):
+        """What fit needs besides weights and optimizer to continue exactly where it stopped:
+        {'shuffle_seed': int or None, 'epochs_seen': int}."""
+        return {"shuffle_seed": self._shuffle_seed, "epochs_seen": self._epochs_seen}
+
+    def set_training_state(self, state):
+        """Inverse of get_training_state; both values are checked before either is set."""
+        seed = state.get("shuffle_seed")
+        if seed is not None:
+            seed = check_int(seed, "set_training_state", "shuffle_seed")
+        epochs = check_int(state.get("epochs_seen"), "set_training_state", "epochs_seen")
+        self._shuffle_seed, self._epochs_seen = seed, epochs
+
     def save(self, filepath, overwrite=True, include_optimizer=True):
         """Write the model to one .npz file (see minicnn.io); returns the path written.
 
         ".npz" is appended when filepath does not end in it, as numpy.savez does. With
         include_optimizer (and a compiled model) the file also holds the compile arguments and
         the optimizer state, so minicnn.load_model(path).fit(...) continues where this stopped."""
-        from . import io
-
-        return io.save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
+        return saving.save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath, overwrite=True):
         """Write only the weights (with the layer names and shapes they belong to)."""
-        from . import io
-
-        return io.save_weights(self, filepath, overwrite=overwrite)
+        return saving.save_weights(self, filepath, overwrite=overwrite)
 
     def load_weights(self, filepath):
         """Read weights written by save_weights or save into this (built) model, in layer order;
         every shape is checked before any weight is written."""
-        from . import io
-
-        io.load_weights(self, filepath)
+        saving.load_weights(self, filepath)
 
     def get_config(self):
         """JSON-ready architecture: the model name, each layer's class and config, the input shape."""
@@ -452,17 +462,10 @@ class Sequential:
             raise ValueError("Sequential.from_config: expected a mapping with a 'layers' list")
         layers = []
         for entry in config["layers"]:
-            if not isinstance(entry, dict) or entry.get("class_name") not in LAYER_CLASSES:
+            if not isinstance(entry, dict) or entry.get("class_name") not in LAYERS:
                 name = entry.get("class_name") if isinstance(entry, dict) else entry
-                raise ValueError(f"Sequential.from_config: unknown layer class {quote(name)}; expected one of {sorted(LAYER_CLASSES)}")
-            layer_config = entry.get("config", {})
-            if not isinstance(layer_config, dict):
-                raise ValueError(f"Sequential.from_config: the config of a {entry['class_name']} must be a mapping")
-            layer_config = {
-                key: initializers.deserialize(value) if key.endswith("_initializer") and isinstance(value, dict) else value
-                for key, value in layer_config.items()
-            }
-            layers.append(LAYER_CLASSES[entry["class_name"]](**layer_config))
+                raise ValueError(f"Sequential.from_config: unknown layer class {quote(name)}; expected one of {LAYERS.names}")
+            layers.append(LAYERS.deserialize(entry))
         model = cls(name=config.get("name"))
         for layer in layers:
             model.add(layer)

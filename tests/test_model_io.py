@@ -540,3 +540,26 @@ def test_layer_arguments_of_the_wrong_type_raise_instead_of_truncating():
     with pytest.raises(TypeError, match="seed must be an integer"):
         minicnn.initializers.GlorotUniform(seed=1.5)
     assert Conv2D(2, 3, input_shape=np.array([28, 28, 1])).declared_input_shape == (28, 28, 1)
+
+
+def test_load_model_without_compile_never_reads_the_optimizer_state(trained, tmp_path):
+    # The CLI only predicts: the optimizer's slots (two thirds of a trained Adam model's file)
+    # need not be read. Damage the last byte of every optimizer entry's data: compile=False must
+    # still load (the entries are never read), compile=True must notice (zip CRC).
+    model, path = trained
+    damaged = tmp_path / "damaged.npz"
+    raw = bytearray(Path(path).read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        members = [info for info in archive.infolist() if info.filename.startswith("optimizer_")]
+        assert members and all(info.compress_type == zipfile.ZIP_STORED for info in members)
+        for info in members:
+            name_length, extra_length = np.frombuffer(raw, "<u2", 2, info.header_offset + 26)
+            data_start = info.header_offset + 30 + int(name_length) + int(extra_length)
+            raw[data_start + info.compress_size - 1] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    x, _ = data(10, seed=3)
+    loaded = minicnn.load_model(damaged, compile=False)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert not loaded.compiled
+    with pytest.raises(ModelFileError, match="damaged or truncated"):
+        minicnn.load_model(damaged)

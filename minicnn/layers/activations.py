@@ -9,7 +9,7 @@ Softmax:  y = exp(x - max x) / sum exp(x - max x) along `axis` (max-subtracted, 
 import numpy as np
 
 from ..errors import quote
-from .base import Layer
+from .base import REGISTRY, Layer
 
 
 class Activation(Layer):
@@ -21,6 +21,7 @@ class Activation(Layer):
         return input_shape
 
 
+@REGISTRY.register()
 class Linear(Activation):
     """Identity; what activation=None or 'linear' means."""
 
@@ -34,6 +35,7 @@ class Linear(Activation):
         return dy
 
 
+@REGISTRY.register()
 class ReLU(Activation):
     """Rectified linear unit. Input and output: any shape (batch, ...)."""
 
@@ -52,6 +54,7 @@ class ReLU(Activation):
         return dy * self._positive  # a new array: dy is never modified
 
 
+@REGISTRY.register()
 class Softmax(Activation):
     """Softmax along `axis` (default -1, the class axis). Input and output: (batch, ..., classes)."""
 

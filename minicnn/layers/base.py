@@ -20,6 +20,9 @@ import numpy as np
 
 from ..config import standardize_dtype
 from ..errors import check_bool, quote, shorten
+from ..registry import Registry
+
+REGISTRY = Registry("layer")
 
 _name_counters = defaultdict(itertools.count)
 
@@ -171,6 +174,11 @@ class Layer:
         return int(sum(p.size for p in self.params.values()))
 
     # -- description ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config):
+        """Inverse of get_config (initializers may be given as their serialized descriptions)."""
+        return cls(**config)
+
     def get_config(self):
         """Keyword arguments that recreate this layer (JSON-ready)."""
         config = {"name": self.name, "dtype": self.dtype, "trainable": self.trainable}

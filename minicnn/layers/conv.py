@@ -2,9 +2,10 @@
 from .. import initializers, kernels
 from ..errors import check_bool, quote
 from .activations import WithActivation
-from .base import Layer, normalize_padding, normalize_tuple
+from .base import REGISTRY, Layer, normalize_padding, normalize_tuple
 
 
+@REGISTRY.register()
 class Conv2D(WithActivation, Layer):
     """2-D convolution (cross-correlation) with optional bias and activation.
 

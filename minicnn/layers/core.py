@@ -4,9 +4,10 @@ import numpy as np
 from .. import initializers, kernels
 from ..errors import check_bool, quote
 from .activations import WithActivation
-from .base import Layer
+from .base import REGISTRY, Layer
 
 
+@REGISTRY.register()
 class Flatten(Layer):
     """(N, H, W, C) -> (N, H*W*C), row-major over (H, W, C) exactly as Keras flattens NHWC."""
 
@@ -26,6 +27,7 @@ class Flatten(Layer):
         return dy.reshape((dy.shape[0],) + self.input_shape)
 
 
+@REGISTRY.register()
 class Dense(WithActivation, Layer):
     """Fully connected layer: y = activation(x @ kernel + bias).
 

@@ -1,9 +1,10 @@
 """MaxPooling2D over NHWC images."""
 from .. import kernels
 from ..errors import quote
-from .base import Layer, normalize_padding, normalize_tuple
+from .base import REGISTRY, Layer, normalize_padding, normalize_tuple
 
 
+@REGISTRY.register()
 class MaxPooling2D(Layer):
     """Max over pool_size windows moved by strides (default: strides = pool_size).
 

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import check_bool, quote
+from ..errors import NonFiniteStateError, check_bool, quote
 
 
 class Callback:
@@ -284,7 +284,7 @@ class ModelCheckpoint(Callback):
 
     filepath may hold format fields: the epoch (1-based, as Keras) and any log value, e.g.
     "ckpt/model-{epoch:02d}-{val_loss:.2f}.npz". The file is written atomically (see
-    minicnn.io). save_weights_only=False writes the whole model with its optimizer state, so
+    minicnn.saving). save_weights_only=False writes the whole model with its optimizer state, so
     minicnn.load_model(path) continues training exactly where it stopped. An epoch that
     diverged -- its loss became NaN or inf, or the weights hold NaN or inf, which load_model
     would refuse -- is not written, so the previous checkpoint stays as it was; a
@@ -330,8 +330,20 @@ class ModelCheckpoint(Callback):
                 if self.verbose > 0:
                     print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
                 return
-        if self._diverged(epoch, path, logs):
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self._warn_not_saved(epoch, path, f"its loss is {loss}")
             return
+        try:
+            if self.save_weights_only:
+                saved = self.model.save_weights(path)
+            else:
+                saved = self.model.save(path)
+        except NonFiniteStateError as refusal:
+            # save() refuses weights load_model could not read; the last good file stays.
+            self._warn_not_saved(epoch, path, f"{', '.join(refusal.names[:4])} hold NaN or inf")
+            return
+        self.last_saved = saved
         if self.save_best_only:
             if self.verbose > 0:
                 print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
@@ -339,30 +351,16 @@ class ModelCheckpoint(Callback):
             self.best = value
         elif self.verbose > 0:
             print(f"Epoch {epoch + 1}: saving model to {path}")
-        if self.save_weights_only:
-            self.last_saved = self.model.save_weights(path)
-        else:
-            self.last_saved = self.model.save(path)
 
-    def _diverged(self, epoch, path, logs):
-        """True (with a warning) when the epoch diverged: its loss is NaN or inf, or the weights
-        are. Weights with NaN or inf could not be loaded; the finite weights of an epoch whose
-        loss became NaN are those of a run blowing up. Either way the last good checkpoint is
-        worth more, so nothing is written."""
-        from ..io import nonfinite_state
-
-        loss = logs.get("loss")
-        if loss is not None and not math.isfinite(loss):
-            problem = f"its loss is {loss}"
-        else:
-            bad = nonfinite_state(self.model, include_optimizer=not self.save_weights_only)
-            problem = f"{', '.join(bad[:4])} hold NaN or inf" if bad else None
-        if problem:
-            warnings.warn(
-                f"ModelCheckpoint: epoch {epoch + 1} not saved to {path}: {problem} (training "
-                f"diverged); the previous checkpoint is kept", RuntimeWarning, stacklevel=3,
-            )
-        return problem is not None
+    @staticmethod
+    def _warn_not_saved(epoch, path, problem):
+        """An epoch that diverged (its loss is NaN or inf, or the weights are: load_model would
+        refuse them; the finite weights of an epoch whose loss became NaN are those of a run
+        blowing up) is not written: the last good checkpoint is worth more."""
+        warnings.warn(
+            f"ModelCheckpoint: epoch {epoch + 1} not saved to {path}: {problem} (training "
+            f"diverged); the previous checkpoint is kept", RuntimeWarning, stacklevel=3,
+        )
 
 
 class TerminateOnNaN(Callback):

@@ -30,6 +30,9 @@ import numpy as np
 
 from ..errors import check_bool, check_str, quote
 from ..layers.activations import softmax
+from ..registry import Registry
+
+REGISTRY = Registry("loss")
 
 EPSILON = 1e-7
 
@@ -131,6 +134,7 @@ class Loss:
         return np.log(np.clip(p, EPSILON, 1.0 - EPSILON))
 
 
+@REGISTRY.register("sparse_categorical_crossentropy")
 class SparseCategoricalCrossentropy(Loss):
     """Cross-entropy for integer labels y (N,) in [0, classes) and predictions (N, classes)."""
 
@@ -180,6 +184,7 @@ class SparseCategoricalCrossentropy(Loss):
         return _clipped_gradient(onehot, y_pred, n)
 
 
+@REGISTRY.register("categorical_crossentropy")
 class CategoricalCrossentropy(Loss):
     """Cross-entropy for (N, classes) targets (one-hot or soft) and predictions (N, classes)."""
 
@@ -257,37 +262,16 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False):
     return loss.per_sample(loss.prepare_targets(y_true, y_pred.shape[-1], y_pred.dtype, "y_true"), y_pred)
 
 
-_BY_NAME = {
-    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
-    "categorical_crossentropy": CategoricalCrossentropy,
-}
-_BY_CLASS_NAME = {cls.__name__: cls for cls in _BY_NAME.values()}
-
-
 def get(identifier):
     """A Loss from its Keras name, its class, or an instance."""
-    if isinstance(identifier, Loss):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Loss):
-        return identifier()
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(
-        f"compile: unknown loss {quote(identifier)}; expected one of {sorted(_BY_NAME)} or an instance "
-        f"such as minicnn.losses.SparseCategoricalCrossentropy(from_logits=True)"
-    )
+    return REGISTRY.get(identifier, Loss, "compile",
+                        hint=" or an instance such as minicnn.losses.SparseCategoricalCrossentropy(from_logits=True)")
 
 
 def serialize(loss):
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return REGISTRY.serialize(loss)
 
 
 def deserialize(description):
     """Inverse of serialize; only minicnn's own loss classes are accepted."""
-    name = description.get("class_name") if isinstance(description, dict) else None
-    if name not in _BY_CLASS_NAME:
-        raise ValueError(f"unknown loss {quote(name)}; expected one of {sorted(_BY_CLASS_NAME)}")
-    config = description.get("config", {})
-    if not isinstance(config, dict):
-        raise ValueError(f"loss config must be a mapping, received {type(config).__name__}")
-    return _BY_CLASS_NAME[name].from_config(config)
+    return REGISTRY.deserialize(description)

@@ -21,7 +21,10 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..errors import check_bool, check_str, quote, shorten
+from ..errors import check_bool, check_int, check_str, quote, shorten
+from ..registry import Registry
+
+REGISTRY = Registry("optimizer")
 
 
 class Optimizer:
@@ -133,9 +136,7 @@ class Optimizer:
                 )
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"{type(self).__name__}: state '{slot}' of {layer}/{key} contains NaN or inf")
-        iterations = state["iterations"]
-        if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
-            raise ValueError(f"{type(self).__name__}: iterations must be a non-negative integer, received {quote(iterations)}")
+        iterations = check_int(state["iterations"], type(self).__name__, "optimizer_iterations")
         for (layer, key, slot), value in arrays.items():
             self._slots[(layer, key)][slot][...] = value
         self.iterations = int(iterations)
@@ -145,6 +146,7 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+@REGISTRY.register("sgd")
 class SGD(Optimizer):
     """Stochastic gradient descent, Keras' formulation.
 
@@ -175,6 +177,7 @@ class SGD(Optimizer):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
+@REGISTRY.register("adam")
 class Adam(Optimizer):
     """Adam (Kingma & Ba) exactly as Keras computes it, epsilon included:
 
@@ -218,6 +221,7 @@ class Adam(Optimizer):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
 
+@REGISTRY.register("rmsprop")
 class RMSprop(Optimizer):
     """RMSprop, Keras' formulation (Keras' default optimizer in compile):
 
@@ -253,37 +257,19 @@ class RMSprop(Optimizer):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
-_BY_CLASS_NAME = {cls.__name__: cls for cls in _BY_NAME.values()}
-
-
 def get(identifier):
     """An Optimizer from 'adam' / 'sgd' / 'rmsprop' (Keras' defaults), a class, or an instance."""
-    if isinstance(identifier, Optimizer):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Optimizer):
-        return identifier()
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(
-        f"compile: unknown optimizer {quote(identifier)}; expected one of {sorted(_BY_NAME)} or an "
-        f"instance such as minicnn.optimizers.Adam(learning_rate=1e-3)"
-    )
+    return REGISTRY.get(identifier, Optimizer, "compile",
+                        hint=" or an instance such as minicnn.optimizers.Adam(learning_rate=1e-3)")
 
 
 def serialize(optimizer):
-    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+    return REGISTRY.serialize(optimizer)
 
 
 def deserialize(description):
     """Inverse of serialize; only minicnn's own optimizer classes are accepted."""
-    name = description.get("class_name") if isinstance(description, dict) else None
-    if name not in _BY_CLASS_NAME:
-        raise ValueError(f"unknown optimizer {quote(name)}; expected one of {sorted(_BY_CLASS_NAME)}")
-    config = description.get("config", {})
-    if not isinstance(config, dict):
-        raise ValueError(f"optimizer config must be a mapping, received {type(config).__name__}")
-    return _BY_CLASS_NAME[name].from_config(config)
+    return REGISTRY.deserialize(description)
 
 
 # -- helpers -----------------------------------------------------------------------------------
