@@ -112,6 +112,11 @@ def linear(x):
     return x
 
 
+def ends_in_softmax(layers):
+    """True when the last of `layers` outputs a softmax (a Softmax layer or activation='softmax')."""
+    return bool(layers) and layers[-1].activation_name == "softmax"
+
+
 ACTIVATION_LAYERS = {cls.activation_name: cls for cls in (Linear, ReLU, Softmax)}
 _FUNCTION_NAMES = {relu: "relu", softmax: "softmax", linear: "linear"}
 
@@ -141,12 +146,15 @@ def make_activation(name, dtype, owner_name):
 class WithActivation:
     """Mixin for layers that take `activation=` (Conv2D, Dense): y = activation(z).
 
-    The subclass computes z and implements `backward_preactivation(dz)`; this mixin runs the
-    activation forward and backward around it. ReLU is the exception: it is fused into the
-    kernel (`relu_in_kernel`), whose forward applies max(z, 0) and whose backward masks dy by
-    y > 0 itself, saving a pass over the activations each way. The model's fused softmax +
-    cross-entropy calls `backward_preactivation` directly with dL/dz.
+    The subclass computes z in `_forward` (keeping the kernel's cache in `self._cache`) and
+    names its kernel's backward in `_kernel_backward`; this mixin runs the activation forward
+    and backward around it. ReLU is the exception: it is fused into the kernel
+    (`relu_in_kernel`), whose forward applies max(z, 0) and whose backward masks dz by y > 0
+    itself, saving a pass over the activations each way. The fused softmax + cross-entropy
+    (minicnn.training.losses) hands its dL/dz to `backward_preactivation` directly.
     """
+
+    _cache = None
 
     def _set_activation(self, activation):
         self.activation_name = activation_name(activation, self.describe())
@@ -167,3 +175,16 @@ class WithActivation:
         if self.activation is not None and not self.relu_in_kernel:
             dy = self.activation.backward(dy)
         return self.backward_preactivation(dy, need_input_gradient)
+
+    def backward_preactivation(self, dz, need_input_gradient=True):
+        """Backward from dz, the gradient w.r.t. the output *before* the activation (z, shaped
+        like the layer's output); fills grads['kernel'] (and grads['bias']) and returns dx, or
+        None when need_input_gradient is False. With the ReLU fused into the kernel, the kernel
+        masks dz by y > 0 itself (a no-op for a gradient already zero where the ReLU was off)."""
+        if self._cache is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        dx, dkernel, dbias = self._kernel_backward(dz, self._cache, need_input_gradient)
+        self.grads["kernel"] = dkernel
+        if self.use_bias:
+            self.grads["bias"] = dbias
+        return dx

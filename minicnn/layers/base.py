@@ -46,6 +46,8 @@ def unique_name(class_name):
 class Layer:
     """Base class: bookkeeping shared by all layers; the maths lives in subclasses."""
 
+    activation_name = None   # 'relu' / 'softmax' / 'linear' for layers that apply one
+
     def __init__(self, name=None, dtype=None, input_shape=None, trainable=True):
         who = type(self).__name__
         self.name = name if name is not None else unique_name(who)

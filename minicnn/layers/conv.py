@@ -66,19 +66,8 @@ class Conv2D(WithActivation, Layer):
         self._cache = cache if training else None
         return self._activate(y, training)
 
-    def backward_preactivation(self, dz, need_input_gradient=True):
-        """Backward from the gradient w.r.t. the output *before* the activation.
-
-        With the ReLU fused into the kernel, the kernel masks dz by y > 0 itself (a no-op for a
-        gradient that is already zero where the ReLU was off).
-        """
-        if self._cache is None:
-            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        dx, dkernel, dbias = kernels.conv2d_backward(dz, self._cache, need_dx=need_input_gradient)
-        self.grads["kernel"] = dkernel
-        if self.use_bias:
-            self.grads["bias"] = dbias
-        return dx
+    def _kernel_backward(self, dz, cache, need_dx):
+        return kernels.conv2d_backward(dz, cache, need_dx=need_dx)
 
     def get_config(self):
         return {

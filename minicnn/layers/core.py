@@ -68,19 +68,8 @@ class Dense(WithActivation, Layer):
         self._cache = cache if training else None
         return self._activate(y, training)
 
-    def backward_preactivation(self, dz, need_input_gradient=True):
-        """Backward from the gradient w.r.t. the output *before* the activation.
-
-        dkernel = x^T dz, dbias = sum of dz over the batch, dx = dz kernel^T (the kernel face
-        computes them; with the ReLU fused it first masks dz by y > 0).
-        """
-        if self._cache is None:
-            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        dx, dkernel, dbias = kernels.dense_backward(dz, self._cache, need_dx=need_input_gradient)
-        self.grads["kernel"] = dkernel
-        if self.use_bias:
-            self.grads["bias"] = dbias
-        return dx
+    def _kernel_backward(self, dz, cache, need_dx):
+        return kernels.dense_backward(dz, cache, need_dx=need_dx)
 
     def get_config(self):
         return {

@@ -103,3 +103,27 @@ def check_verbose(verbose, who):
 def batch(x, index, dtype):
     """x[index] as a C-contiguous array of `dtype` (a view, no copy, when it already is one)."""
     return np.ascontiguousarray(x[index], dtype=dtype)
+
+
+def check_fit_arguments(batch_size, validation_batch_size, verbose, epochs, initial_epoch, shuffle,
+                        validation_split, callbacks, who="fit"):
+    """fit's arguments other than the data, checked before any work; returns
+    (batch_size, validation_batch_size, verbose, validation_split) normalised."""
+    batch_size = check_batch_size(batch_size, who)
+    validation_batch_size = check_batch_size(validation_batch_size or batch_size, who, "validation_batch_size")
+    verbose = check_verbose(verbose, who)
+    for what, value in (("epochs", epochs), ("initial_epoch", initial_epoch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{who}: {what} must be a non-negative integer, received {quote(value)}")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ValueError(f"{who}: shuffle must be True or False, received {quote(shuffle)}")
+    try:
+        validation_split = float(validation_split)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: validation_split must be a number in [0, 1), received {quote(validation_split)}") from None
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"{who}: validation_split must be in [0, 1), received {quote(validation_split)}")
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"{who}: callbacks must be a list of minicnn.callbacks.Callback instances, "
+                        f"received {type(callbacks).__name__}")
+    return batch_size, validation_batch_size, verbose, validation_split

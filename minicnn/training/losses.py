@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from ..errors import check_bool, check_str, quote
-from ..layers.activations import softmax
+from ..layers.activations import ends_in_softmax, softmax
 from ..registry import Registry
 
 REGISTRY = Registry("loss")
@@ -98,15 +98,21 @@ class Loss:
             return value, self._softmax_gradient(targets, probabilities, n)
         return value, self._clipped_probability_gradient(targets, y_pred, n)
 
+    def fuses_softmax(self, model):
+        """Whether training `model` uses the fused gradient: it ends in a softmax and the loss
+        takes probabilities. Then value_and_gradient(..., fused_softmax=True) gives dL/dlogits
+        and the model's backward skips its softmax (dy_is_logits_gradient=True)."""
+        return not self.from_logits and ends_in_softmax(model.layers)
+
     def check_model_output(self, model):
         """Warn about the combinations Keras warns about; called by compile."""
-        if self.from_logits and model.ends_in_softmax():
+        if self.from_logits and ends_in_softmax(model.layers):
             warnings.warn(
                 f"{type(self).__name__}: from_logits=True but the model ends in a softmax, so its "
                 f"outputs are probabilities, not logits. Was this intended?",
                 UserWarning, stacklevel=4,
             )
-        elif not self.from_logits and not model.ends_in_softmax():
+        elif not self.from_logits and not ends_in_softmax(model.layers):
             last = model.layers[-1]
             warnings.warn(
                 f"{type(self).__name__}: from_logits=False expects probabilities, but the model ends "
