@@ -6,18 +6,7 @@ import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ReLU, Sequential, Softmax, initializers
 
 import naive
-
-
-def seed_model(**first_layer_kwargs):
-    return Sequential([
-        Conv2D(32, (3, 3), padding="same", activation="relu", input_shape=(28, 28, 1), **first_layer_kwargs),
-        MaxPooling2D((2, 2), strides=2),
-        Conv2D(64, (3, 3), padding="same", activation=minicnn.nn.relu),
-        MaxPooling2D((2, 2), strides=2),
-        Flatten(),
-        Dense(128, activation=minicnn.nn.relu),
-        Dense(10, activation=minicnn.nn.softmax),
-    ])
+from models import seed_model
 
 
 def test_seed_model_shapes_and_parameter_count():

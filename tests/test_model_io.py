@@ -2,8 +2,6 @@
 import json
 import os
 import pickle
-import subprocess
-import sys
 import textwrap
 import zipfile
 from pathlib import Path
@@ -16,7 +14,8 @@ from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ModelFileError, Sequen
 from minicnn.callbacks import ModelCheckpoint
 from minicnn.io import FORMAT_VERSION, HEADER_ENTRY
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from processes import run_python
+
 
 
 def make_model(dtype=None, seed=0, optimizer="adam"):
@@ -176,8 +175,7 @@ def test_resume_in_a_new_process_equals_uninterrupted_training(tmp_path):
         model.fit(d["x"], d["y"], epochs=1, batch_size=8, verbose=0)
         model.save({str(tmp_path / 'resumed.npz')!r})
     """)
-    subprocess.run([sys.executable, "-W", "ignore", "-c", script], check=True, cwd=REPOSITORY,
-                   env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=120)
+    run_python(["-W", "ignore", "-c", script], check=True, timeout=120)
     resumed = minicnn.load_model(tmp_path / "resumed.npz")
     assert [w.tobytes() for w in resumed.get_weights()] == [w.tobytes() for w in uninterrupted.get_weights()]
 
@@ -211,8 +209,7 @@ def test_a_save_killed_midway_leaves_the_previous_file_intact(trained):
         os.fsync = die
         model.save({path!r})
     """)
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPOSITORY,
-                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=120)
+    result = run_python(["-W", "ignore", "-c", script], timeout=120)
     assert result.returncode == -9
     assert state_of(minicnn.load_model(path)) == before
 

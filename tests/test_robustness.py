@@ -12,13 +12,9 @@ bad_input_cases), the face's shape checks (test_kernels), the C wrapper's buffer
 (test_c_engine), damaged/foreign/pickled model files and a SIGKILLed save (test_model_io).
 """
 import math
-import os
 import re
-import subprocess
-import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +25,8 @@ from minicnn import images, kernels
 from minicnn.callbacks import Callback, ModelCheckpoint
 from minicnn.datasets import fashion_mnist as fm
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from processes import run_python
+
 
 # Each public layer with an input it accepts, as (factory, input shape).
 LAYERS = {
@@ -511,8 +508,7 @@ def test_a_tiny_file_declaring_a_huge_architecture_costs_no_time_or_memory(tmp_p
             print("refused:", error)
         print(time.perf_counter() - start, high_water_mb() - before)
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=120)
+    result = run_python(["-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     refused, numbers = result.stdout.strip().splitlines()
     assert "weights do not fit its architecture" in refused and "(16000, 16000)" in refused

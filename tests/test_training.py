@@ -11,18 +11,7 @@ import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
 from minicnn.callbacks import Callback, EarlyStopping, ModelCheckpoint, TerminateOnNaN
 
-
-def seed_model():
-    """The Keras tutorial's model, Keras' argument spellings, only the import changed."""
-    return Sequential([
-        Conv2D(32, (3, 3), padding="same", activation=minicnn.nn.relu, input_shape=(28, 28, 1)),
-        MaxPooling2D((2, 2), strides=2),
-        Conv2D(64, (3, 3), padding="same", activation=minicnn.nn.relu),
-        MaxPooling2D((2, 2), strides=2),
-        Flatten(),
-        Dense(128, activation=minicnn.nn.relu),
-        Dense(10, activation=minicnn.nn.softmax),
-    ])
+from models import seed_model
 
 
 def bars(n, seed, size=28, classes=10):
