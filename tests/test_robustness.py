@@ -15,6 +15,7 @@ import math
 import re
 import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -607,3 +608,65 @@ def test_an_overflowing_update_is_reported_and_never_replaces_the_last_good_chec
     with pytest.raises(ValueError, match="hold NaN or inf"):
         model.save_weights(tmp_path / "weights.npz")
     assert path.read_bytes() == saved["bytes"] and not (tmp_path / "weights.npz").exists()
+
+
+# -- the direction of imports (issue 11) -----------------------------------------------------------
+
+def minicnn_imports():
+    """{module: ({minicnn modules it imports at the top}, {those it imports inside functions})}."""
+    import ast
+
+    package = Path(minicnn.__file__).resolve().parent
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    found = {}
+    for name, path in modules.items():
+        here = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        top, nested = set(), set()
+        tree = ast.parse(path.read_text())
+        functions = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        inside = {id(node) for function in functions for node in ast.walk(function)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = here.split(".")[:len(here.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets = {f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
+                           for alias in node.names}
+            elif isinstance(node, ast.Import):
+                targets = {alias.name for alias in node.names}
+            else:
+                continue
+            targets = {t for t in targets if t.split(".")[0] == "minicnn" and t != name}
+            (nested if id(node) in inside else top).update(targets)
+        found[name] = (top, nested)
+    return found
+
+
+def test_imports_run_one_way():
+    imports = minicnn_imports()
+    graph = {name: top | nested for name, (top, nested) in imports.items()}
+
+    def reachable(start):
+        seen, todo = set(), [start]
+        while todo:
+            for target in graph.get(todo.pop(), ()):
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+
+    cycles = sorted(name for name in graph if name in reachable(name))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+    # __main__ defers its imports so that `python -m minicnn --help` starts fast, not to dodge a cycle.
+    nested = {name: sorted(n) for name, (_, n) in imports.items() if n and name != "minicnn.__main__"}
+    assert not nested, f"function-local imports: {nested}"
+    assert imports["minicnn.io"][0] <= {"minicnn.errors", "minicnn.version"}
+    for name in graph:
+        reached = reachable(name)
+        if name.startswith(("minicnn.training", "minicnn.saving", "minicnn.layers", "minicnn.io")):
+            assert "minicnn.model" not in reached, f"{name} imports the model"
+        if name.startswith(("minicnn.layers", "minicnn.training.callbacks")):
+            assert not reached & {"minicnn.saving", "minicnn.io", "minicnn.training.trainer"}, name
