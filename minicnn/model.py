@@ -180,7 +180,7 @@ class Sequential(Trainer):
 
     # -- files ------------------------------------------------------------------------------
     def save(self, filepath, overwrite=True, include_optimizer=True):
-        """Write the model to one .npz file (see minicnn.io); returns the path written.
+        """Write the model to one .npz file (see minicnn.saving); returns the path written.
 
         ".npz" is appended when filepath does not end in it, as numpy.savez does. With
         include_optimizer (and a compiled model) the file also holds the compile arguments and

@@ -8,7 +8,8 @@ Softmax:  y = exp(x - max x) / sum exp(x - max x) along `axis` (max-subtracted, 
 """
 import numpy as np
 
-from ..errors import quote
+from .. import initializers
+from ..errors import check_bool, quote
 from .base import REGISTRY, Layer
 
 
@@ -144,7 +145,8 @@ def make_activation(name, dtype, owner_name):
 
 
 class WithActivation:
-    """Mixin for layers that take `activation=` (Conv2D, Dense): y = activation(z).
+    """Mixin for layers with a kernel, an optional bias and `activation=` (Conv2D, Dense):
+    y = activation(z), z = the layer's product with params['kernel'] (+ params['bias']).
 
     The subclass computes z in `_forward` (keeping the kernel's cache in `self._cache`) and
     names its kernel's backward in `_kernel_backward`; this mixin runs the activation forward
@@ -156,15 +158,33 @@ class WithActivation:
 
     _cache = None
 
-    def _set_activation(self, activation):
-        self.activation_name = activation_name(activation, self.describe())
+    def _set_kernel_and_activation(self, activation, use_bias, kernel_initializer, bias_initializer):
+        who = self.describe()
+        self.activation_name = activation_name(activation, who)
         self.activation = make_activation(self.activation_name, self.dtype, self.name)
         self.relu_in_kernel = self.activation_name == "relu"
+        self.use_bias = check_bool(use_bias, who, "use_bias")
+        self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
 
-    def _build_activation(self, output_shape):
+    def _build_kernel_and_activation(self, kernel_shape, output_shape):
+        """Create params (the kernel first, then the bias: the order of the random draws) and
+        build the activation; returns output_shape."""
+        self.params = {"kernel": self.kernel_initializer(kernel_shape, self.dtype)}
+        if self.use_bias:
+            self.params["bias"] = self.bias_initializer((kernel_shape[-1],), self.dtype)
+        self.grads = {key: None for key in self.params}
         if self.activation is not None:
             self.activation.build(output_shape)
         return output_shape
+
+    def _kernel_and_activation_config(self):
+        return {
+            "activation": self.activation_name,
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+        }
 
     def _activate(self, z, training):
         if self.activation is None or self.relu_in_kernel:

@@ -18,6 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from .. import kernels
 from ..config import standardize_dtype
 from ..errors import check_bool, quote, shorten
 from ..registry import Registry
@@ -251,6 +252,21 @@ def normalize_tuple(value, n, who, what, allow_zero=False):
     if any(v < low for v in values):
         raise ValueError(f"{who}: {what} must be >= {low}, received {quote(value)}")
     return values
+
+
+def window_geometry(who, input_shape, window, strides, padding, what):
+    """((out_h, out_w), channels, pads) of a window (a kernel or a pool) sliding over
+    (height, width, channels) inputs; ValueError naming `who` when it does not fit."""
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"{who}: expected inputs of shape (height, width, channels) per image, received {input_shape}"
+        )
+    height, width, channels = input_shape
+    try:
+        output = kernels.output_shape_2d(height, width, window, strides, padding)
+    except ValueError as error:
+        raise ValueError(f"{who}: {what} {window} does not fit input {input_shape}: {error}") from None
+    return output, channels, kernels.pads_2d(height, width, window, strides, padding)
 
 
 def normalize_padding(value, who):

@@ -1,8 +1,8 @@
 """Conv2D: 2-D convolution over NHWC images, Keras' arguments and weight layout."""
-from .. import initializers, kernels
-from ..errors import check_bool, quote
+from .. import kernels
+from ..errors import quote
 from .activations import WithActivation
-from .base import REGISTRY, Layer, normalize_padding, normalize_tuple
+from .base import REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
 
 
 @REGISTRY.register()
@@ -34,31 +34,13 @@ class Conv2D(WithActivation, Layer):
         self.kernel_size = normalize_tuple(kernel_size, 2, who, "kernel_size")
         self.strides = normalize_tuple(strides, 2, who, "strides")
         self.padding = normalize_padding(padding, who)
-        self._set_activation(activation)
-        self.use_bias = check_bool(use_bias, who, "use_bias")
-        self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
-        self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
-        self._cache = None
+        self._set_kernel_and_activation(activation, use_bias, kernel_initializer, bias_initializer)
 
     def _build(self, input_shape):
-        who = self.describe()
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"{who}: expected inputs of shape (height, width, channels) per image, "
-                f"received {input_shape}"
-            )
-        height, width, channels = input_shape
-        try:
-            out_h, out_w = kernels.output_shape_2d(height, width, self.kernel_size, self.strides, self.padding)
-        except ValueError as error:
-            raise ValueError(f"{who}: kernel_size {self.kernel_size} does not fit input {input_shape}: {error}") from None
-        self.pads = kernels.pads_2d(height, width, self.kernel_size, self.strides, self.padding)
-        kernel_shape = self.kernel_size + (channels, self.filters)
-        self.params = {"kernel": self.kernel_initializer(kernel_shape, self.dtype)}
-        if self.use_bias:
-            self.params["bias"] = self.bias_initializer((self.filters,), self.dtype)
-        self.grads = {key: None for key in self.params}
-        return self._build_activation((out_h, out_w, self.filters))
+        (out_h, out_w), channels, self.pads = window_geometry(
+            self.describe(), input_shape, self.kernel_size, self.strides, self.padding, "kernel_size")
+        return self._build_kernel_and_activation(self.kernel_size + (channels, self.filters),
+                                                 (out_h, out_w, self.filters))
 
     def _forward(self, x, training):
         convolve = kernels.conv2d_relu_forward if self.relu_in_kernel else kernels.conv2d_forward
@@ -76,8 +58,5 @@ class Conv2D(WithActivation, Layer):
             "kernel_size": list(self.kernel_size),
             "strides": list(self.strides),
             "padding": self.padding,
-            "activation": self.activation_name,
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
+            **self._kernel_and_activation_config(),
         }

@@ -1,8 +1,8 @@
 """Dense and Flatten."""
 import numpy as np
 
-from .. import initializers, kernels
-from ..errors import check_bool, quote
+from .. import kernels
+from ..errors import quote
 from .activations import WithActivation
 from .base import REGISTRY, Layer
 
@@ -44,11 +44,7 @@ class Dense(WithActivation, Layer):
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"{who}: units must be a positive integer, received {quote(units)}")
         self.units = units
-        self._set_activation(activation)
-        self.use_bias = check_bool(use_bias, who, "use_bias")
-        self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
-        self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
-        self._cache = None
+        self._set_kernel_and_activation(activation, use_bias, kernel_initializer, bias_initializer)
 
     def _build(self, input_shape):
         if len(input_shape) != 1:
@@ -56,11 +52,7 @@ class Dense(WithActivation, Layer):
                 f"{self.describe()}: expected inputs of shape (batch, features), received per-sample "
                 f"shape {input_shape}; put a Flatten() layer before Dense"
             )
-        self.params = {"kernel": self.kernel_initializer((input_shape[0], self.units), self.dtype)}
-        if self.use_bias:
-            self.params["bias"] = self.bias_initializer((self.units,), self.dtype)
-        self.grads = {key: None for key in self.params}
-        return self._build_activation((self.units,))
+        return self._build_kernel_and_activation((input_shape[0], self.units), (self.units,))
 
     def _forward(self, x, training):
         y, cache = kernels.dense_forward(x, self.params["kernel"], self.params.get("bias"),
@@ -75,8 +67,5 @@ class Dense(WithActivation, Layer):
         return {
             **super().get_config(),
             "units": self.units,
-            "activation": self.activation_name,
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
+            **self._kernel_and_activation_config(),
         }

@@ -1,7 +1,7 @@
 """MaxPooling2D over NHWC images."""
 from .. import kernels
 from ..errors import quote
-from .base import REGISTRY, Layer, normalize_padding, normalize_tuple
+from .base import REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
 
 
 @REGISTRY.register()
@@ -29,17 +29,8 @@ class MaxPooling2D(Layer):
         self._cache = None
 
     def _build(self, input_shape):
-        who = self.describe()
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"{who}: expected inputs of shape (height, width, channels) per image, received {input_shape}"
-            )
-        height, width, channels = input_shape
-        try:
-            out_h, out_w = kernels.output_shape_2d(height, width, self.pool_size, self.strides, self.padding)
-        except ValueError as error:
-            raise ValueError(f"{who}: pool_size {self.pool_size} does not fit input {input_shape}: {error}") from None
-        self.pads = kernels.pads_2d(height, width, self.pool_size, self.strides, self.padding)
+        (out_h, out_w), channels, self.pads = window_geometry(
+            self.describe(), input_shape, self.pool_size, self.strides, self.padding, "pool_size")
         return (out_h, out_w, channels)
 
     def _forward(self, x, training):

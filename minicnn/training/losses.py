@@ -274,10 +274,6 @@ def get(identifier):
                         hint=" or an instance such as minicnn.losses.SparseCategoricalCrossentropy(from_logits=True)")
 
 
-def serialize(loss):
-    return REGISTRY.serialize(loss)
-
-
-def deserialize(description):
-    """Inverse of serialize; only minicnn's own loss classes are accepted."""
-    return REGISTRY.deserialize(description)
+# {'class_name': ..., 'config': ...} and back; deserialize accepts only minicnn's own loss classes
+serialize = REGISTRY.serialize
+deserialize = REGISTRY.deserialize

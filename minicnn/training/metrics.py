@@ -91,10 +91,6 @@ def get(identifier, loss):
     return cls(name=identifier)
 
 
-def serialize(metric):
-    return REGISTRY.serialize(metric)
-
-
-def deserialize(description):
-    """Inverse of serialize; only minicnn's own metric classes are accepted."""
-    return REGISTRY.deserialize(description)
+# {'class_name': ..., 'config': ...} and back; deserialize accepts only minicnn's own metric classes
+serialize = REGISTRY.serialize
+deserialize = REGISTRY.deserialize

@@ -263,13 +263,9 @@ def get(identifier):
                         hint=" or an instance such as minicnn.optimizers.Adam(learning_rate=1e-3)")
 
 
-def serialize(optimizer):
-    return REGISTRY.serialize(optimizer)
-
-
-def deserialize(description):
-    """Inverse of serialize; only minicnn's own optimizer classes are accepted."""
-    return REGISTRY.deserialize(description)
+# {'class_name': ..., 'config': ...} and back; deserialize accepts only minicnn's own optimizer classes
+serialize = REGISTRY.serialize
+deserialize = REGISTRY.deserialize
 
 
 # -- helpers -----------------------------------------------------------------------------------
