@@ -437,3 +437,16 @@ def test_from_logits_model_trains():
                   loss=minicnn.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     history = model.fit(x, y, epochs=8, batch_size=16, verbose=0)
     assert history.history["accuracy"][-1] >= 0.9
+
+
+def test_callback_arguments_of_the_wrong_type_are_refused():
+    # Bug (issue 10's class): start_from_epoch=1.5 was truncated to 1, min_delta="0.1" parsed.
+    for kwargs, message in [({"start_from_epoch": 1.5}, "start_from_epoch must be an integer"),
+                            ({"min_delta": "0.1"}, "min_delta must be a number"),
+                            ({"baseline": "low"}, "baseline must be a number"),
+                            ({"restore_best_weights": "yes"}, "restore_best_weights must be True or False")]:
+        with pytest.raises(TypeError, match=message):
+            EarlyStopping(**kwargs)
+    with pytest.raises(TypeError, match="initial_value_threshold must be a number"):
+        ModelCheckpoint("x.npz", initial_value_threshold="0.5")
+    assert EarlyStopping(min_delta=-0.5, baseline=1, start_from_epoch=np.int64(2)).start_from_epoch == 2

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import NonFiniteStateError, check_bool, quote
+from ..errors import NonFiniteStateError, check_bool, check_int, quote
 
 
 class Callback:
@@ -196,6 +196,13 @@ class ProgressLogger(Callback):
             self._bar = None
 
 
+def _number(value, who, what):
+    """A real number as float; '0.1' and True are refused instead of converted."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{who}: {what} must be a number, received {quote(value)}")
+    return float(value)
+
+
 def _monitor_mode(monitor, mode, who):
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', received {quote(mode)}")
@@ -219,15 +226,15 @@ class EarlyStopping(Callback):
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
         super().__init__()
         self.monitor = monitor
-        self.min_delta = abs(float(min_delta))
+        self.min_delta = abs(_number(min_delta, "EarlyStopping", "min_delta"))
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be a non-negative integer, received {quote(patience)}")
         self.patience = int(patience)
         self.verbose = verbose
         self.mode = _monitor_mode(monitor, mode, "EarlyStopping")
-        self.baseline = baseline
+        self.baseline = None if baseline is None else _number(baseline, "EarlyStopping", "baseline")
         self.restore_best_weights = check_bool(restore_best_weights, "EarlyStopping", "restore_best_weights")
-        self.start_from_epoch = int(start_from_epoch)
+        self.start_from_epoch = check_int(start_from_epoch, "EarlyStopping", "start_from_epoch")
         self._reset()
 
     def _reset(self):
@@ -303,7 +310,7 @@ class ModelCheckpoint(Callback):
         self.save_weights_only = check_bool(save_weights_only, "ModelCheckpoint", "save_weights_only")
         self.mode = _monitor_mode(monitor, mode, "ModelCheckpoint")
         if initial_value_threshold is not None:
-            self.best = float(initial_value_threshold)
+            self.best = _number(initial_value_threshold, "ModelCheckpoint", "initial_value_threshold")
         else:
             self.best = math.inf if self.mode == "min" else -math.inf
         self.last_saved = None
