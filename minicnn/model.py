@@ -200,7 +200,7 @@ class Sequential(Trainer):
         """JSON-ready architecture: the model name, each layer's class and config, the input shape."""
         return {
             "name": self.name,
-            "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
+            "layers": [LAYERS.serialize(layer) for layer in self.layers],
             "build_input_shape": list(self.input_shape) if self.built else None,
         }
 
@@ -228,7 +228,6 @@ class Sequential(Trainer):
                 raise ValueError(f"Sequential.from_config: build_input_shape {shape} differs from the "
                                  f"first layer's input_shape {model.input_shape}")
         return model
-
 
     def __repr__(self):
         return f"<Sequential name={quote(self.name)} layers={len(self.layers)} built={self.built}>"

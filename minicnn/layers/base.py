@@ -98,10 +98,11 @@ class Layer:
     # -- computing --------------------------------------------------------------------------
     def forward(self, x, training=False):
         """y = layer(x). Builds the layer on first use like Keras."""
-        if not self.built:
+        if self.built:
+            self._check_input_array(x, expected_shape=self.input_shape)
+        else:
             self._check_input_array(x, expected_shape=None)
-            self.build(x.shape[1:])
-        self._check_input_array(x, expected_shape=self.input_shape)
+            self.build(x.shape[1:])   # the shape this batch has, checked by build
         return self._forward(x, training)
 
     def backward(self, dy, need_input_gradient=True):
