@@ -560,3 +560,19 @@ def test_load_model_without_compile_never_reads_the_optimizer_state(trained, tmp
     assert not loaded.compiled
     with pytest.raises(ModelFileError, match="damaged or truncated"):
         minicnn.load_model(damaged)
+
+
+def test_training_state_is_public_and_checked(trained):
+    model, path = trained
+    state = model.get_training_state()
+    assert set(state) == {"shuffle_seed", "epochs_seen"} and state["epochs_seen"] == 2
+    assert minicnn.load_model(path).get_training_state() == state
+    fresh = make_model()
+    for bad, error in [({"shuffle_seed": 1.5, "epochs_seen": 1}, TypeError),
+                       ({"shuffle_seed": None, "epochs_seen": -1}, ValueError),
+                       ({"shuffle_seed": 2 ** 63, "epochs_seen": 1}, ValueError)]:
+        with pytest.raises(error):
+            fresh.set_training_state(bad)
+    assert fresh.get_training_state() == {"shuffle_seed": None, "epochs_seen": 0}   # nothing set
+    fresh.set_training_state(state)
+    assert fresh.get_training_state() == state

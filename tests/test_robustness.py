@@ -670,3 +670,14 @@ def test_imports_run_one_way():
             assert "minicnn.model" not in reached, f"{name} imports the model"
         if name.startswith(("minicnn.layers", "minicnn.training.callbacks")):
             assert not reached & {"minicnn.saving", "minicnn.io", "minicnn.training.trainer"}, name
+
+
+def test_keras_spelled_modules_are_real_modules_sharing_the_training_classes():
+    import sys
+
+    for name in ("optimizers", "losses", "metrics", "callbacks"):
+        public = getattr(minicnn, name)
+        training = getattr(minicnn.training, name)
+        assert public.__name__ == f"minicnn.{name}" and public is not training
+        assert sys.modules[f"minicnn.{name}"] is public
+        assert all(getattr(public, item) is getattr(training, item) for item in public.__all__)
