@@ -203,7 +203,7 @@ class WithActivation:
         masks dz by y > 0 itself (a no-op for a gradient already zero where the ReLU was off)."""
         if self._cache is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        dx, dkernel, dbias = self._kernel_backward(dz, self._cache, need_input_gradient)
+        dx, dkernel, dbias = self._kernel_backward(dz, self._cache, need_dx=need_input_gradient)
         self.grads["kernel"] = dkernel
         if self.use_bias:
             self.grads["bias"] = dbias
