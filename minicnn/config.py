@@ -1,6 +1,8 @@
 """Global defaults, named as in Keras: the float type new layers use."""
 import numpy as np
 
+from .errors import quote
+
 _FLOATX = "float32"
 _ALLOWED = ("float32", "float64")
 
@@ -25,5 +27,5 @@ def standardize_dtype(value, who):
     except TypeError:
         name = None
     if name not in _ALLOWED:
-        raise ValueError(f"{who}: dtype must be 'float32' or 'float64', received {value!r}")
+        raise ValueError(f"{who}: dtype must be 'float32' or 'float64', received {quote(value)}")
     return name

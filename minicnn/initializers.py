@@ -5,6 +5,8 @@ For a Dense kernel (in, units): fan_in = in, fan_out = units.
 """
 import numpy as np
 
+from .errors import check_int
+from .registry import Registry
 from .seeding import generator
 
 
@@ -18,13 +20,16 @@ def compute_fans(shape):
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
+REGISTRY = Registry("initializer")
+
+
 class Initializer:
     """Callable `init(shape, dtype) -> array`; `seed` makes one initializer repeatable."""
 
     name = "initializer"
 
     def __init__(self, seed=None):
-        self.seed = seed
+        self.seed = None if seed is None else check_int(seed, type(self).__name__, "seed")
 
     def _rng(self):
         return np.random.default_rng(self.seed) if self.seed is not None else generator()
@@ -35,7 +40,12 @@ class Initializer:
     def get_config(self):
         return {"seed": self.seed}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
+
+@REGISTRY.register("zeros", name="zeros")
 class Zeros(Initializer):
     name = "zeros"
 
@@ -43,6 +53,7 @@ class Zeros(Initializer):
         return np.zeros(shape, dtype=dtype)
 
 
+@REGISTRY.register("ones", name="ones")
 class Ones(Initializer):
     name = "ones"
 
@@ -50,6 +61,7 @@ class Ones(Initializer):
         return np.ones(shape, dtype=dtype)
 
 
+@REGISTRY.register("glorot_uniform", name="glorot_uniform")
 class GlorotUniform(Initializer):
     """U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out))."""
 
@@ -61,6 +73,7 @@ class GlorotUniform(Initializer):
         return self._rng().uniform(-limit, limit, size=shape).astype(dtype)
 
 
+@REGISTRY.register("glorot_normal", name="glorot_normal")
 class GlorotNormal(Initializer):
     """Truncated normal (cut at 2 std), std = sqrt(2 / (fan_in + fan_out)) / .87962566103423978."""
 
@@ -71,6 +84,7 @@ class GlorotNormal(Initializer):
         return _truncated_normal(self._rng(), np.sqrt(2.0 / (fan_in + fan_out)), shape, dtype)
 
 
+@REGISTRY.register("he_normal", name="he_normal")
 class HeNormal(Initializer):
     """Truncated normal (cut at 2 std), std = sqrt(2 / fan_in) / .87962566103423978."""
 
@@ -81,6 +95,7 @@ class HeNormal(Initializer):
         return _truncated_normal(self._rng(), np.sqrt(2.0 / fan_in), shape, dtype)
 
 
+@REGISTRY.register("he_uniform", name="he_uniform")
 class HeUniform(Initializer):
     """U(-limit, limit), limit = sqrt(6 / fan_in)."""
 
@@ -103,25 +118,6 @@ def _truncated_normal(rng, target_std, shape, dtype):
     return values.astype(dtype)
 
 
-_BY_NAME = {cls.name: cls for cls in (Zeros, Ones, GlorotUniform, GlorotNormal, HeNormal, HeUniform)}
-
-
-def get(identifier, who="initializer"):
-    """An Initializer from a name ('glorot_uniform', 'he_normal', 'zeros', ...) or an instance."""
-    if isinstance(identifier, Initializer):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Initializer):
-        return identifier()
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    if callable(identifier) and not isinstance(identifier, type):
-        return _CallableInitializer(identifier)
-    raise ValueError(
-        f"{who}: unknown initializer {identifier!r}; expected one of {sorted(_BY_NAME)} "
-        f"or an Initializer instance"
-    )
-
-
 class _CallableInitializer(Initializer):
     """Wraps a user function fn(shape, dtype) -> array."""
 
@@ -135,15 +131,27 @@ class _CallableInitializer(Initializer):
         return np.asarray(self.fn(shape, dtype), dtype=dtype)
 
 
+def get(identifier, who="initializer"):
+    """An Initializer from a name ('glorot_uniform', 'he_normal', 'zeros', ...), a class, an
+    instance, a serialized description (what get_config of a layer holds), or a function
+    fn(shape, dtype) -> array."""
+    if isinstance(identifier, dict):
+        return REGISTRY.deserialize(identifier)
+    if callable(identifier) and not isinstance(identifier, (type, Initializer)):
+        return _CallableInitializer(identifier)
+    return REGISTRY.get(identifier, Initializer, who, hint=" or an Initializer instance")
+
+
 def serialize(initializer):
-    """A JSON-ready description: {'class_name': ..., 'config': ...}."""
+    """A JSON-ready description: {'class_name': 'glorot_uniform', 'config': {'seed': None}}."""
     if isinstance(initializer, _CallableInitializer):
         raise ValueError("a custom initializer function cannot be saved in a model file")
-    return {"class_name": initializer.name, "config": initializer.get_config()}
+    return REGISTRY.serialize(initializer)
 
 
 def deserialize(description):
-    return _BY_NAME[description["class_name"]](**description.get("config", {}))
+    """Inverse of serialize; only minicnn's own initializer classes are accepted."""
+    return REGISTRY.deserialize(description)
 
 
 zeros, ones = Zeros, Ones

@@ -1,31 +1,25 @@
-"""Sequential: a stack of layers run in order, Keras' way.
+"""Sequential: a stack of layers run in order, Keras' way; its structure only.
 
 Shape inference: the first layer's `input_shape=` (or `build(input_shape)`, or the first batch
 seen) fixes the input; each layer's `build` returns its output shape, which builds the next.
 
-Training follows Keras: compile(optimizer, loss, metrics), then fit / evaluate / predict, and
-save / minicnn.load_model for model files (minicnn.io). One training step is
-
-    y_pred = forward(x_batch, training=True)
-    loss, dy = loss.value_and_gradient(...)     fused softmax + cross-entropy when the model
-                                                ends in a softmax: dy = (p - onehot) / N
-    backward(dy, need_input_gradient=False, dy_is_logits_gradient=fused)
-    optimizer.apply(model)                      params updated in place from grads
+Here: add, build, forward, backward, weights, config, and save/load through minicnn.saving.
+Training (compile, fit, evaluate, predict and the loop) is inherited from
+minicnn.training.trainer.Trainer; the summary table is minicnn.summary's.
 """
-import math
-import warnings
-
 import numpy as np
 
-from . import initializers, seeding
-from .layers import LAYER_CLASSES
-from .layers.activations import Softmax
-from .layers.base import Layer, unique_name
-from .training import callbacks as callbacks_module
-from .training import data, losses, metrics as metrics_module, optimizers
+from . import saving, summary
+from .errors import check_str, quote, shorten
+from .layers import REGISTRY as LAYERS
+from .layers.activations import Softmax, ends_in_softmax
+from .layers.base import Layer, as_shape, unique_name
+from .registry import MODELS
+from .training.trainer import Trainer
 
 
-class Sequential:
+@MODELS.register()
+class Sequential(Trainer):
     """A linear stack of layers.
 
         model = Sequential([Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)), ...])
@@ -34,21 +28,12 @@ class Sequential:
     """
 
     def __init__(self, layers=None, name=None):
-        self.name = name if name is not None else unique_name("Sequential")
+        self.name = check_str(name, "Sequential", "name") if name is not None else unique_name("Sequential")
         self.layers = []
         self.built = False
         self.input_shape = None
         self.output_shape = None
-        self.optimizer = None
-        self.loss = None
-        self.compiled_metrics = []
-        self.stop_training = False
-        self.history = None
-        # Shuffling: one seed drawn from minicnn's generator at the first shuffled epoch, then
-        # epoch k of this model's life uses permutation(seed, k). Both travel in model files, so
-        # a resumed run shuffles exactly as an uninterrupted one would.
-        self._shuffle_seed = None
-        self._epochs_seen = 0
+        super().__init__()
         for layer in layers or ():
             self.add(layer)
 
@@ -57,15 +42,15 @@ class Sequential:
         """Append a layer; builds it at once when the model's input shape is already known."""
         if not isinstance(layer, Layer):
             raise TypeError(
-                f"Sequential '{self.name}': add() takes a minicnn layer, received {type(layer).__name__}"
+                f"Sequential '{shorten(self.name)}': add() takes a minicnn layer, received {type(layer).__name__}"
             )
         if any(existing is layer for existing in self.layers):
-            raise ValueError(f"Sequential '{self.name}': layer '{layer.name}' was already added")
+            raise ValueError(f"Sequential '{shorten(self.name)}': layer '{shorten(layer.name)}' was already added")
         if any(existing.name == layer.name for existing in self.layers):
-            raise ValueError(f"Sequential '{self.name}': two layers are named '{layer.name}'; names must be unique")
+            raise ValueError(f"Sequential '{shorten(self.name)}': two layers are named '{shorten(layer.name)}'; names must be unique")
         if self.layers and layer.declared_input_shape is not None:
             raise ValueError(
-                f"Sequential '{self.name}': only the first layer may declare input_shape, "
+                f"Sequential '{shorten(self.name)}': only the first layer may declare input_shape, "
                 f"but {layer.describe()} declares {layer.declared_input_shape}"
             )
         if self.layers:
@@ -80,11 +65,11 @@ class Sequential:
         """Build every layer for inputs of `input_shape` (Keras: WITH the batch axis, e.g.
         (None, 28, 28, 1)); without an argument, the first layer's input_shape is used."""
         if not self.layers:
-            raise ValueError(f"Sequential '{self.name}': cannot build a model with no layers")
+            raise ValueError(f"Sequential '{shorten(self.name)}': cannot build a model with no layers")
         if input_shape is None:
             if self.layers[0].declared_input_shape is None:
                 raise ValueError(
-                    f"Sequential '{self.name}': give the first layer input_shape=(H, W, C) or call "
+                    f"Sequential '{shorten(self.name)}': give the first layer input_shape=(H, W, C) or call "
                     f"build((None, H, W, C))"
                 )
             shape = self.layers[0].declared_input_shape
@@ -92,7 +77,7 @@ class Sequential:
             input_shape = tuple(input_shape)
             if len(input_shape) < 2:
                 raise ValueError(
-                    f"Sequential '{self.name}': build() takes the input shape with its batch axis, "
+                    f"Sequential '{shorten(self.name)}': build() takes the input shape with its batch axis, "
                     f"e.g. (None, 28, 28, 1), received {input_shape}"
                 )
             shape = input_shape[1:]
@@ -110,7 +95,7 @@ class Sequential:
             layer.adopt_dtype(dtype)
         elif layer.dtype != dtype:
             raise ValueError(
-                f"Sequential '{self.name}': {layer.describe()} has dtype {layer.dtype} but the model "
+                f"Sequential '{shorten(self.name)}': {layer.describe()} has dtype {layer.dtype} but the model "
                 f"computes in {dtype} (its first layer's); every layer must share one dtype"
             )
 
@@ -124,10 +109,10 @@ class Sequential:
         """Run x (batch first, in the model's dtype) through every layer."""
         if not self.built:
             if not self.layers:
-                raise ValueError(f"Sequential '{self.name}': the model has no layers")
+                raise ValueError(f"Sequential '{shorten(self.name)}': the model has no layers")
             if not isinstance(x, np.ndarray) or x.ndim < 2:
                 raise ValueError(
-                    f"Sequential '{self.name}': expected a batch array, received "
+                    f"Sequential '{shorten(self.name)}': expected a batch array, received "
                     f"{getattr(x, 'shape', type(x).__name__)}"
                 )
             self.build((None,) + x.shape[1:])
@@ -144,29 +129,21 @@ class Sequential:
         model's final softmax (the fused softmax + cross-entropy gradient): the softmax's own
         backward is skipped. Returns dx, or None when need_input_gradient is False.
         """
-        layers = list(self.layers)
+        layers = self.layers
         if dy_is_logits_gradient:
-            last = layers.pop()
-            if isinstance(last, Softmax):
-                pass  # dy already is the gradient w.r.t. this layer's input
-            elif getattr(last, "activation_name", None) == "softmax":
-                dy = last.backward_preactivation(dy, need_input_gradient or bool(layers))
-            else:
+            if not ends_in_softmax(layers):
+                last = layers[-1].describe() if layers else "missing"
                 raise ValueError(
-                    f"Sequential '{self.name}': dy_is_logits_gradient needs a final softmax, "
-                    f"but the last layer is {last.describe()}"
+                    f"Sequential '{shorten(self.name)}': dy_is_logits_gradient needs a final softmax, "
+                    f"but the last layer is {last}"
                 )
+            *layers, last = layers
+            if not isinstance(last, Softmax):   # Conv2D/Dense with activation='softmax'
+                dy = last.backward_preactivation(dy, need_input_gradient or bool(layers))
         for position in range(len(layers) - 1, -1, -1):
             needs_dx = need_input_gradient or position > 0
             dy = layers[position].backward(dy, need_input_gradient=needs_dx)
         return dy
-
-    def ends_in_softmax(self):
-        """True when the model's output is a softmax (a Softmax layer or activation='softmax')."""
-        if not self.layers:
-            return False
-        last = self.layers[-1]
-        return isinstance(last, Softmax) or getattr(last, "activation_name", None) == "softmax"
 
     # -- weights ----------------------------------------------------------------------------
     def get_weights(self):
@@ -174,277 +151,56 @@ class Sequential:
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights):
-        """Inverse of get_weights; shapes are checked for every array before any is written."""
+        """Inverse of get_weights. Every array of every layer is checked first (count, shape,
+        NaN/inf, overflow of the layer's dtype: see Layer.checked_weights); nothing is written
+        unless all pass."""
         weights = list(weights)
-        expected = sum(len(layer.get_weights()) for layer in self.layers)
-        if len(weights) != expected:
-            raise ValueError(f"Sequential '{self.name}': expected {expected} weight arrays, received {len(weights)}")
-        position = 0
+        counts = [len([key for key in layer.weight_names if key in layer.params]) for layer in self.layers]
+        if len(weights) != sum(counts):
+            raise ValueError(f"Sequential '{shorten(self.name)}': expected {sum(counts)} weight arrays, "
+                             f"received {len(weights)}")
         plan = []
-        for layer in self.layers:
-            count = len(layer.get_weights())
-            for current, new in zip(layer.get_weights(), weights[position:position + count]):
-                if np.shape(new) != current.shape:
-                    raise ValueError(
-                        f"Sequential '{self.name}': {layer.describe()} expects a weight of shape "
-                        f"{current.shape}, received {np.shape(new)}"
-                    )
-                if not np.all(np.isfinite(new)):
-                    raise ValueError(f"Sequential '{self.name}': a weight of {layer.describe()} contains NaN or inf")
-            plan.append((layer, weights[position:position + count]))
+        position = 0
+        for layer, count in zip(self.layers, counts):
+            if count:
+                plan.append((layer, layer.checked_weights(weights[position:position + count])))
             position += count
-        for layer, layer_weights in plan:
-            if layer_weights:
-                layer.set_weights(layer_weights)
+        for layer, checked in plan:
+            for key, value in checked:
+                layer.params[key][...] = value
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
 
     # -- description ------------------------------------------------------------------------
     def summary(self, line_length=65, print_fn=print):
-        """Print a Keras-style table: Layer (type) | Output Shape | Param #, then the totals.
-
-        Columns widen for long layer names instead of cutting them off.
-        """
-        if not self.built:
-            raise ValueError(
-                f"Sequential '{self.name}': the model is not built yet; give the first layer "
-                f"input_shape=... or call build()"
-            )
-        rows = [
-            (f"{layer.name} ({type(layer).__name__})",
-             "(None, " + ", ".join(str(d) for d in layer.output_shape) + ")",
-             f"{layer.count_params():,}")
-            for layer in self.layers
-        ]
-        name_width = max([int(line_length * 0.45)] + [len(r[0]) + 2 for r in rows])
-        shape_width = max([int(line_length * 0.40)] + [len(r[1]) + 2 for r in rows])
-        width = max(line_length, name_width + shape_width + 10)
-
-        def row(name, shape, params):
-            return (" " + name).ljust(name_width) + (" " + shape).ljust(shape_width) + " " + params
-
-        lines = [f'Model: "{self.name}"', "_" * width, row("Layer (type)", "Output Shape", "Param #"), "=" * width]
-        for index, cells in enumerate(rows):
-            lines.append(row(*cells))
-            lines.append("=" * width if index == len(rows) - 1 else "")
-        total = self.count_params()
-        trainable = sum(layer.count_params() for layer in self.layers if layer.trainable)
-        lines += [f"Total params: {total:,}", f"Trainable params: {trainable:,}",
-                  f"Non-trainable params: {total - trainable:,}", "_" * width]
-        for line in lines:
-            print_fn(line)
-
-    # -- training, Keras' way ---------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
-        """Choose how fit trains: optimizer ('adam', 'sgd', 'rmsprop' or an instance), loss
-        ('sparse_categorical_crossentropy', 'categorical_crossentropy' or an instance) and
-        metrics (['accuracy'], chosen to fit the loss as Keras does). Compiling again starts a
-        fresh optimizer state unless the same optimizer instance is passed."""
-        if loss is None:
-            raise ValueError(
-                f"Sequential '{self.name}': compile needs a loss, e.g. "
-                f"loss='sparse_categorical_crossentropy'"
-            )
-        self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
-        if metrics is None:
-            metrics = []
-        elif isinstance(metrics, (str, metrics_module.Metric)):
-            metrics = [metrics]
-        self.compiled_metrics = [metrics_module.get(m, self.loss) for m in metrics]
-        names = [m.name for m in self.compiled_metrics]
-        if len(set(names)) != len(names) or "loss" in names:
-            raise ValueError(f"Sequential '{self.name}': metric names must be unique and not 'loss', received {names}")
-        if self.layers:
-            self.loss.check_model_output(self)
-
-    @property
-    def compiled(self):
-        return self.loss is not None
-
-    @property
-    def metrics_names(self):
-        """['loss', 'accuracy', ...]: the order of evaluate's list."""
-        return ["loss"] + [m.name for m in self.compiled_metrics]
-
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0,
-            validation_batch_size=None):
-        """Train for `epochs` passes over (x, y); returns a History (`.history`, `.epoch`).
-
-        x: (N, H, W, C) images of any real dtype, converted to the model's dtype one batch at a
-        time (no scaling). y: integer labels (N,) for sparse_categorical_crossentropy, one-hot
-        (N, classes) for categorical_crossentropy. Everything is checked before the first step.
-        validation_split takes the LAST fraction of x and y (before shuffling), as Keras;
-        validation_data=(x_val, y_val) takes precedence over it.
-        shuffle=True: a new order every epoch, drawn from minicnn's generator (set_seed). The
-        model draws one seed at its first shuffled epoch and derives epoch k's order from
-        (seed, k), so fit(epochs=1) twice equals fit(epochs=2), and a saved model continues with
-        the order an uninterrupted run would have used.
-        verbose: 0 silent, 1 (or 'auto') a progress bar per epoch, 2 one line per epoch.
-        A batch whose loss is NaN or inf stops training before its update reaches the weights,
-        with a RuntimeWarning that also says when an earlier update had already overflowed
-        (non-finite weights behind a finite loss); ModelCheckpoint skips such an epoch.
-        """
-        who = "fit"
-        self._require_compiled(who)
-        batch_size = data.check_batch_size(batch_size, who)
-        validation_batch_size = data.check_batch_size(validation_batch_size or batch_size, who, "validation_batch_size")
-        verbose = data.check_verbose(verbose, who)
-        for what, value in (("epochs", epochs), ("initial_epoch", initial_epoch)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{who}: {what} must be a non-negative integer, received {value!r}")
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise ValueError(f"{who}: shuffle must be True or False, received {shuffle!r}")
-        try:
-            validation_split = float(validation_split)
-        except (TypeError, ValueError):
-            raise ValueError(f"{who}: validation_split must be a number in [0, 1), received {validation_split!r}") from None
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"{who}: validation_split must be in [0, 1), received {validation_split!r}")
-        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-            raise TypeError(f"{who}: callbacks must be a list of minicnn.callbacks.Callback instances, "
-                            f"received {type(callbacks).__name__}")
-
-        x, targets = self._check_data(x, y, who)
-        x_val = targets_val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError(
-                    f"{who}: validation_data must be a tuple (x_val, y_val), received "
-                    f"{type(validation_data).__name__}"
-                    + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list)) else "")
-                )
-            x_val, targets_val = self._check_data(*validation_data, who, "validation_data[0]", "validation_data[1]")
-        elif validation_split > 0:
-            split_at = int(math.floor(len(x) * (1.0 - validation_split)))
-            if split_at == 0 or split_at == len(x):
-                raise ValueError(
-                    f"{who}: validation_split={validation_split} of {len(x)} samples leaves "
-                    f"{split_at} for training and {len(x) - split_at} for validation; both need at least one"
-                )
-            x, x_val = x[:split_at], x[split_at:]
-            targets, targets_val = targets[:split_at], targets[split_at:]
-
-        steps = -(-len(x) // batch_size)
-        progress = callbacks_module.ProgressLogger(verbose) if verbose else None
-        history = callbacks_module.History()
-        callback_list = callbacks_module.CallbackList(
-            ([progress] if progress else []) + list(callbacks or []) + [history],
-            self, {"epochs": int(epochs), "steps": steps, "verbose": verbose},
-        )
-        self.history = history
-        self.stop_training = False
-        self.optimizer.build(self)
-        callback_list.on_train_begin()
-        logs = {}
-        for epoch in range(int(initial_epoch), int(epochs)):
-            callback_list.on_epoch_begin(epoch)
-            order = self._epoch_order(len(x)) if shuffle else None
-            self._epochs_seen += 1
-            logs = self._train_epoch(x, targets, order, batch_size, epoch, callback_list, progress)
-            if x_val is not None:
-                val_logs = self._evaluate_arrays(x_val, targets_val, validation_batch_size)
-                logs.update({"val_" + key: value for key, value in val_logs.items()})
-            callback_list.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
-        callback_list.on_train_end(logs)
-        return history
-
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False):
-        """Loss and metrics over (x, y), computed in batches with training=False.
-
-        Returns the loss alone when no metrics were compiled, else [loss, metric, ...] in
-        `metrics_names` order (a dict with return_dict=True), as Keras."""
-        who = "evaluate"
-        self._require_compiled(who)
-        batch_size = data.check_batch_size(batch_size, who)
-        verbose = data.check_verbose(verbose, who)
-        x, targets = self._check_data(x, y, who)
-        results = self._evaluate_arrays(x, targets, batch_size, verbose)
-        return self._format_results(results, return_dict)
-
-    def predict(self, x, batch_size=None, verbose="auto"):
-        """Model outputs for x (probabilities (N, classes) for a softmax model), computed
-        batch_size images at a time with training=False, so memory stays bounded for any N:
-        only the (N, classes) result grows with N."""
-        who = "predict"
-        batch_size = data.check_batch_size(batch_size, who)
-        verbose = data.check_verbose(verbose, who)
-        x = self._check_inputs(x, who)
-        n = len(x)
-        outputs = None
-        bar = _progress_bar(-(-n // batch_size), "predict", verbose)
-        for start in range(0, n, batch_size):
-            y = self.forward(data.batch(x, slice(start, start + batch_size), self.dtype), training=False)
-            if outputs is None:
-                outputs = np.empty((n,) + y.shape[1:], dtype=y.dtype)
-            outputs[start:start + len(y)] = y
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        return outputs
-
-    def predict_on_batch(self, x):
-        """Model outputs for one batch, no batching."""
-        x = self._check_inputs(x, "predict_on_batch")
-        return self.forward(data.batch(x, slice(None), self.dtype), training=False)
-
-    def train_on_batch(self, x, y, return_dict=False):
-        """One training step on exactly this batch; returns its loss (and metrics)."""
-        who = "train_on_batch"
-        self._require_compiled(who)
-        x, targets = self._check_data(x, y, who)
-        self.optimizer.build(self)
-        for metric in self.compiled_metrics:
-            metric.reset()
-        loss_value, y_pred = self._train_step(data.batch(x, slice(None), self.dtype), targets,
-                                              self._fused_softmax())
-        for metric in self.compiled_metrics:
-            metric.update(targets, y_pred)
-        results = {"loss": loss_value, **{m.name: m.result() for m in self.compiled_metrics}}
-        return self._format_results(results, return_dict)
-
-    def test_on_batch(self, x, y, return_dict=False):
-        """Loss (and metrics) of one batch with training=False; no update."""
-        who = "test_on_batch"
-        self._require_compiled(who)
-        x, targets = self._check_data(x, y, who)
-        results = self._evaluate_arrays(x, targets, len(x))
-        return self._format_results(results, return_dict)
+        """Print a Keras-style table: Layer (type) | Output Shape | Param #, then the totals
+        (see minicnn.summary)."""
+        summary.print_summary(self, line_length, print_fn)
 
     # -- files ------------------------------------------------------------------------------
     def save(self, filepath, overwrite=True, include_optimizer=True):
-        """Write the model to one .npz file (see minicnn.io); returns the path written.
+        """Write the model to one .npz file (see minicnn.saving); returns the path written.
 
         ".npz" is appended when filepath does not end in it, as numpy.savez does. With
         include_optimizer (and a compiled model) the file also holds the compile arguments and
         the optimizer state, so minicnn.load_model(path).fit(...) continues where this stopped."""
-        from . import io
-
-        return io.save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
+        return saving.save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath, overwrite=True):
         """Write only the weights (with the layer names and shapes they belong to)."""
-        from . import io
-
-        return io.save_weights(self, filepath, overwrite=overwrite)
+        return saving.save_weights(self, filepath, overwrite=overwrite)
 
     def load_weights(self, filepath):
         """Read weights written by save_weights or save into this (built) model, in layer order;
         every shape is checked before any weight is written."""
-        from . import io
-
-        io.load_weights(self, filepath)
+        saving.load_weights(self, filepath)
 
     def get_config(self):
         """JSON-ready architecture: the model name, each layer's class and config, the input shape."""
         return {
             "name": self.name,
-            "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
+            "layers": [LAYERS.serialize(layer) for layer in self.layers],
             "build_input_shape": list(self.input_shape) if self.built else None,
         }
 
@@ -456,164 +212,24 @@ class Sequential:
             raise ValueError("Sequential.from_config: expected a mapping with a 'layers' list")
         layers = []
         for entry in config["layers"]:
-            if not isinstance(entry, dict) or entry.get("class_name") not in LAYER_CLASSES:
+            if not isinstance(entry, dict) or entry.get("class_name") not in LAYERS:
                 name = entry.get("class_name") if isinstance(entry, dict) else entry
-                raise ValueError(f"Sequential.from_config: unknown layer class {name!r}; expected one of {sorted(LAYER_CLASSES)}")
-            layer_config = entry.get("config", {})
-            if not isinstance(layer_config, dict):
-                raise ValueError(f"Sequential.from_config: the config of a {entry['class_name']} must be a mapping")
-            layer_config = {
-                key: initializers.deserialize(value) if key.endswith("_initializer") and isinstance(value, dict) else value
-                for key, value in layer_config.items()
-            }
-            layers.append(LAYER_CLASSES[entry["class_name"]](**layer_config))
+                raise ValueError(f"Sequential.from_config: unknown layer class {quote(name)}; expected one of {LAYERS.names}")
+            layers.append(LAYERS.deserialize(entry))
         model = cls(name=config.get("name"))
         for layer in layers:
             model.add(layer)
         shape = config.get("build_input_shape")
-        if shape is not None and not model.built:
-            model.build((None,) + tuple(shape))
+        if shape is not None:
+            shape = as_shape(shape, "Sequential.from_config", "build_input_shape")
+            if not model.built:
+                model.build((None,) + shape)
+            elif shape != model.input_shape:
+                raise ValueError(f"Sequential.from_config: build_input_shape {shape} differs from the "
+                                 f"first layer's input_shape {model.input_shape}")
         return model
 
-    # -- the training machinery -------------------------------------------------------------
-    def _require_compiled(self, who):
-        if not self.compiled:
-            raise RuntimeError(
-                f"Sequential '{self.name}': {who} needs a compiled model; call "
-                f"model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])"
-            )
-
-    def _check_inputs(self, x, who, argument="x"):
-        """Validate x once (dtype, shape, empty, NaN/inf); builds the model from x if needed."""
-        if not self.layers:
-            raise ValueError(f"Sequential '{self.name}': {who} on a model with no layers")
-        x = data.as_input_array(x, who, argument)
-        if not self.built:
-            self.build((None,) + x.shape[1:])
-        data.check_input_shape(x, self.input_shape, who, argument)
-        data.check_finite(x, self.dtype, who, argument)
-        return x
-
-    def _check_data(self, x, y, who, x_name="x", y_name="y"):
-        """(x, prepared targets), both checked before any work is done."""
-        x = self._check_inputs(x, who, x_name)
-        if y is None:
-            raise ValueError(f"{who}: {y_name} is required, received None")
-        if len(self.output_shape) != 1:
-            raise ValueError(
-                f"{who}: {type(self.loss).__name__} needs a model whose output is (batch, classes), "
-                f"but this model outputs (batch, {', '.join(map(str, self.output_shape))}); add Flatten and Dense"
-            )
-        try:
-            targets = self.loss.prepare_targets(y, self.output_shape[0], self.dtype, y_name)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"{who}: {error}") from None
-        data.check_same_length(x, targets, who, x_name, y_name)
-        return x, targets
-
-    def _fused_softmax(self):
-        return self.ends_in_softmax() and not self.loss.from_logits
-
-    def _epoch_order(self, n):
-        if self._shuffle_seed is None:
-            self._shuffle_seed = int(seeding.generator().integers(2 ** 63))
-        return np.random.default_rng([self._shuffle_seed, self._epochs_seen]).permutation(n)
-
-    def _train_step(self, x_batch, targets, fused):
-        """forward, loss, backward, update. A non-finite loss skips backward and update."""
-        y_pred = self.forward(x_batch, training=True)
-        loss_value, dy = self.loss.value_and_gradient(targets, y_pred, fused)
-        if math.isfinite(loss_value):
-            self.backward(dy, need_input_gradient=False, dy_is_logits_gradient=fused)
-            self.optimizer.apply(self)
-        return loss_value, y_pred
-
-    def _train_epoch(self, x, targets, order, batch_size, epoch, callback_list, progress):
-        """One pass over x in batches; returns the epoch's logs (batch-size weighted means)."""
-        n = len(x)
-        dtype = self.dtype
-        fused = self._fused_softmax()
-        metrics = self.compiled_metrics
-        for metric in metrics:
-            metric.reset()
-        batch_hooks = callback_list.wants_batch_logs
-        refresh_every = progress.refresh_every if progress is not None else 0
-        loss_sum = 0.0
-        seen = 0
-
-        def running_logs():
-            return {"loss": loss_sum / seen, **{m.name: m.result() for m in metrics}}
-
-        for step, start in enumerate(range(0, n, batch_size)):
-            index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
-            if batch_hooks:
-                callback_list.on_train_batch_begin(step, {})
-            batch_targets = targets[index]
-            loss_value, y_pred = self._train_step(data.batch(x, index, dtype), batch_targets, fused)
-            count = len(batch_targets)
-            loss_sum += loss_value * count
-            seen += count
-            for metric in metrics:
-                metric.update(batch_targets, y_pred)
-            if not math.isfinite(loss_value):
-                # The loss is checked every step, the weights only now: an update that overflowed
-                # (a huge gradient times the learning rate) leaves non-finite weights behind a
-                # still-finite loss, and the message must not claim otherwise.
-                if all(np.isfinite(w).all() for w in self.get_weights()):
-                    state = "so the weights are the last finite ones"
-                else:
-                    state = ("but an earlier update already overflowed: the weights hold NaN or inf; "
-                             "reload the last checkpoint (ModelCheckpoint never saves such weights)")
-                warnings.warn(
-                    f"fit: the loss became {loss_value} in epoch {epoch + 1}, batch {step}; training "
-                    f"stopped before that batch's update, {state}. "
-                    f"Lower the learning rate or check the data.", RuntimeWarning, stacklevel=3,
-                )
-                self.stop_training = True
-            if batch_hooks:
-                callback_list.on_train_batch_end(step, running_logs())
-            if refresh_every and (step + 1) % refresh_every == 0:
-                progress.advance(step + 1, running_logs())
-            if self.stop_training:
-                break
-        logs = running_logs()
-        if progress is not None:
-            progress.advance(step + 1, logs)
-        return logs
-
-    def _evaluate_arrays(self, x, targets, batch_size, verbose=0):
-        """{'loss': ..., metric: ...} over checked arrays, in batches, training=False."""
-        metrics = [type(m)(name=m.name) for m in self.compiled_metrics]
-        loss_sum = 0.0
-        bar = _progress_bar(-(-len(x) // batch_size), "evaluate", verbose)
-        for start in range(0, len(x), batch_size):
-            index = slice(start, start + batch_size)
-            batch_targets = targets[index]
-            y_pred = self.forward(data.batch(x, index, self.dtype), training=False)
-            loss_sum += self.loss.value(batch_targets, y_pred) * len(batch_targets)
-            for metric in metrics:
-                metric.update(batch_targets, y_pred)
-            if bar is not None:
-                bar.update(1)
-        results = {"loss": loss_sum / len(x), **{m.name: m.result() for m in metrics}}
-        if bar is not None:
-            bar.set_postfix_str(callbacks_module._format_logs(results))
-            bar.close()
-        elif verbose == 2:
-            print(callbacks_module._format_logs(results))
-        return results
-
-    def _format_results(self, results, return_dict):
-        if return_dict:
-            return dict(results)
-        values = [results[name] for name in self.metrics_names]
-        return values[0] if len(values) == 1 else values
-
     def __repr__(self):
-        return f"<Sequential name={self.name!r} layers={len(self.layers)} built={self.built}>"
+        return f"<Sequential name={quote(self.name)} layers={len(self.layers)} built={self.built}>"
 
 
-def _progress_bar(total, description, verbose):
-    """A tqdm bar for evaluate/predict when verbose == 1, else None."""
-    tqdm = callbacks_module._tqdm() if verbose == 1 else None
-    return None if tqdm is None else tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)

@@ -4,6 +4,8 @@ Initializers and shuffling draw from `generator()` unless they were given a seed
 """
 import numpy as np
 
+from .errors import quote
+
 _generator = np.random.default_rng()
 
 
@@ -11,7 +13,7 @@ def set_seed(seed):
     """Reseed minicnn's generator: same seed, same engine -> bit-identical weights and history."""
     global _generator
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"set_seed: seed must be a non-negative integer, received {seed!r}")
+        raise ValueError(f"set_seed: seed must be a non-negative integer, received {quote(seed)}")
     _generator = np.random.default_rng(int(seed))
 
 

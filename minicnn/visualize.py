@@ -12,6 +12,8 @@ headless and does not touch the caller's backend.
 """
 import numpy as np
 
+from .layers import Conv2D, MaxPooling2D
+
 INSTALL_HINT = 'pip install "minicnn[examples]" (or pip install matplotlib)'
 
 
@@ -122,7 +124,7 @@ def first_layer_filters(path, kernel):
 
 def feature_maps(path, model, image, max_channels=8):
     """The input image and its activations after each Conv2D and MaxPooling2D layer."""
-    from .layers import Conv2D, MaxPooling2D
+
 
     x = image.reshape((1,) + image.shape).astype(model.dtype)
     stages = [("input", x)]

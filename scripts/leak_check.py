@@ -28,9 +28,13 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import minicnn  # noqa: E402
+try:
+    import minicnn
+except ImportError:
+    # Not installed: run from the checkout. An installed minicnn (with its compiled engine) wins,
+    # since the checkout's source folder has no compiled module after a plain `pip install .`.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    import minicnn
 from minicnn import kernels  # noqa: E402
 
 MIB = 1 << 20

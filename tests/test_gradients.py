@@ -4,9 +4,10 @@ softmax + cross-entropy loss, on every engine."""
 import numpy as np
 import pytest
 
-from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ReLU, Sequential, Softmax
+from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ReLU, Softmax
 
 from gradcheck import numeric_gradient, relative_error
+from models import seed_model
 
 MAX_RELATIVE_ERROR = 1e-7
 
@@ -98,17 +99,8 @@ def test_flatten_gradient_is_the_inverse_reshape(rng):
 
 
 def small_seed_model():
-    """The seed model's architecture on 8x8 images, float64."""
-    return Sequential([
-        Conv2D(4, (3, 3), padding="same", activation="relu", input_shape=(8, 8, 1), dtype="float64",
-               bias_initializer="glorot_uniform"),
-        MaxPooling2D((2, 2), strides=2, dtype="float64"),
-        Conv2D(6, (3, 3), padding="same", activation="relu", dtype="float64", bias_initializer="glorot_uniform"),
-        MaxPooling2D((2, 2), strides=2, dtype="float64"),
-        Flatten(dtype="float64"),
-        Dense(8, activation="relu", dtype="float64", bias_initializer="glorot_uniform"),
-        Dense(10, activation="softmax", dtype="float64"),
-    ])
+    """The seed model's architecture on 8x8 images, float64, with random biases."""
+    return seed_model(size=8, filters=(4, 6), units=8, dtype="float64", bias_initializer="glorot_uniform")
 
 
 def cross_entropy(probabilities, labels):

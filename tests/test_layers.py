@@ -6,18 +6,7 @@ import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ReLU, Sequential, Softmax, initializers
 
 import naive
-
-
-def seed_model(**first_layer_kwargs):
-    return Sequential([
-        Conv2D(32, (3, 3), padding="same", activation="relu", input_shape=(28, 28, 1), **first_layer_kwargs),
-        MaxPooling2D((2, 2), strides=2),
-        Conv2D(64, (3, 3), padding="same", activation=minicnn.nn.relu),
-        MaxPooling2D((2, 2), strides=2),
-        Flatten(),
-        Dense(128, activation=minicnn.nn.relu),
-        Dense(10, activation=minicnn.nn.softmax),
-    ])
+from models import seed_model
 
 
 def test_seed_model_shapes_and_parameter_count():
@@ -91,7 +80,7 @@ def test_get_and_set_weights_follow_keras_order_and_shapes():
     got = model.get_weights()
     got[0][...] = -5  # get_weights returns copies
     assert model.layers[0].params["kernel"][0, 0, 0, 0] == 1
-    with pytest.raises(ValueError, match=r"expects a weight of shape \(3, 3, 1, 32\), received \(3, 3, 2, 32\)"):
+    with pytest.raises(ValueError, match=r"weight .kernel. must have shape \(3, 3, 1, 32\), received \(3, 3, 2, 32\)"):
         model.set_weights([np.zeros((3, 3, 2, 32))] + new[1:])
     with pytest.raises(ValueError, match="expected 8 weight arrays, received 7"):
         model.set_weights(new[:-1])

@@ -159,3 +159,16 @@ def test_names_and_serialisation():
     with pytest.raises(ValueError, match="unknown loss"):
         minicnn.losses.deserialize({"class_name": "Loss", "config": {}})
     np.testing.assert_allclose(minicnn.losses.sparse_categorical_crossentropy([0], [[0.5, 0.5]]), [math.log(2)])
+
+
+def test_categorical_targets_must_not_be_negative():
+    # Bug (issue 10): a negative target made the loss unbounded below, and fit trained on it.
+    loss = CategoricalCrossentropy()
+    y_pred = np.full((2, 3), 1 / 3, np.float32)
+    with pytest.raises(ValueError, match=r"y_true: categorical_crossentropy targets must be >= 0.*-0\.5"):
+        loss(np.array([[1.5, -0.5, 0.0], [0, 1, 0]]), y_pred)
+    model = Sequential([Dense(3, activation="softmax", input_shape=(2,))])
+    model.compile(loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match="fit: y: .*must be >= 0"):
+        model.fit(np.zeros((2, 2)), np.array([[0, 2.0, -1.0], [0, 1, 0]]), verbose=0)
+    assert loss(np.array([[0.25, 0.75, 0.0], [0, 1, 0]]), y_pred) == pytest.approx(np.log(3), rel=1e-6)

@@ -24,9 +24,6 @@ also call malloc, as the growth of the process's peak resident memory (VmHWM) in
 process. "Does not scale with N": the same measurement at N = 20,000 and N = 60,000 differs by
 no more than the growth of the results.
 """
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 import tracemalloc
@@ -38,7 +35,8 @@ import pytest
 import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential, kernels
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from processes import run_python
+
 BATCH = 500
 MIB = 1 << 20
 
@@ -162,8 +160,7 @@ def test_resident_memory_stays_bounded_on_the_c_engine():
         print(*marks)
 
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=300)
+    result = run_python(["-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     start, predicted20, evaluated20, predicted60, evaluated60 = map(int, result.stdout.split())
     # Measured here, per step: +0.8, +0.0, +1.6, +0.0 MiB: the growth of predict's result alone.

@@ -2,8 +2,6 @@
 import json
 import os
 import pickle
-import subprocess
-import sys
 import textwrap
 import zipfile
 from pathlib import Path
@@ -16,7 +14,8 @@ from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, ModelFileError, Sequen
 from minicnn.callbacks import ModelCheckpoint
 from minicnn.io import FORMAT_VERSION, HEADER_ENTRY
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from processes import run_python
+
 
 
 def make_model(dtype=None, seed=0, optimizer="adam"):
@@ -176,8 +175,7 @@ def test_resume_in_a_new_process_equals_uninterrupted_training(tmp_path):
         model.fit(d["x"], d["y"], epochs=1, batch_size=8, verbose=0)
         model.save({str(tmp_path / 'resumed.npz')!r})
     """)
-    subprocess.run([sys.executable, "-W", "ignore", "-c", script], check=True, cwd=REPOSITORY,
-                   env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=120)
+    run_python(["-W", "ignore", "-c", script], check=True, timeout=120)
     resumed = minicnn.load_model(tmp_path / "resumed.npz")
     assert [w.tobytes() for w in resumed.get_weights()] == [w.tobytes() for w in uninterrupted.get_weights()]
 
@@ -211,8 +209,7 @@ def test_a_save_killed_midway_leaves_the_previous_file_intact(trained):
         os.fsync = die
         model.save({path!r})
     """)
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=REPOSITORY,
-                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=120)
+    result = run_python(["-W", "ignore", "-c", script], timeout=120)
     assert result.returncode == -9
     assert state_of(minicnn.load_model(path)) == before
 
@@ -377,3 +374,205 @@ def test_file_layout_is_plain_arrays_with_a_json_header(trained):
     assert all(entries[w["entry"]].dtype == np.float32 for w in header["weights"])
     assert header["compile"]["loss"]["class_name"] == "SparseCategoricalCrossentropy"
     assert header["training"]["optimizer_iterations"] == 12
+
+
+# -- the hostile review's findings (issue 10) ---------------------------------------------------
+
+def as_float64_overflowing(entries, header):
+    """The first weight as float64 1e300: a valid float64, but inf once it is float32."""
+    header["weights"][0]["dtype"] = "float64"
+    entries = dict(entries, weight_0000=np.full(entries["weight_0000"].shape, 1e300))
+    return with_header(entries, header)
+
+
+def test_weights_that_overflow_the_model_dtype_are_refused_on_load(trained, tmp_path):
+    _, path = trained
+    with pytest.raises(ModelFileError, match=r"conv2d.*'kernel'.*beyond the float32 range") as error:
+        minicnn.load_model(rewrite(path, tmp_path / "huge.npz", as_float64_overflowing))
+    assert "3.403e+38" in str(error.value)
+    model = make_model()
+    before = model.get_weights()
+    with pytest.raises(ModelFileError, match="beyond the float32 range"):
+        model.load_weights(tmp_path / "huge.npz")
+    for got, expected in zip(model.get_weights(), before):   # nothing written
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_set_weights_refuses_overflow_and_writes_nothing(trained):
+    model, _ = trained
+    before = model.get_weights()
+    new = [w + 1 for w in before]
+    new[-1] = np.full(new[-1].shape, -1e39)                  # the last layer's bias: float32 overflow
+    with pytest.raises(ValueError, match=r"Dense '.*': weight 'bias' holds values beyond the float32 range"):
+        model.set_weights(new)
+    for got, expected in zip(model.get_weights(), before):   # not even the first layers changed
+        np.testing.assert_array_equal(got, expected)
+    dense = model.layers[-1]
+    with pytest.raises(ValueError, match="'kernel' holds values beyond the float32 range"):
+        dense.set_weights([np.full(dense.params["kernel"].shape, 1e300), dense.params["bias"]])
+    np.testing.assert_array_equal(dense.get_weights()[0], before[-2])
+    model64 = make_model(dtype="float64")
+    model64.set_weights([np.full(w.shape, 1e300) for w in model64.get_weights()])   # fits float64
+    assert model64.get_weights()[0].flat[0] == 1e300
+
+
+@pytest.mark.parametrize("umask, expected", [(0o077, 0o600), (0o002, 0o664), (0o022, 0o644)])
+def test_new_files_respect_the_umask_and_existing_files_keep_their_mode(tmp_path, umask, expected):
+    model = make_model()
+    previous = os.umask(umask)
+    try:
+        path = Path(model.save(tmp_path / "new.npz"))
+        weights = Path(model.save_weights(tmp_path / "weights.npz"))
+        assert (path.stat().st_mode & 0o777, weights.stat().st_mode & 0o777) == (expected, expected)
+        os.chmod(path, 0o640)
+        model.save(path)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(previous)
+
+
+def test_stale_temporaries_of_the_same_target_are_removed_and_nothing_else(tmp_path):
+    from minicnn.io import STALE_TEMPORARY_SECONDS
+
+    model = make_model()
+    old = time_ago = __import__("time").time() - STALE_TEMPORARY_SECONDS - 60
+    planted = {
+        ".model.npz.0123456789abcdef.tmp": old,     # ours, stale: removed
+        ".model.npz.k3j_x9az.tmp": old,             # an older minicnn's (mkstemp) name, stale: removed
+        ".model.npz.fedcba9876543210.tmp": None,    # ours but fresh (a concurrent save): kept
+        ".other.npz.0123456789abcdef.tmp": old,     # another target's: kept
+        ".model.npz.not-ours!.tmp": old,            # not the writer's pattern: kept
+        "model.npz.0123456789abcdef.tmp": old,      # no leading dot: kept
+    }
+    for name, mtime in planted.items():
+        (tmp_path / name).write_bytes(b"half a model")
+        if mtime is not None:
+            os.utime(tmp_path / name, (time_ago, mtime))
+    model.save(tmp_path / "model.npz")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["model.npz"] + [name for name in planted if name not in
+                                           (".model.npz.0123456789abcdef.tmp", ".model.npz.k3j_x9az.tmp")])
+
+
+def test_a_full_disk_names_the_file_being_written(trained, monkeypatch):
+    import errno
+
+    model, path = trained
+    before = Path(path).read_bytes()
+
+    def full_disk(handle, **entries):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    for save in (model.save, model.save_weights):
+        with pytest.raises(OSError, match="No space left on device") as error:
+            save(path)
+        assert error.value.errno == errno.ENOSPC and str(path) in str(error.value)
+        assert Path(path).read_bytes() == before
+        assert sorted(p.name for p in Path(path).parent.iterdir()) == ["model.npz"]
+
+
+def test_huge_strings_from_files_and_code_make_bounded_messages(trained, tmp_path):
+    _, path = trained
+    huge = "x" * 10_000_000
+
+    def rename_layer(entries, header):
+        header["model"]["layers"][0]["config"]["name"] = huge
+        header["weights"][0]["layer"] = huge
+
+    def unknown_class(entries, header):
+        header["model"]["layers"][0]["class_name"] = huge
+
+    def unknown_argument(entries, header):
+        header["model"]["layers"][0]["config"][huge] = 1
+
+    for change in (rename_layer, unknown_class, unknown_argument):
+        with pytest.raises(ModelFileError) as error:
+            minicnn.load_model(rewrite(path, tmp_path / "huge.npz", change))
+        assert len(str(error.value)) < 2500
+    layer = Dense(3, name=huge, input_shape=(4,))
+    with pytest.raises(ValueError) as error:
+        layer.forward(np.zeros((2, 5), np.float32))
+    assert len(str(error.value)) < 300 and "xxx..." in str(error.value)
+    with pytest.raises(ValueError) as error:
+        Dense(3, activation=huge)
+    assert len(str(error.value)) < 400
+    with pytest.raises(ValueError) as error:
+        Sequential(name=huge).add(Dense(2, name="a")) or Sequential([Dense(2, name="a"), Dense(2, name="a")], name=huge)
+    assert len(str(error.value)) < 300
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda h: h["model"]["layers"][0]["config"].update(input_shape=[6.5, 6, 1]), "input_shape"),
+    (lambda h: h["model"]["layers"][0]["config"].update(input_shape=[True, 6, 1]), "input_shape"),
+    (lambda h: h["model"].update(build_input_shape=[6.0, 6, 1]), "input_shape"),
+    (lambda h: h["model"]["layers"][0]["config"].update(use_bias="yes"), "use_bias"),
+    (lambda h: h["model"]["layers"][0]["config"].update(trainable=1), "trainable"),
+    (lambda h: h["model"]["layers"][0]["config"].update(filters=3.0), "filters"),
+    (lambda h: h["model"]["layers"][0]["config"]["kernel_initializer"]["config"].update(seed=1.5), "seed"),
+    (lambda h: h["model"].update(name=5), "name"),
+    (lambda h: h["compile"]["loss"]["config"].update(from_logits="yes"), "from_logits"),
+    (lambda h: h["compile"]["loss"]["config"].update(name=7), "name"),
+    (lambda h: h["compile"]["optimizer"].update(class_name="SGD", config={"nesterov": 1}), "nesterov"),
+    (lambda h: h["compile"]["optimizer"]["config"].update(learning_rate=True), "learning_rate"),
+    (lambda h: h["training"].update(epochs_seen=10 ** 30), "epochs_seen"),
+    (lambda h: h["training"].update(epochs_seen=2.0), "epochs_seen"),
+    (lambda h: h["training"].update(optimizer_iterations=10 ** 30), "optimizer_iterations"),
+    (lambda h: h["training"].update(shuffle_seed=True), "shuffle_seed"),
+])
+def test_fields_of_the_wrong_type_are_refused(trained, tmp_path, change, field):
+    _, path = trained
+    with pytest.raises(ModelFileError, match=field):
+        minicnn.load_model(rewrite(path, tmp_path / "typed.npz", lambda e, h: change(h)))
+
+
+def test_layer_arguments_of_the_wrong_type_raise_instead_of_truncating():
+    for bad in ((28.5, 28, 1), (True, 28, 1), (28, 28.0, 1)):
+        with pytest.raises(ValueError, match="input_shape must be a tuple of positive integers"):
+            Conv2D(2, 3, input_shape=bad)
+    with pytest.raises(TypeError, match="use_bias must be True or False"):
+        Dense(2, use_bias="no")
+    with pytest.raises(TypeError, match="from_logits must be True or False"):
+        minicnn.losses.SparseCategoricalCrossentropy(from_logits="yes")
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        minicnn.initializers.GlorotUniform(seed=1.5)
+    assert Conv2D(2, 3, input_shape=np.array([28, 28, 1])).declared_input_shape == (28, 28, 1)
+
+
+def test_load_model_without_compile_never_reads_the_optimizer_state(trained, tmp_path):
+    # The CLI only predicts: the optimizer's slots (two thirds of a trained Adam model's file)
+    # need not be read. Damage the last byte of every optimizer entry's data: compile=False must
+    # still load (the entries are never read), compile=True must notice (zip CRC).
+    model, path = trained
+    damaged = tmp_path / "damaged.npz"
+    raw = bytearray(Path(path).read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        members = [info for info in archive.infolist() if info.filename.startswith("optimizer_")]
+        assert members and all(info.compress_type == zipfile.ZIP_STORED for info in members)
+        for info in members:
+            name_length, extra_length = np.frombuffer(raw, "<u2", 2, info.header_offset + 26)
+            data_start = info.header_offset + 30 + int(name_length) + int(extra_length)
+            raw[data_start + info.compress_size - 1] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    x, _ = data(10, seed=3)
+    loaded = minicnn.load_model(damaged, compile=False)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert not loaded.compiled
+    with pytest.raises(ModelFileError, match="damaged or truncated"):
+        minicnn.load_model(damaged)
+
+
+def test_training_state_is_public_and_checked(trained):
+    model, path = trained
+    state = model.get_training_state()
+    assert set(state) == {"shuffle_seed", "epochs_seen"} and state["epochs_seen"] == 2
+    assert minicnn.load_model(path).get_training_state() == state
+    fresh = make_model()
+    for bad, error in [({"shuffle_seed": 1.5, "epochs_seen": 1}, TypeError),
+                       ({"shuffle_seed": None, "epochs_seen": -1}, ValueError),
+                       ({"shuffle_seed": 2 ** 63, "epochs_seen": 1}, ValueError)]:
+        with pytest.raises(error):
+            fresh.set_training_state(bad)
+    assert fresh.get_training_state() == {"shuffle_seed": None, "epochs_seen": 0}   # nothing set
+    fresh.set_training_state(state)
+    assert fresh.get_training_state() == state

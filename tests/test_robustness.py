@@ -12,10 +12,7 @@ bad_input_cases), the face's shape checks (test_kernels), the C wrapper's buffer
 (test_c_engine), damaged/foreign/pickled model files and a SIGKILLed save (test_model_io).
 """
 import math
-import os
 import re
-import subprocess
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -29,7 +26,8 @@ from minicnn import images, kernels
 from minicnn.callbacks import Callback, ModelCheckpoint
 from minicnn.datasets import fashion_mnist as fm
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from processes import run_python
+
 
 # Each public layer with an input it accepts, as (factory, input shape).
 LAYERS = {
@@ -511,8 +509,7 @@ def test_a_tiny_file_declaring_a_huge_architecture_costs_no_time_or_memory(tmp_p
             print("refused:", error)
         print(time.perf_counter() - start, high_water_mb() - before)
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPOSITORY)}, timeout=120)
+    result = run_python(["-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     refused, numbers = result.stdout.strip().splitlines()
     assert "weights do not fit its architecture" in refused and "(16000, 16000)" in refused
@@ -611,3 +608,76 @@ def test_an_overflowing_update_is_reported_and_never_replaces_the_last_good_chec
     with pytest.raises(ValueError, match="hold NaN or inf"):
         model.save_weights(tmp_path / "weights.npz")
     assert path.read_bytes() == saved["bytes"] and not (tmp_path / "weights.npz").exists()
+
+
+# -- the direction of imports (issue 11) -----------------------------------------------------------
+
+def minicnn_imports():
+    """{module: ({minicnn modules it imports at the top}, {those it imports inside functions})}."""
+    import ast
+
+    package = Path(minicnn.__file__).resolve().parent
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    found = {}
+    for name, path in modules.items():
+        here = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        top, nested = set(), set()
+        tree = ast.parse(path.read_text())
+        functions = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        inside = {id(node) for function in functions for node in ast.walk(function)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = here.split(".")[:len(here.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets = {f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
+                           for alias in node.names}
+            elif isinstance(node, ast.Import):
+                targets = {alias.name for alias in node.names}
+            else:
+                continue
+            targets = {t for t in targets if t.split(".")[0] == "minicnn" and t != name}
+            (nested if id(node) in inside else top).update(targets)
+        found[name] = (top, nested)
+    return found
+
+
+def test_imports_run_one_way():
+    imports = minicnn_imports()
+    graph = {name: top | nested for name, (top, nested) in imports.items()}
+
+    def reachable(start):
+        seen, todo = set(), [start]
+        while todo:
+            for target in graph.get(todo.pop(), ()):
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+
+    cycles = sorted(name for name in graph if name in reachable(name))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+    # __main__ defers its imports so that `python -m minicnn --help` starts fast, not to dodge a cycle.
+    nested = {name: sorted(n) for name, (_, n) in imports.items() if n and name != "minicnn.__main__"}
+    assert not nested, f"function-local imports: {nested}"
+    assert imports["minicnn.io"][0] <= {"minicnn.errors", "minicnn.version"}
+    for name in graph:
+        reached = reachable(name)
+        if name.startswith(("minicnn.training", "minicnn.saving", "minicnn.layers", "minicnn.io")):
+            assert "minicnn.model" not in reached, f"{name} imports the model"
+        if name.startswith(("minicnn.layers", "minicnn.training.callbacks")):
+            assert not reached & {"minicnn.saving", "minicnn.io", "minicnn.training.trainer"}, name
+
+
+def test_keras_spelled_modules_are_real_modules_sharing_the_training_classes():
+    import sys
+
+    for name in ("optimizers", "losses", "metrics", "callbacks"):
+        public = getattr(minicnn, name)
+        training = getattr(minicnn.training, name)
+        assert public.__name__ == f"minicnn.{name}" and public is not training
+        assert sys.modules[f"minicnn.{name}"] is public
+        assert all(getattr(public, item) is getattr(training, item) for item in public.__all__)

@@ -11,18 +11,7 @@ import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
 from minicnn.callbacks import Callback, EarlyStopping, ModelCheckpoint, TerminateOnNaN
 
-
-def seed_model():
-    """The Keras tutorial's model, Keras' argument spellings, only the import changed."""
-    return Sequential([
-        Conv2D(32, (3, 3), padding="same", activation=minicnn.nn.relu, input_shape=(28, 28, 1)),
-        MaxPooling2D((2, 2), strides=2),
-        Conv2D(64, (3, 3), padding="same", activation=minicnn.nn.relu),
-        MaxPooling2D((2, 2), strides=2),
-        Flatten(),
-        Dense(128, activation=minicnn.nn.relu),
-        Dense(10, activation=minicnn.nn.softmax),
-    ])
+from models import seed_model
 
 
 def bars(n, seed, size=28, classes=10):
@@ -448,3 +437,16 @@ def test_from_logits_model_trains():
                   loss=minicnn.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     history = model.fit(x, y, epochs=8, batch_size=16, verbose=0)
     assert history.history["accuracy"][-1] >= 0.9
+
+
+def test_callback_arguments_of_the_wrong_type_are_refused():
+    # Bug (issue 10's class): start_from_epoch=1.5 was truncated to 1, min_delta="0.1" parsed.
+    for kwargs, message in [({"start_from_epoch": 1.5}, "start_from_epoch must be an integer"),
+                            ({"min_delta": "0.1"}, "min_delta must be a number"),
+                            ({"baseline": "low"}, "baseline must be a number"),
+                            ({"restore_best_weights": "yes"}, "restore_best_weights must be True or False")]:
+        with pytest.raises(TypeError, match=message):
+            EarlyStopping(**kwargs)
+    with pytest.raises(TypeError, match="initial_value_threshold must be a number"):
+        ModelCheckpoint("x.npz", initial_value_threshold="0.5")
+    assert EarlyStopping(min_delta=-0.5, baseline=1, start_from_epoch=np.int64(2)).start_from_epoch == 2

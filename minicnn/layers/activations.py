@@ -8,7 +8,9 @@ Softmax:  y = exp(x - max x) / sum exp(x - max x) along `axis` (max-subtracted, 
 """
 import numpy as np
 
-from .base import Layer
+from .. import initializers
+from ..errors import check_bool, quote
+from .base import REGISTRY, Layer
 
 
 class Activation(Layer):
@@ -20,6 +22,7 @@ class Activation(Layer):
         return input_shape
 
 
+@REGISTRY.register()
 class Linear(Activation):
     """Identity; what activation=None or 'linear' means."""
 
@@ -33,6 +36,7 @@ class Linear(Activation):
         return dy
 
 
+@REGISTRY.register()
 class ReLU(Activation):
     """Rectified linear unit. Input and output: any shape (batch, ...)."""
 
@@ -51,6 +55,7 @@ class ReLU(Activation):
         return dy * self._positive  # a new array: dy is never modified
 
 
+@REGISTRY.register()
 class Softmax(Activation):
     """Softmax along `axis` (default -1, the class axis). Input and output: (batch, ..., classes)."""
 
@@ -60,7 +65,7 @@ class Softmax(Activation):
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"{self.describe()}: axis must be an int, received {axis!r}")
+            raise TypeError(f"{self.describe()}: axis must be an int, received {quote(axis)}")
         self.axis = int(axis)
 
     def _build(self, input_shape):
@@ -108,6 +113,11 @@ def linear(x):
     return x
 
 
+def ends_in_softmax(layers):
+    """True when the last of `layers` outputs a softmax (a Softmax layer or activation='softmax')."""
+    return bool(layers) and layers[-1].activation_name == "softmax"
+
+
 ACTIVATION_LAYERS = {cls.activation_name: cls for cls in (Linear, ReLU, Softmax)}
 _FUNCTION_NAMES = {relu: "relu", softmax: "softmax", linear: "linear"}
 
@@ -121,7 +131,7 @@ def activation_name(identifier, who):
     if callable(identifier) and identifier in _FUNCTION_NAMES:
         return _FUNCTION_NAMES[identifier]
     raise ValueError(
-        f"{who}: unknown activation {identifier!r}; expected None, one of "
+        f"{who}: unknown activation {quote(identifier)}; expected None, one of "
         f"{sorted(ACTIVATION_LAYERS)}, or minicnn.nn.relu / minicnn.nn.softmax (an arbitrary "
         f"function has no backward pass minicnn could use)"
     )
@@ -135,24 +145,46 @@ def make_activation(name, dtype, owner_name):
 
 
 class WithActivation:
-    """Mixin for layers that take `activation=` (Conv2D, Dense): y = activation(z).
+    """Mixin for layers with a kernel, an optional bias and `activation=` (Conv2D, Dense):
+    y = activation(z), z = the layer's product with params['kernel'] (+ params['bias']).
 
-    The subclass computes z and implements `backward_preactivation(dz)`; this mixin runs the
-    activation forward and backward around it. ReLU is the exception: it is fused into the
-    kernel (`relu_in_kernel`), whose forward applies max(z, 0) and whose backward masks dy by
-    y > 0 itself, saving a pass over the activations each way. The model's fused softmax +
-    cross-entropy calls `backward_preactivation` directly with dL/dz.
+    The subclass computes z in `_forward` (keeping the kernel's cache in `self._cache`) and
+    names its kernel's backward in `_kernel_backward`; this mixin runs the activation forward
+    and backward around it. ReLU is the exception: it is fused into the kernel
+    (`relu_in_kernel`), whose forward applies max(z, 0) and whose backward masks dz by y > 0
+    itself, saving a pass over the activations each way. The fused softmax + cross-entropy
+    (minicnn.training.losses) hands its dL/dz to `backward_preactivation` directly.
     """
 
-    def _set_activation(self, activation):
-        self.activation_name = activation_name(activation, self.describe())
+    _cache = None
+
+    def _set_kernel_and_activation(self, activation, use_bias, kernel_initializer, bias_initializer):
+        who = self.describe()
+        self.activation_name = activation_name(activation, who)
         self.activation = make_activation(self.activation_name, self.dtype, self.name)
         self.relu_in_kernel = self.activation_name == "relu"
+        self.use_bias = check_bool(use_bias, who, "use_bias")
+        self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
 
-    def _build_activation(self, output_shape):
+    def _build_kernel_and_activation(self, kernel_shape, output_shape):
+        """Create params (the kernel first, then the bias: the order of the random draws) and
+        build the activation; returns output_shape."""
+        self.params = {"kernel": self.kernel_initializer(kernel_shape, self.dtype)}
+        if self.use_bias:
+            self.params["bias"] = self.bias_initializer((kernel_shape[-1],), self.dtype)
+        self.grads = {key: None for key in self.params}
         if self.activation is not None:
             self.activation.build(output_shape)
         return output_shape
+
+    def _kernel_and_activation_config(self):
+        return {
+            "activation": self.activation_name,
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+        }
 
     def _activate(self, z, training):
         if self.activation is None or self.relu_in_kernel:
@@ -163,3 +195,16 @@ class WithActivation:
         if self.activation is not None and not self.relu_in_kernel:
             dy = self.activation.backward(dy)
         return self.backward_preactivation(dy, need_input_gradient)
+
+    def backward_preactivation(self, dz, need_input_gradient=True):
+        """Backward from dz, the gradient w.r.t. the output *before* the activation (z, shaped
+        like the layer's output); fills grads['kernel'] (and grads['bias']) and returns dx, or
+        None when need_input_gradient is False. With the ReLU fused into the kernel, the kernel
+        masks dz by y > 0 itself (a no-op for a gradient already zero where the ReLU was off)."""
+        if self._cache is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        dx, dkernel, dbias = self._kernel_backward(dz, self._cache, need_dx=need_input_gradient)
+        self.grads["kernel"] = dkernel
+        if self.use_bias:
+            self.grads["bias"] = dbias
+        return dx

@@ -18,7 +18,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from .. import kernels
 from ..config import standardize_dtype
+from ..errors import check_bool, quote, shorten
+from ..registry import Registry
+
+REGISTRY = Registry("layer")
 
 _name_counters = defaultdict(itertools.count)
 
@@ -42,14 +47,16 @@ def unique_name(class_name):
 class Layer:
     """Base class: bookkeeping shared by all layers; the maths lives in subclasses."""
 
+    activation_name = None   # 'relu' / 'softmax' / 'linear' for layers that apply one
+
     def __init__(self, name=None, dtype=None, input_shape=None, trainable=True):
         who = type(self).__name__
         self.name = name if name is not None else unique_name(who)
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"{who}: name must be a non-empty string, received {name!r}")
+            raise ValueError(f"{who}: name must be a non-empty string, received {quote(name)}")
         self.dtype = standardize_dtype(dtype, who)
         self.dtype_was_given = dtype is not None
-        self.trainable = bool(trainable)
+        self.trainable = check_bool(trainable, self.describe(), "trainable")
         self.params = {}
         self.grads = {}
         self.built = False
@@ -57,12 +64,12 @@ class Layer:
         self.output_shape = None
         self.declared_input_shape = None
         if input_shape is not None:
-            self.declared_input_shape = _as_shape(input_shape, who, "input_shape")
+            self.declared_input_shape = as_shape(input_shape, who, "input_shape")
 
     # -- building ---------------------------------------------------------------------------
     def build(self, input_shape):
         """Create parameters for inputs of `input_shape` (no batch axis); return the output shape."""
-        input_shape = _as_shape(input_shape, self.describe(), "input_shape")
+        input_shape = as_shape(input_shape, self.describe(), "input_shape")
         if self.declared_input_shape is not None and input_shape != self.declared_input_shape:
             raise ValueError(
                 f"{self.describe()}: was declared with input_shape={self.declared_input_shape} "
@@ -91,10 +98,11 @@ class Layer:
     # -- computing --------------------------------------------------------------------------
     def forward(self, x, training=False):
         """y = layer(x). Builds the layer on first use like Keras."""
-        if not self.built:
+        if self.built:
+            self._check_input_array(x, expected_shape=self.input_shape)
+        else:
             self._check_input_array(x, expected_shape=None)
-            self.build(x.shape[1:])
-        self._check_input_array(x, expected_shape=self.input_shape)
+            self.build(x.shape[1:])   # the shape this batch has, checked by build
         return self._forward(x, training)
 
     def backward(self, dy, need_input_gradient=True):
@@ -124,7 +132,15 @@ class Layer:
         return [self.params[key].copy() for key in self.weight_names if key in self.params]
 
     def set_weights(self, weights):
-        """Overwrite the parameters in place (Keras order and shapes); the arrays are copied."""
+        """Overwrite the parameters in place (Keras order and shapes); the arrays are copied.
+        Every array is checked before any is written (see checked_weights)."""
+        for key, value in self.checked_weights(weights):
+            self.params[key][...] = value  # in place: optimizers and models keep their references
+
+    def checked_weights(self, weights):
+        """[(key, array in the layer's dtype)] for `weights`, or ValueError naming the layer and
+        the weight: a wrong count or shape, NaN or inf, or a value that overflows the layer's
+        dtype (1e300 becomes inf in float32, and every prediction NaN). Writes nothing."""
         keys = [key for key in self.weight_names if key in self.params]
         if not self.built:
             raise RuntimeError(f"{self.describe()}: set_weights before the layer is built")
@@ -133,22 +149,40 @@ class Layer:
             raise ValueError(
                 f"{self.describe()}: expected {len(keys)} weight arrays {keys}, received {len(weights)}"
             )
+        checked = []
         for key, value in zip(keys, weights):
+            target = self.params[key]
             value = np.asarray(value)
-            if value.shape != self.params[key].shape:
+            if value.shape != target.shape:
                 raise ValueError(
-                    f"{self.describe()}: weight '{key}' must have shape {self.params[key].shape}, "
+                    f"{self.describe()}: weight '{key}' must have shape {target.shape}, "
                     f"received {value.shape}"
                 )
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"{self.describe()}: weight '{key}' must hold real numbers, received dtype {value.dtype}")
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"{self.describe()}: weight '{key}' contains NaN or inf")
-        for key, value in zip(keys, weights):
-            self.params[key][...] = value  # in place: optimizers and models keep their references
+            with np.errstate(over="ignore"):
+                converted = value.astype(target.dtype, copy=False)
+            if not np.all(np.isfinite(converted)):
+                limit = np.finfo(target.dtype).max
+                raise ValueError(
+                    f"{self.describe()}: weight '{key}' holds values beyond the {target.dtype} range "
+                    f"(|value| <= {limit:.4g}), which would become inf; largest |value| is "
+                    f"{float(np.abs(value).max()):.4g}"
+                )
+            checked.append((key, converted))
+        return checked
 
     def count_params(self):
         return int(sum(p.size for p in self.params.values()))
 
     # -- description ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config):
+        """Inverse of get_config (initializers may be given as their serialized descriptions)."""
+        return cls(**config)
+
     def get_config(self):
         """Keyword arguments that recreate this layer (JSON-ready)."""
         config = {"name": self.name, "dtype": self.dtype, "trainable": self.trainable}
@@ -157,10 +191,10 @@ class Layer:
         return config
 
     def describe(self):
-        return f"{type(self).__name__} '{self.name}'"
+        return f"{type(self).__name__} '{shorten(self.name)}'"
 
     def __repr__(self):
-        return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
+        return f"<{type(self).__name__} name={quote(self.name)} built={self.built}>"
 
     # -- helpers for subclasses -------------------------------------------------------------
     def _check_input_array(self, x, expected_shape):
@@ -191,14 +225,16 @@ class Layer:
             raise TypeError(f"{who}: upstream gradient must be {self.dtype}, received {dy.dtype}")
 
 
-def _as_shape(shape, who, what):
+def as_shape(shape, who, what):
+    """A tuple of positive ints; 28.5 and True are refused, not truncated or read as 1."""
     try:
-        shape = tuple(int(d) if d is not None else None for d in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"{who}: {what} must be a tuple of positive integers, received {shape!r}") from None
-    if not shape or any(d is None or d < 1 for d in shape):
-        raise ValueError(f"{who}: {what} must be a tuple of positive integers, received {shape!r}")
-    return shape
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{who}: {what} must be a tuple of positive integers, received {quote(shape)}") from None
+    if not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 1
+                           for d in dims):
+        raise ValueError(f"{who}: {what} must be a tuple of positive integers, received {quote(shape)}")
+    return tuple(int(d) for d in dims)
 
 
 def normalize_tuple(value, n, who, what, allow_zero=False):
@@ -209,17 +245,32 @@ def normalize_tuple(value, n, who, what, allow_zero=False):
         try:
             values = tuple(value)
         except TypeError:
-            raise TypeError(f"{who}: {what} must be an int or a tuple of {n} ints, received {value!r}") from None
+            raise TypeError(f"{who}: {what} must be an int or a tuple of {n} ints, received {quote(value)}") from None
         if len(values) != n or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-            raise ValueError(f"{who}: {what} must be an int or a tuple of {n} ints, received {value!r}")
+            raise ValueError(f"{who}: {what} must be an int or a tuple of {n} ints, received {quote(value)}")
         values = tuple(int(v) for v in values)
     low = 0 if allow_zero else 1
     if any(v < low for v in values):
-        raise ValueError(f"{who}: {what} must be >= {low}, received {value!r}")
+        raise ValueError(f"{who}: {what} must be >= {low}, received {quote(value)}")
     return values
+
+
+def window_geometry(who, input_shape, window, strides, padding, what):
+    """((out_h, out_w), channels, pads) of a window (a kernel or a pool) sliding over
+    (height, width, channels) inputs; ValueError naming `who` when it does not fit."""
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"{who}: expected inputs of shape (height, width, channels) per image, received {input_shape}"
+        )
+    height, width, channels = input_shape
+    try:
+        output = kernels.output_shape_2d(height, width, window, strides, padding)
+    except ValueError as error:
+        raise ValueError(f"{who}: {what} {window} does not fit input {input_shape}: {error}") from None
+    return output, channels, kernels.pads_2d(height, width, window, strides, padding)
 
 
 def normalize_padding(value, who):
     if not isinstance(value, str) or value.lower() not in ("valid", "same"):
-        raise ValueError(f"{who}: padding must be 'valid' or 'same', received {value!r}")
+        raise ValueError(f"{who}: padding must be 'valid' or 'same', received {quote(value)}")
     return value.lower()

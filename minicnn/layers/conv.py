@@ -1,9 +1,11 @@
 """Conv2D: 2-D convolution over NHWC images, Keras' arguments and weight layout."""
-from .. import initializers, kernels
+from .. import kernels
+from ..errors import quote
 from .activations import WithActivation
-from .base import Layer, normalize_padding, normalize_tuple
+from .base import REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
 
 
+@REGISTRY.register()
 class Conv2D(WithActivation, Layer):
     """2-D convolution (cross-correlation) with optional bias and activation.
 
@@ -25,38 +27,20 @@ class Conv2D(WithActivation, Layer):
         super().__init__(**kwargs)
         who = self.describe()
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"{who}: filters must be a positive integer, received {filters!r}")
+            raise ValueError(f"{who}: filters must be a positive integer, received {quote(filters)}")
         if data_format not in (None, "channels_last"):
-            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {data_format!r}")
+            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
         self.filters = filters
         self.kernel_size = normalize_tuple(kernel_size, 2, who, "kernel_size")
         self.strides = normalize_tuple(strides, 2, who, "strides")
         self.padding = normalize_padding(padding, who)
-        self._set_activation(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
-        self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
-        self._cache = None
+        self._set_kernel_and_activation(activation, use_bias, kernel_initializer, bias_initializer)
 
     def _build(self, input_shape):
-        who = self.describe()
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"{who}: expected inputs of shape (height, width, channels) per image, "
-                f"received {input_shape}"
-            )
-        height, width, channels = input_shape
-        try:
-            out_h, out_w = kernels.output_shape_2d(height, width, self.kernel_size, self.strides, self.padding)
-        except ValueError as error:
-            raise ValueError(f"{who}: kernel_size {self.kernel_size} does not fit input {input_shape}: {error}") from None
-        self.pads = kernels.pads_2d(height, width, self.kernel_size, self.strides, self.padding)
-        kernel_shape = self.kernel_size + (channels, self.filters)
-        self.params = {"kernel": self.kernel_initializer(kernel_shape, self.dtype)}
-        if self.use_bias:
-            self.params["bias"] = self.bias_initializer((self.filters,), self.dtype)
-        self.grads = {key: None for key in self.params}
-        return self._build_activation((out_h, out_w, self.filters))
+        (out_h, out_w), channels, self.pads = window_geometry(
+            self.describe(), input_shape, self.kernel_size, self.strides, self.padding, "kernel_size")
+        return self._build_kernel_and_activation(self.kernel_size + (channels, self.filters),
+                                                 (out_h, out_w, self.filters))
 
     def _forward(self, x, training):
         convolve = kernels.conv2d_relu_forward if self.relu_in_kernel else kernels.conv2d_forward
@@ -64,19 +48,8 @@ class Conv2D(WithActivation, Layer):
         self._cache = cache if training else None
         return self._activate(y, training)
 
-    def backward_preactivation(self, dz, need_input_gradient=True):
-        """Backward from the gradient w.r.t. the output *before* the activation.
-
-        With the ReLU fused into the kernel, the kernel masks dz by y > 0 itself (a no-op for a
-        gradient that is already zero where the ReLU was off).
-        """
-        if self._cache is None:
-            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        dx, dkernel, dbias = kernels.conv2d_backward(dz, self._cache, need_dx=need_input_gradient)
-        self.grads["kernel"] = dkernel
-        if self.use_bias:
-            self.grads["bias"] = dbias
-        return dx
+    # the kernel face's function itself: no extra call per step
+    _kernel_backward = staticmethod(kernels.conv2d_backward)
 
     def get_config(self):
         return {
@@ -85,8 +58,5 @@ class Conv2D(WithActivation, Layer):
             "kernel_size": list(self.kernel_size),
             "strides": list(self.strides),
             "padding": self.padding,
-            "activation": self.activation_name,
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
+            **self._kernel_and_activation_config(),
         }

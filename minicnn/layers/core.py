@@ -1,18 +1,20 @@
 """Dense and Flatten."""
 import numpy as np
 
-from .. import initializers, kernels
+from .. import kernels
+from ..errors import quote
 from .activations import WithActivation
-from .base import Layer
+from .base import REGISTRY, Layer
 
 
+@REGISTRY.register()
 class Flatten(Layer):
     """(N, H, W, C) -> (N, H*W*C), row-major over (H, W, C) exactly as Keras flattens NHWC."""
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
-            raise ValueError(f"{self.describe()}: only data_format='channels_last' is supported, received {data_format!r}")
+            raise ValueError(f"{self.describe()}: only data_format='channels_last' is supported, received {quote(data_format)}")
 
     def _build(self, input_shape):
         return (int(np.prod(input_shape)),)
@@ -25,6 +27,7 @@ class Flatten(Layer):
         return dy.reshape((dy.shape[0],) + self.input_shape)
 
 
+@REGISTRY.register()
 class Dense(WithActivation, Layer):
     """Fully connected layer: y = activation(x @ kernel + bias).
 
@@ -39,13 +42,9 @@ class Dense(WithActivation, Layer):
         super().__init__(**kwargs)
         who = self.describe()
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"{who}: units must be a positive integer, received {units!r}")
+            raise ValueError(f"{who}: units must be a positive integer, received {quote(units)}")
         self.units = units
-        self._set_activation(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer, f"{who} kernel_initializer")
-        self.bias_initializer = initializers.get(bias_initializer, f"{who} bias_initializer")
-        self._cache = None
+        self._set_kernel_and_activation(activation, use_bias, kernel_initializer, bias_initializer)
 
     def _build(self, input_shape):
         if len(input_shape) != 1:
@@ -53,11 +52,7 @@ class Dense(WithActivation, Layer):
                 f"{self.describe()}: expected inputs of shape (batch, features), received per-sample "
                 f"shape {input_shape}; put a Flatten() layer before Dense"
             )
-        self.params = {"kernel": self.kernel_initializer((input_shape[0], self.units), self.dtype)}
-        if self.use_bias:
-            self.params["bias"] = self.bias_initializer((self.units,), self.dtype)
-        self.grads = {key: None for key in self.params}
-        return self._build_activation((self.units,))
+        return self._build_kernel_and_activation((input_shape[0], self.units), (self.units,))
 
     def _forward(self, x, training):
         y, cache = kernels.dense_forward(x, self.params["kernel"], self.params.get("bias"),
@@ -65,26 +60,12 @@ class Dense(WithActivation, Layer):
         self._cache = cache if training else None
         return self._activate(y, training)
 
-    def backward_preactivation(self, dz, need_input_gradient=True):
-        """Backward from the gradient w.r.t. the output *before* the activation.
-
-        dkernel = x^T dz, dbias = sum of dz over the batch, dx = dz kernel^T (the kernel face
-        computes them; with the ReLU fused it first masks dz by y > 0).
-        """
-        if self._cache is None:
-            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        dx, dkernel, dbias = kernels.dense_backward(dz, self._cache, need_dx=need_input_gradient)
-        self.grads["kernel"] = dkernel
-        if self.use_bias:
-            self.grads["bias"] = dbias
-        return dx
+    # the kernel face's function itself: no extra call per step
+    _kernel_backward = staticmethod(kernels.dense_backward)
 
     def get_config(self):
         return {
             **super().get_config(),
             "units": self.units,
-            "activation": self.activation_name,
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
+            **self._kernel_and_activation_config(),
         }

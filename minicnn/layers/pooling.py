@@ -1,8 +1,10 @@
 """MaxPooling2D over NHWC images."""
 from .. import kernels
-from .base import Layer, normalize_padding, normalize_tuple
+from ..errors import quote
+from .base import REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
 
 
+@REGISTRY.register()
 class MaxPooling2D(Layer):
     """Max over pool_size windows moved by strides (default: strides = pool_size).
 
@@ -20,24 +22,15 @@ class MaxPooling2D(Layer):
         super().__init__(**kwargs)
         who = self.describe()
         if data_format not in (None, "channels_last"):
-            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {data_format!r}")
+            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
         self.pool_size = normalize_tuple(pool_size, 2, who, "pool_size")
         self.strides = self.pool_size if strides is None else normalize_tuple(strides, 2, who, "strides")
         self.padding = normalize_padding(padding, who)
         self._cache = None
 
     def _build(self, input_shape):
-        who = self.describe()
-        if len(input_shape) != 3:
-            raise ValueError(
-                f"{who}: expected inputs of shape (height, width, channels) per image, received {input_shape}"
-            )
-        height, width, channels = input_shape
-        try:
-            out_h, out_w = kernels.output_shape_2d(height, width, self.pool_size, self.strides, self.padding)
-        except ValueError as error:
-            raise ValueError(f"{who}: pool_size {self.pool_size} does not fit input {input_shape}: {error}") from None
-        self.pads = kernels.pads_2d(height, width, self.pool_size, self.strides, self.padding)
+        (out_h, out_w), channels, self.pads = window_geometry(
+            self.describe(), input_shape, self.pool_size, self.strides, self.padding, "pool_size")
         return (out_h, out_w, channels)
 
     def _forward(self, x, training):

@@ -6,6 +6,6 @@ nothing of them.
     minicnn.losses.SparseCategoricalCrossentropy, CategoricalCrossentropy
     minicnn.callbacks.Callback, History, EarlyStopping, ModelCheckpoint, TerminateOnNaN
 """
-from . import callbacks, data, losses, metrics, optimizers
+from . import callbacks, data, losses, metrics, optimizers, trainer
 
-__all__ = ["callbacks", "data", "losses", "metrics", "optimizers"]
+__all__ = ["callbacks", "data", "losses", "metrics", "optimizers", "trainer"]

@@ -19,6 +19,8 @@ import warnings
 
 import numpy as np
 
+from ..errors import NonFiniteStateError, check_bool, check_int, quote
+
 
 class Callback:
     """Base class for user callbacks; every hook does nothing."""
@@ -194,9 +196,16 @@ class ProgressLogger(Callback):
             self._bar = None
 
 
+def _number(value, who, what):
+    """A real number as float; '0.1' and True are refused instead of converted."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{who}: {what} must be a number, received {quote(value)}")
+    return float(value)
+
+
 def _monitor_mode(monitor, mode, who):
     if mode not in ("auto", "min", "max"):
-        raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', received {mode!r}")
+        raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', received {quote(mode)}")
     if mode == "auto":
         mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
     return mode
@@ -217,15 +226,15 @@ class EarlyStopping(Callback):
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
         super().__init__()
         self.monitor = monitor
-        self.min_delta = abs(float(min_delta))
+        self.min_delta = abs(_number(min_delta, "EarlyStopping", "min_delta"))
         if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be a non-negative integer, received {patience!r}")
+            raise ValueError(f"EarlyStopping: patience must be a non-negative integer, received {quote(patience)}")
         self.patience = int(patience)
         self.verbose = verbose
         self.mode = _monitor_mode(monitor, mode, "EarlyStopping")
-        self.baseline = baseline
-        self.restore_best_weights = bool(restore_best_weights)
-        self.start_from_epoch = int(start_from_epoch)
+        self.baseline = None if baseline is None else _number(baseline, "EarlyStopping", "baseline")
+        self.restore_best_weights = check_bool(restore_best_weights, "EarlyStopping", "restore_best_weights")
+        self.start_from_epoch = check_int(start_from_epoch, "EarlyStopping", "start_from_epoch")
         self._reset()
 
     def _reset(self):
@@ -282,7 +291,7 @@ class ModelCheckpoint(Callback):
 
     filepath may hold format fields: the epoch (1-based, as Keras) and any log value, e.g.
     "ckpt/model-{epoch:02d}-{val_loss:.2f}.npz". The file is written atomically (see
-    minicnn.io). save_weights_only=False writes the whole model with its optimizer state, so
+    minicnn.saving). save_weights_only=False writes the whole model with its optimizer state, so
     minicnn.load_model(path) continues training exactly where it stopped. An epoch that
     diverged -- its loss became NaN or inf, or the weights hold NaN or inf, which load_model
     would refuse -- is not written, so the previous checkpoint stays as it was; a
@@ -293,15 +302,15 @@ class ModelCheckpoint(Callback):
                  save_weights_only=False, mode="auto", save_freq="epoch", initial_value_threshold=None):
         super().__init__()
         if save_freq != "epoch":
-            raise ValueError(f"ModelCheckpoint: only save_freq='epoch' is supported, received {save_freq!r}")
+            raise ValueError(f"ModelCheckpoint: only save_freq='epoch' is supported, received {quote(save_freq)}")
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
         self.verbose = verbose
-        self.save_best_only = bool(save_best_only)
-        self.save_weights_only = bool(save_weights_only)
+        self.save_best_only = check_bool(save_best_only, "ModelCheckpoint", "save_best_only")
+        self.save_weights_only = check_bool(save_weights_only, "ModelCheckpoint", "save_weights_only")
         self.mode = _monitor_mode(monitor, mode, "ModelCheckpoint")
         if initial_value_threshold is not None:
-            self.best = float(initial_value_threshold)
+            self.best = _number(initial_value_threshold, "ModelCheckpoint", "initial_value_threshold")
         else:
             self.best = math.inf if self.mode == "min" else -math.inf
         self.last_saved = None
@@ -312,7 +321,7 @@ class ModelCheckpoint(Callback):
             path = self.filepath.format(epoch=epoch + 1, **logs)
         except KeyError as error:
             raise KeyError(
-                f"ModelCheckpoint: filepath {self.filepath!r} names {error} which is not among the "
+                f"ModelCheckpoint: filepath {quote(self.filepath)} names {error} which is not among the "
                 f"logs {sorted(logs)} of epoch {epoch + 1}"
             ) from None
         if self.save_best_only:
@@ -328,8 +337,20 @@ class ModelCheckpoint(Callback):
                 if self.verbose > 0:
                     print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
                 return
-        if self._diverged(epoch, path, logs):
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self._warn_not_saved(epoch, path, f"its loss is {loss}")
             return
+        try:
+            if self.save_weights_only:
+                saved = self.model.save_weights(path)
+            else:
+                saved = self.model.save(path)
+        except NonFiniteStateError as refusal:
+            # save() refuses weights load_model could not read; the last good file stays.
+            self._warn_not_saved(epoch, path, f"{', '.join(refusal.names[:4])} hold NaN or inf")
+            return
+        self.last_saved = saved
         if self.save_best_only:
             if self.verbose > 0:
                 print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
@@ -337,30 +358,16 @@ class ModelCheckpoint(Callback):
             self.best = value
         elif self.verbose > 0:
             print(f"Epoch {epoch + 1}: saving model to {path}")
-        if self.save_weights_only:
-            self.last_saved = self.model.save_weights(path)
-        else:
-            self.last_saved = self.model.save(path)
 
-    def _diverged(self, epoch, path, logs):
-        """True (with a warning) when the epoch diverged: its loss is NaN or inf, or the weights
-        are. Weights with NaN or inf could not be loaded; the finite weights of an epoch whose
-        loss became NaN are those of a run blowing up. Either way the last good checkpoint is
-        worth more, so nothing is written."""
-        from ..io import nonfinite_state
-
-        loss = logs.get("loss")
-        if loss is not None and not math.isfinite(loss):
-            problem = f"its loss is {loss}"
-        else:
-            bad = nonfinite_state(self.model, include_optimizer=not self.save_weights_only)
-            problem = f"{', '.join(bad[:4])} hold NaN or inf" if bad else None
-        if problem:
-            warnings.warn(
-                f"ModelCheckpoint: epoch {epoch + 1} not saved to {path}: {problem} (training "
-                f"diverged); the previous checkpoint is kept", RuntimeWarning, stacklevel=3,
-            )
-        return problem is not None
+    @staticmethod
+    def _warn_not_saved(epoch, path, problem):
+        """An epoch that diverged (its loss is NaN or inf, or the weights are: load_model would
+        refuse them; the finite weights of an epoch whose loss became NaN are those of a run
+        blowing up) is not written: the last good checkpoint is worth more."""
+        warnings.warn(
+            f"ModelCheckpoint: epoch {epoch + 1} not saved to {path}: {problem} (training "
+            f"diverged); the previous checkpoint is kept", RuntimeWarning, stacklevel=3,
+        )
 
 
 class TerminateOnNaN(Callback):

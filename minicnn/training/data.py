@@ -7,6 +7,8 @@ images by 255 yourself if you want [0, 1].
 """
 import numpy as np
 
+from ..errors import quote
+
 # The NaN/inf scan works on blocks of about this many elements so its temporaries stay small.
 _SCAN_BLOCK_ELEMENTS = 1 << 20
 
@@ -86,7 +88,7 @@ def check_batch_size(batch_size, who, argument="batch_size"):
     if batch_size is None:
         return 32
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{who}: {argument} must be a positive integer, received {batch_size!r}")
+        raise ValueError(f"{who}: {argument} must be a positive integer, received {quote(batch_size)}")
     return int(batch_size)
 
 
@@ -94,10 +96,34 @@ def check_verbose(verbose, who):
     if verbose == "auto":
         return 1
     if isinstance(verbose, bool) or verbose not in (0, 1, 2):
-        raise ValueError(f"{who}: verbose must be 0, 1, 2 or 'auto', received {verbose!r}")
+        raise ValueError(f"{who}: verbose must be 0, 1, 2 or 'auto', received {quote(verbose)}")
     return int(verbose)
 
 
 def batch(x, index, dtype):
     """x[index] as a C-contiguous array of `dtype` (a view, no copy, when it already is one)."""
     return np.ascontiguousarray(x[index], dtype=dtype)
+
+
+def check_fit_arguments(batch_size, validation_batch_size, verbose, epochs, initial_epoch, shuffle,
+                        validation_split, callbacks, who="fit"):
+    """fit's arguments other than the data, checked before any work; returns
+    (batch_size, validation_batch_size, verbose, validation_split) normalised."""
+    batch_size = check_batch_size(batch_size, who)
+    validation_batch_size = check_batch_size(validation_batch_size or batch_size, who, "validation_batch_size")
+    verbose = check_verbose(verbose, who)
+    for what, value in (("epochs", epochs), ("initial_epoch", initial_epoch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{who}: {what} must be a non-negative integer, received {quote(value)}")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ValueError(f"{who}: shuffle must be True or False, received {quote(shuffle)}")
+    try:
+        validation_split = float(validation_split)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: validation_split must be a number in [0, 1), received {quote(validation_split)}") from None
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"{who}: validation_split must be in [0, 1), received {quote(validation_split)}")
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"{who}: callbacks must be a list of minicnn.callbacks.Callback instances, "
+                        f"received {type(callbacks).__name__}")
+    return batch_size, validation_batch_size, verbose, validation_split

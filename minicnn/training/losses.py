@@ -28,7 +28,11 @@ import warnings
 
 import numpy as np
 
-from ..layers.activations import softmax
+from ..errors import check_bool, check_str, quote
+from ..layers.activations import ends_in_softmax, softmax
+from ..registry import Registry
+
+REGISTRY = Registry("loss")
 
 EPSILON = 1e-7
 
@@ -39,8 +43,9 @@ class Loss:
     sparse = False
 
     def __init__(self, from_logits=False, name=None):
-        self.from_logits = bool(from_logits)
-        self.name = name if name is not None else self.default_name
+        who = type(self).__name__
+        self.from_logits = check_bool(from_logits, who, "from_logits")
+        self.name = check_str(name, who, "name") if name is not None else self.default_name
 
     # -- public, Keras-like -----------------------------------------------------------------
     def __call__(self, y_true, y_pred):
@@ -93,19 +98,25 @@ class Loss:
             return value, self._softmax_gradient(targets, probabilities, n)
         return value, self._clipped_probability_gradient(targets, y_pred, n)
 
+    def fuses_softmax(self, model):
+        """Whether training `model` uses the fused gradient: it ends in a softmax and the loss
+        takes probabilities. Then value_and_gradient(..., fused_softmax=True) gives dL/dlogits
+        and the model's backward skips its softmax (dy_is_logits_gradient=True)."""
+        return not self.from_logits and ends_in_softmax(model.layers)
+
     def check_model_output(self, model):
         """Warn about the combinations Keras warns about; called by compile."""
-        if self.from_logits and model.ends_in_softmax():
+        if self.from_logits and ends_in_softmax(model.layers):
             warnings.warn(
                 f"{type(self).__name__}: from_logits=True but the model ends in a softmax, so its "
                 f"outputs are probabilities, not logits. Was this intended?",
                 UserWarning, stacklevel=4,
             )
-        elif not self.from_logits and not model.ends_in_softmax():
+        elif not self.from_logits and not ends_in_softmax(model.layers):
             last = model.layers[-1]
             warnings.warn(
                 f"{type(self).__name__}: from_logits=False expects probabilities, but the model ends "
-                f"in {last.describe()} (activation {getattr(last, 'activation_name', 'none')!r}), whose "
+                f"in {last.describe()} (activation {quote(getattr(last, 'activation_name', 'none'))}), whose "
                 f"outputs are not; use activation='softmax' or from_logits=True",
                 UserWarning, stacklevel=4,
             )
@@ -129,6 +140,7 @@ class Loss:
         return np.log(np.clip(p, EPSILON, 1.0 - EPSILON))
 
 
+@REGISTRY.register("sparse_categorical_crossentropy")
 class SparseCategoricalCrossentropy(Loss):
     """Cross-entropy for integer labels y (N,) in [0, classes) and predictions (N, classes)."""
 
@@ -151,7 +163,7 @@ class SparseCategoricalCrossentropy(Loss):
                 bad = y[~np.isfinite(y) | (y != np.floor(y))][0]
                 raise ValueError(
                     f"{argument}: class labels must be whole numbers in [0, {num_classes}), "
-                    f"received {bad!r}"
+                    f"received {quote(bad)}"
                 )
         if y.size:
             low, high = y.min(), y.max()
@@ -178,6 +190,7 @@ class SparseCategoricalCrossentropy(Loss):
         return _clipped_gradient(onehot, y_pred, n)
 
 
+@REGISTRY.register("categorical_crossentropy")
 class CategoricalCrossentropy(Loss):
     """Cross-entropy for (N, classes) targets (one-hot or soft) and predictions (N, classes)."""
 
@@ -195,6 +208,11 @@ class CategoricalCrossentropy(Loss):
             )
         if not np.all(np.isfinite(y)):
             raise ValueError(f"{argument}: targets contain NaN or inf")
+        if y.size and y.min() < 0:
+            # A negative target weights a log-probability with the wrong sign: the loss is then
+            # unbounded below and training pushes that class's probability towards zero forever.
+            raise ValueError(f"{argument}: categorical_crossentropy targets must be >= 0 (one-hot or "
+                             f"probabilities), received {quote(y.min().item())}")
         with np.errstate(over="ignore"):
             converted = y.astype(dtype, copy=False)
         if not np.all(np.isfinite(converted)):
@@ -250,37 +268,12 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False):
     return loss.per_sample(loss.prepare_targets(y_true, y_pred.shape[-1], y_pred.dtype, "y_true"), y_pred)
 
 
-_BY_NAME = {
-    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
-    "categorical_crossentropy": CategoricalCrossentropy,
-}
-_BY_CLASS_NAME = {cls.__name__: cls for cls in _BY_NAME.values()}
-
-
 def get(identifier):
     """A Loss from its Keras name, its class, or an instance."""
-    if isinstance(identifier, Loss):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Loss):
-        return identifier()
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(
-        f"compile: unknown loss {identifier!r}; expected one of {sorted(_BY_NAME)} or an instance "
-        f"such as minicnn.losses.SparseCategoricalCrossentropy(from_logits=True)"
-    )
+    return REGISTRY.get(identifier, Loss, "compile",
+                        hint=" or an instance such as minicnn.losses.SparseCategoricalCrossentropy(from_logits=True)")
 
 
-def serialize(loss):
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
-
-
-def deserialize(description):
-    """Inverse of serialize; only minicnn's own loss classes are accepted."""
-    name = description.get("class_name") if isinstance(description, dict) else None
-    if name not in _BY_CLASS_NAME:
-        raise ValueError(f"unknown loss {name!r}; expected one of {sorted(_BY_CLASS_NAME)}")
-    config = description.get("config", {})
-    if not isinstance(config, dict):
-        raise ValueError(f"loss config must be a mapping, received {type(config).__name__}")
-    return _BY_CLASS_NAME[name].from_config(config)
+# {'class_name': ..., 'config': ...} and back; deserialize accepts only minicnn's own loss classes
+serialize = REGISTRY.serialize
+deserialize = REGISTRY.deserialize

@@ -8,13 +8,27 @@ Ties in argmax go to the first class, as numpy's and TensorFlow's argmax.
 """
 import numpy as np
 
+from ..errors import check_str, quote
+from ..registry import Registry
+
+REGISTRY = Registry("metric")
+
 
 class Metric:
     """reset() / update(targets, y_pred) / result(); targets as the loss prepared them."""
 
+    sparse = False     # whether it takes integer labels (the sparse loss's targets)
+
     def __init__(self, name):
-        self.name = name
+        self.name = check_str(name, type(self).__name__, "name")
         self.reset()
+
+    def get_config(self):
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def reset(self):
         self.correct = 0
@@ -27,8 +41,11 @@ class Metric:
         raise NotImplementedError
 
 
+@REGISTRY.register("sparse_categorical_accuracy")
 class SparseCategoricalAccuracy(Metric):
     """Share of samples whose argmax(y_pred) equals the integer label."""
+
+    sparse = True
 
     def __init__(self, name="sparse_categorical_accuracy"):
         super().__init__(name)
@@ -38,6 +55,7 @@ class SparseCategoricalAccuracy(Metric):
         self.count += len(labels)
 
 
+@REGISTRY.register("categorical_accuracy")
 class CategoricalAccuracy(Metric):
     """Share of samples whose argmax(y_pred) equals argmax(y_true)."""
 
@@ -50,28 +68,29 @@ class CategoricalAccuracy(Metric):
 
 
 _ACCURACY_NAMES = ("accuracy", "acc")
-_BY_NAME = {"sparse_categorical_accuracy": SparseCategoricalAccuracy,
-            "categorical_accuracy": CategoricalAccuracy}
 
 
 def get(identifier, loss):
     """A fresh Metric for a name (or a Metric instance, returned as is) given the compiled loss."""
     if isinstance(identifier, Metric):
         return identifier
-    if isinstance(identifier, str):
-        name = identifier.lower()
-        if name in _ACCURACY_NAMES:
-            cls = SparseCategoricalAccuracy if loss.sparse else CategoricalAccuracy
-            return cls(name=identifier)
-        if name in _BY_NAME:
-            cls = _BY_NAME[name]
-            if (cls is SparseCategoricalAccuracy) != bool(loss.sparse):
-                raise ValueError(
-                    f"compile: metric {identifier!r} does not fit the loss {loss.name!r}; use "
-                    f"metrics=['accuracy'] and minicnn picks the right one"
-                )
-            return cls(name=identifier)
-    raise ValueError(
-        f"compile: unknown metric {identifier!r}; expected 'accuracy', 'acc', "
-        f"'sparse_categorical_accuracy' or 'categorical_accuracy'"
-    )
+    if isinstance(identifier, str) and identifier.lower() in _ACCURACY_NAMES:
+        cls = SparseCategoricalAccuracy if loss.sparse else CategoricalAccuracy
+        return cls(name=identifier)
+    cls = REGISTRY.by_alias(identifier)
+    if cls is None:
+        raise ValueError(
+            f"compile: unknown metric {quote(identifier)}; expected 'accuracy', 'acc', "
+            f"'sparse_categorical_accuracy' or 'categorical_accuracy'"
+        )
+    if cls.sparse != bool(loss.sparse):
+        raise ValueError(
+            f"compile: metric {quote(identifier)} does not fit the loss {quote(loss.name)}; use "
+            f"metrics=['accuracy'] and minicnn picks the right one"
+        )
+    return cls(name=identifier)
+
+
+# {'class_name': ..., 'config': ...} and back; deserialize accepts only minicnn's own metric classes
+serialize = REGISTRY.serialize
+deserialize = REGISTRY.deserialize

@@ -21,6 +21,10 @@ import math
 import numpy as np
 
 from .. import kernels
+from ..errors import check_bool, check_int, check_str, quote, shorten
+from ..registry import Registry
+
+REGISTRY = Registry("optimizer")
 
 
 class Optimizer:
@@ -32,7 +36,7 @@ class Optimizer:
 
     def __init__(self, learning_rate=0.001, name=None):
         who = type(self).__name__
-        self.name = name if name is not None else who.lower()
+        self.name = check_str(name, who, "name") if name is not None else who.lower()
         self.learning_rate = _positive_float(learning_rate, who, "learning_rate")
         self.iterations = 0          # steps taken; Keras' optimizer.iterations
         self._variables = None       # [(layer, key)] in update order, once built
@@ -132,18 +136,17 @@ class Optimizer:
                 )
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"{type(self).__name__}: state '{slot}' of {layer}/{key} contains NaN or inf")
-        iterations = state["iterations"]
-        if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
-            raise ValueError(f"{type(self).__name__}: iterations must be a non-negative integer, received {iterations!r}")
+        iterations = check_int(state["iterations"], type(self).__name__, "optimizer_iterations")
         for (layer, key, slot), value in arrays.items():
             self._slots[(layer, key)][slot][...] = value
         self.iterations = int(iterations)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        args = ", ".join(f"{k}={quote(v)}" for k, v in self.get_config().items() if k != "name")
         return f"{type(self).__name__}({args})"
 
 
+@REGISTRY.register("sgd")
 class SGD(Optimizer):
     """Stochastic gradient descent, Keras' formulation.
 
@@ -160,9 +163,9 @@ class SGD(Optimizer):
         super().__init__(learning_rate, name)
         momentum = _float(momentum, "SGD", "momentum")
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"SGD: momentum must be in [0, 1], received {momentum!r}")
+            raise ValueError(f"SGD: momentum must be in [0, 1], received {quote(momentum)}")
         self.momentum = momentum
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool(nesterov, "SGD", "nesterov")
         self.slot_names = ("momentum",) if momentum > 0 else ()
 
     def _update(self, param, grad, slots, scratch, lr):
@@ -174,6 +177,7 @@ class SGD(Optimizer):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
+@REGISTRY.register("adam")
 class Adam(Optimizer):
     """Adam (Kingma & Ba) exactly as Keras computes it, epsilon included:
 
@@ -198,7 +202,7 @@ class Adam(Optimizer):
         for what, value in (("beta_1", beta_1), ("beta_2", beta_2)):
             value = _float(value, "Adam", what)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"Adam: {what} must be in [0, 1), received {value!r}")
+                raise ValueError(f"Adam: {what} must be in [0, 1), received {quote(value)}")
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.epsilon = _positive_float(epsilon, "Adam", "epsilon")
@@ -217,6 +221,7 @@ class Adam(Optimizer):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
 
 
+@REGISTRY.register("rmsprop")
 class RMSprop(Optimizer):
     """RMSprop, Keras' formulation (Keras' default optimizer in compile):
 
@@ -232,7 +237,7 @@ class RMSprop(Optimizer):
         super().__init__(learning_rate, name)
         rho = _float(rho, "RMSprop", "rho")
         if not 0.0 <= rho < 1.0:
-            raise ValueError(f"RMSprop: rho must be in [0, 1), received {rho!r}")
+            raise ValueError(f"RMSprop: rho must be in [0, 1), received {quote(rho)}")
         self.rho = rho
         self.epsilon = _positive_float(epsilon, "RMSprop", "epsilon")
 
@@ -252,37 +257,15 @@ class RMSprop(Optimizer):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
-_BY_CLASS_NAME = {cls.__name__: cls for cls in _BY_NAME.values()}
-
-
 def get(identifier):
     """An Optimizer from 'adam' / 'sgd' / 'rmsprop' (Keras' defaults), a class, or an instance."""
-    if isinstance(identifier, Optimizer):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Optimizer):
-        return identifier()
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(
-        f"compile: unknown optimizer {identifier!r}; expected one of {sorted(_BY_NAME)} or an "
-        f"instance such as minicnn.optimizers.Adam(learning_rate=1e-3)"
-    )
+    return REGISTRY.get(identifier, Optimizer, "compile",
+                        hint=" or an instance such as minicnn.optimizers.Adam(learning_rate=1e-3)")
 
 
-def serialize(optimizer):
-    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
-
-
-def deserialize(description):
-    """Inverse of serialize; only minicnn's own optimizer classes are accepted."""
-    name = description.get("class_name") if isinstance(description, dict) else None
-    if name not in _BY_CLASS_NAME:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_BY_CLASS_NAME)}")
-    config = description.get("config", {})
-    if not isinstance(config, dict):
-        raise ValueError(f"optimizer config must be a mapping, received {type(config).__name__}")
-    return _BY_CLASS_NAME[name].from_config(config)
+# {'class_name': ..., 'config': ...} and back; deserialize accepts only minicnn's own optimizer classes
+serialize = REGISTRY.serialize
+deserialize = REGISTRY.deserialize
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -303,22 +286,22 @@ def _signature(variables):
 
 
 def _describe(variables):
-    names = [f"{layer.name}/{key}" for layer, key in variables]
+    names = [f"{shorten(layer.name)}/{key}" for layer, key in variables]
     return "[" + ", ".join(names[:6]) + (", ..." if len(names) > 6 else "") + "]"
 
 
 def _float(value, who, what):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{who}: {what} must be a number, received {value!r}")
+        raise TypeError(f"{who}: {what} must be a number, received {quote(value)}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{who}: {what} must be finite, received {value!r}")
+        raise ValueError(f"{who}: {what} must be finite, received {quote(value)}")
     return value
 
 
 def _positive_float(value, who, what):
     value = _float(value, who, what)
     if value <= 0:
-        raise ValueError(f"{who}: {what} must be > 0, received {value!r}")
+        raise ValueError(f"{who}: {what} must be > 0, received {quote(value)}")
     return value
 
