@@ -5,6 +5,7 @@ import sys
 import numpy as np
 
 from .images import SIZE, load_images
+from .layers import Softmax
 
 # What image files become (images.prepare_image): one 28x28 grayscale channel.
 IMAGE_INPUT_SHAPE = (SIZE, SIZE, 1)
@@ -41,7 +42,6 @@ def output_kind(model, class_names):
     not take (28, 28, 1) images or does not output one value per class, or ends in another
     activation (relu, ...), whose outputs are neither probabilities nor logits.
     """
-    from .layers import Softmax
 
     input_shape = tuple(model.input_shape or ())
     if input_shape != IMAGE_INPUT_SHAPE:

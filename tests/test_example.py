@@ -1,8 +1,5 @@
 """The main job end to end: examples/fashion_mnist.py, the predict path and the CLI."""
 import importlib.util
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import minicnn
 from minicnn import visualize
 from minicnn.datasets import fashion_mnist
 from minicnn.predict import predict_image_files, top_k
+from processes import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = all(
@@ -145,16 +143,14 @@ def test_cli_predict_answers_good_files_and_reports_bad_ones(tmp_path):
     model = example.build_model()
     model_path = model.save(tmp_path / "model.npz")
     good = drawing(tmp_path / "good.png", background=255, item=0)
-    result = subprocess.run(
-        [sys.executable, "-m", "minicnn", "predict", "--model", str(model_path), str(good), str(tmp_path / "nope.png")],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )
+    result = run_python(["-m", "minicnn", "predict", "--model", str(model_path), str(good), str(tmp_path / "nope.png")],
+                        capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith(f"{good}: ") and lines[0].count("%") == 3
     assert lines[1].startswith(f"{tmp_path / 'nope.png'}: error:")
-    broken = subprocess.run([sys.executable, "-m", "minicnn", "predict", "--model", str(tmp_path / "nothing.npz"), str(good)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    broken = run_python(["-m", "minicnn", "predict", "--model", str(tmp_path / "nothing.npz"), str(good)],
+                        capture_output=True, text=True, timeout=120)
     assert broken.returncode == 2 and "cannot load the model" in broken.stderr
 
 
@@ -188,9 +184,8 @@ def test_top_k_needs_a_positive_k():
 
 def run_example(*args):
     """examples/fashion_mnist.py in a new process, importing this checkout's minicnn."""
-    return subprocess.run([sys.executable, str(ROOT / "examples" / "fashion_mnist.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return run_python([str(ROOT / "examples" / "fashion_mnist.py"), *map(str, args)],
+                      capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("case", ["missing-model", "damaged-model", "input-32x32x3", "five-outputs",

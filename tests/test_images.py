@@ -1,13 +1,11 @@
 """Tests of minicnn.images: a user's picture -> a Fashion-MNIST-like (28, 28) float32 array."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minicnn import images
+from processes import run_python
 
 CENTRE = 13.5   # of a 28x28 image, in pixel-index coordinates
 SYSTEM_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -271,10 +269,7 @@ def test_works_without_pillow_except_reading_files():
         "    else:\n"
         "        raise AssertionError('no ImportError')\n"
         "print('ok')\n")
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=root,
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(root)})
+    done = run_python(["-W", "ignore", "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
@@ -384,10 +379,8 @@ def test_large_pictures_are_decoded_in_bounded_memory(tmp_path, kind, bound):
     path = tmp_path / ("big.png" if kind == "png" else "big.jpg")
     picture.save(path, **({"compress_level": 1} if kind == "png" else {"quality": 85}))
     del picture, pen
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_OF_LOAD_IMAGE, str(path), str(tmp_path / "r.npy")],
-                          cwd=root, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(root)})
+    done = run_python(["-c", _PEAK_MEMORY_OF_LOAD_IMAGE, str(path), str(tmp_path / "r.npy")],
+                      capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     growth = int(done.stdout)
     decoded = side * side * 4
