@@ -44,13 +44,31 @@
 #define MK_NO_CONTRACT
 #endif
 
+/* Debug builds (MINICNN_EXTRA_CFLAGS=-DMC_DEBUG) check that every workspace region a step
+ * takes lies inside its plan and the caller's workspace, and abort with the failed condition.
+ * Not assert(): Python's own flags define NDEBUG. */
+#ifdef MC_DEBUG
+#include <stdio.h>
+#include <stdlib.h>
+#define MC_ASSERT(cond)                                                                       \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            fprintf(stderr, "minicnn C engine: %s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                    #cond);                                                                   \
+            abort();                                                                          \
+        }                                                                                     \
+    } while (0)
+#else
+#define MC_ASSERT(cond) ((void)0)
+#endif
+
 /* Tallest tile of any microkernel instance (rows kept in registers). */
 #define MK_MRMAX 12
 /* Below this many multiply-adds (or element visits) a call runs on one thread: waking the
  * others costs more than it saves (microseconds; a time slice when another process holds a
  * core). */
 #define MC_PARALLEL_MIN_WORK ((int64_t)1 << 17)
-/* Most per-thread workspace regions a call uses. */
+/* Most threads (and so per-thread workspace regions) a call uses. */
 #define MC_MAX_PARTS 64
 /* Winograd pays off once the channels its GEMMs reduce over are this many (measured:
  * docs/architecture.md); the passes decide separately. */
@@ -294,10 +312,19 @@ const char *mc_simd_name(int level)
     }
 }
 
+/* The threads a call runs on: the request (set_num_threads, else OMP_NUM_THREADS or all
+ * cores), capped at the processors this process may run on (omp_get_num_procs honours the
+ * affinity mask) and at MC_MAX_PARTS. More threads than processors only wait for each other,
+ * and every thread costs a per-thread workspace region: OMP_NUM_THREADS=100000 once asked
+ * for 7.6 GB and crashed inside libgomp. */
 static int mc_threads_now(void)
 {
 #ifdef _OPENMP
-    return mc_threads_requested > 0 ? mc_threads_requested : omp_get_max_threads();
+    int threads = mc_threads_requested > 0 ? mc_threads_requested : omp_get_max_threads();
+    const int procs = omp_get_num_procs();
+    if (procs >= 1 && threads > procs) threads = procs;
+    if (threads > MC_MAX_PARTS) threads = MC_MAX_PARTS;
+    return threads < 1 ? 1 : threads;
 #else
     return 1;
 #endif
@@ -454,19 +481,21 @@ int64_t mc_conv2d_forward_workspace(const mc_conv_geom *g, int elem_size)
 {
     mc_conv_sizes s;
     if (mc_check_conv(g, &s) || (elem_size != 4 && elem_size != 8)) return -1;
-    int64_t per_thread;
-    const int64_t fixed = elem_size == 4 ? forward_work_f32(g, &per_thread) : forward_work_f64(g, &per_thread);
-    return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
+    const int threads = mc_threads_now();
+    return mc_elements(elem_size == 4 ? conv_forward_bytes_f32(g, threads) : conv_forward_bytes_f64(g, threads),
+                       elem_size);
 }
 
 int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int need_dx, int relu)
 {
     mc_conv_sizes s;
     if (mc_check_conv(g, &s) || (elem_size != 4 && elem_size != 8)) return -1;
-    int64_t per_thread;
-    const int64_t fixed = elem_size == 4 ? backward_work_f32(g, need_dx, relu, &per_thread)
-                                         : backward_work_f64(g, need_dx, relu, &per_thread);
-    return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
+    const int threads = mc_threads_now();
+    need_dx = need_dx != 0;
+    relu = relu != 0;
+    return mc_elements(elem_size == 4 ? conv_backward_bytes_f32(g, need_dx, relu, threads)
+                                      : conv_backward_bytes_f64(g, need_dx, relu, threads),
+                       elem_size);
 }
 
 int64_t mc_dense_forward_workspace(int n, int k, int f, int elem_size)

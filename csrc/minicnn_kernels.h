@@ -58,10 +58,10 @@ int mc_simd_level(void);                  /* the level in use: MC_SIMD_* */
 int mc_simd_best(void);                   /* the best level this CPU and build support */
 int mc_set_simd_level(int level);         /* clamps to mc_simd_best(); returns the level set */
 const char *mc_simd_name(int level);
-int mc_max_threads(void);
+int mc_max_threads(void);                 /* threads a call uses: capped at the CPUs and 64 */
 int mc_set_algorithm(int algorithm);      /* returns the algorithm in force */
 int mc_get_algorithm(void);
-void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default */
+void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default; capped as above */
 /* glibc only: keep up to trim_bytes of freed memory and serve blocks up to 32 MiB from the heap,
  * so that arrays freed and reallocated every batch are not page-faulted in again.
  * Returns 1 when applied, 0 where the C library has no such knobs. */

@@ -350,7 +350,9 @@ static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const D
     const int64_t per_img = (int64_t)th * tw, tiles = n * per_img;
     const int64_t blocks = (tiles + DN_WINO_TILES_W - 1) / DN_WINO_TILES_W;
     const int fv = (int)DN(round_up)(F, vlen);
-    (void)parts;   /* read by the OpenMP pragma only */
+    /* zeroed here rather than by their threads: a team smaller than asked for (a thread
+     * limit) still sums only zeros from the accumulators it never touched */
+    for (int t = 0; t < parts; t++) memset(acc[t], 0, (size_t)(16 * C * fpad + fpad) * sizeof(DR));
 #ifdef _OPENMP
 #pragma omp parallel num_threads(parts) if (parts > 1)
 #endif
@@ -363,7 +365,6 @@ static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const D
         DR *V = vbuf[tid], *Z = zbuf[tid], *dU = acc[tid], *db = acc[tid] + 16 * C * fpad;
         const ptrdiff_t vs = (ptrdiff_t)DN_WINO_TILES_W * C, zs = (ptrdiff_t)DN_WINO_TILES_W * fv;
         ptrdiff_t offs[MK_MRMAX];
-        memset(dU, 0, (size_t)(16 * C * fpad + fpad) * sizeof(DR));
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -442,98 +443,192 @@ static void DN(wino_unpack_dw)(DR *const *acc, int parts, int C, int F, int64_t 
     }
 }
 
-/* ---- workspace: fixed regions plus one region per thread, 64 bytes of slack per region ---- */
+/* ---- the workspace plan ----
+ *
+ * One call's scratch memory, laid out once from the geometry, the algorithm of every pass and
+ * the thread count: the fixed regions, then exactly `threads` per-thread regions, each as large
+ * as the largest per-thread use of any step. Every step takes its per-thread pointers from the
+ * plan, never from another step's leftovers, and the workspace queries size the very same plan,
+ * so no thread can find its region missing whichever branches a call takes. Offsets are bytes
+ * from the workspace's first 64-byte boundary; the total includes the 64 bytes of that rounding.
+ */
 
-#define DN_ELEMS(count) ((int64_t)(count) * (int64_t)sizeof(DR) + 64)
-#define DN_OFFSETS(count) ((int64_t)(count) * (int64_t)sizeof(ptrdiff_t) + 64)
+typedef struct {
+    int threads;                       /* per-thread regions laid out, and the threads used */
+    int wino_fwd, wino_dw, wino_dx;    /* the algorithm of each pass */
+    int need_frame;                    /* dy copied into a whole-batch frame (backward) */
+    int staged;                        /* direct dkernel masks / pads dy one image at a time */
+    /* fixed regions (offsets; meaningful only when the step that uses them runs) */
+    int64_t packed, packed_bias, aoff; /* direct forward: kernel blocks, bias, tap offsets */
+    int64_t wpacked, toff;             /* direct dx: kernel blocks per phase, tap offsets */
+    int64_t frame;                     /* dy with zero margins, rows of fpad */
+    int64_t U, ident, zeros;           /* Winograd: transformed kernel, identity taps, zeros */
+    /* thread t's region starts at first_thread + t * per_thread; inside it, per step: */
+    int64_t first_thread, per_thread;
+    int64_t fwd_v, fwd_m;              /* Winograd forward: transformed tiles and products */
+    int64_t dw_acc, dw_stage;          /* direct dkernel: accumulator (+ bias), staged dy image */
+    int64_t wdw_acc, wdw_v, wdw_z;     /* Winograd dkernel: accumulator (+ bias), tiles */
+    int64_t wdx_v, wdx_m;              /* Winograd dx: transformed tiles and products */
+    int64_t bytes;                     /* the whole workspace */
+} DN(mc_conv_plan);
+
+/* The offset of a new region of `bytes` at the cursor, 64-byte aligned; moves the cursor. */
+static int64_t DN(place)(int64_t *cursor, int64_t bytes)
+{
+    const int64_t at = DN(round_up)(*cursor, 64);
+    *cursor = at + bytes;
+    return at;
+}
 
 static int64_t DN(zeros_len)(const mc_conv_geom *g)
 {
     return DN(round_up)(g->c > g->f ? g->c : g->f, DN_VLEN_MAX);
 }
 
-static int64_t DN(forward_work)(const mc_conv_geom *g, int64_t *per_thread)
+/* Threads for a convolution: the work decides whether a second one is worth waking. */
+static int DN(conv_threads)(const mc_conv_geom *g, const DN(mc_conv_dims) *d, int threads)
 {
+    threads = DN(threads_for)((int64_t)g->n * d->oh * d->ow * d->K * g->f, threads);
+    return threads < 1 ? 1 : threads > MC_MAX_PARTS ? MC_MAX_PARTS : threads;
+}
+
+static void DN(plan_threads)(DN(mc_conv_plan) *p, int64_t fixed_end, int64_t per_thread)
+{
+    p->per_thread = DN(round_up)(per_thread, 64);
+    p->first_thread = DN(round_up)(fixed_end, 64);
+    p->bytes = p->first_thread + (int64_t)p->threads * p->per_thread + 64;
+}
+
+static void DN(forward_plan)(const mc_conv_geom *g, int threads, DN(mc_conv_plan) *p)
+{
+    const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t);
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
     const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX);
-    int64_t fixed = DN_ELEMS(d.K * fpad) + DN_ELEMS(fpad) + DN_OFFSETS(d.K);           /* direct */
-    *per_thread = 64;
-    if (DN(wino_eligible)(g)) {
-        fixed += DN_ELEMS(16 * g->c * fpad) + DN_OFFSETS(g->c) + DN_ELEMS(DN(zeros_len)(g));
-        *per_thread += DN_ELEMS(16 * DN_WINO_TILES * g->c) + DN_ELEMS(16 * DN_WINO_TILES * fpad);
+    int64_t at = 0, sub = 0;
+    memset(p, 0, sizeof *p);
+    p->threads = DN(conv_threads)(g, &d, threads);
+    p->wino_fwd = DN(use_wino)(g, MC_PASS_FORWARD);
+    p->packed_bias = DN(place)(&at, fpad * E);
+    if (p->wino_fwd) {
+        p->U = DN(place)(&at, 16 * g->c * fpad * E);
+        p->ident = DN(place)(&at, g->c * P);
+        p->zeros = DN(place)(&at, DN(zeros_len)(g) * E);
+        p->fwd_v = DN(place)(&sub, 16 * DN_WINO_TILES * g->c * E);
+        p->fwd_m = DN(place)(&sub, 16 * DN_WINO_TILES * fpad * E);
+    } else {
+        p->packed = DN(place)(&at, d.K * fpad * E);
+        p->aoff = DN(place)(&at, d.K * P);
     }
-    return fixed;
+    DN(plan_threads)(p, at, sub);
 }
 
-/* dy is copied into a whole-batch frame for dx (with zero margins), and for the Winograd
- * kernel gradient when it must be masked (fused ReLU) or padded (F not a whole number of
- * vectors); the direct kernel gradient stages such a dy one image at a time instead. Sizing
- * uses the largest vector length, so the frame is a superset of what any SIMD level uses. */
-static int DN(needs_frame)(const mc_conv_geom *g, int need_dx, int relu, int vlen)
+static void DN(backward_plan)(const mc_conv_geom *g, int need_dx, int relu, int threads,
+                              DN(mc_conv_plan) *p)
 {
-    return need_dx || ((relu || g->f % vlen != 0) && DN(use_wino)(g, MC_PASS_DKERNEL));
-}
-
-static int64_t DN(backward_work)(const mc_conv_geom *g, int need_dx, int relu, int64_t *per_thread)
-{
+    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
+    const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t);
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
-    const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX);
-    const int64_t cpad = DN(round_up)(g->c, DN_VLEN_MAX);
+    const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX), cpad = DN(round_up)(g->c, DN_VLEN_MAX);
     const int64_t taps = (int64_t)g->kh * g->kw * g->f;
-    int64_t fixed = 0;
-    if (DN(needs_frame)(g, need_dx, relu, DN_VLEN_MAX))
-        fixed += DN_ELEMS((int64_t)g->n * (need_dx ? d.hd * d.wd : d.oh * d.ow) * fpad);
-    if (need_dx) fixed += DN_ELEMS(taps * cpad) + DN_OFFSETS(taps);
-    /* direct dW: the accumulator, then one image of staged dy */
-    int64_t region = DN_ELEMS(d.K * fpad + fpad) + DN_ELEMS(d.oh * d.ow * fpad);
-    if (DN(wino_eligible)(g)) {
-        fixed += DN_ELEMS(DN(zeros_len)(g));
-        const int64_t dw = DN_ELEMS(16 * g->c * fpad + fpad) + DN_ELEMS(16 * DN_WINO_TILES_W * g->c) +
-                           DN_ELEMS(16 * DN_WINO_TILES_W * fpad);
-        if (dw > region) region = dw;
-        if (need_dx) {
-            fixed += DN_ELEMS(16 * g->f * cpad) + DN_OFFSETS(g->f);
-            const int64_t dx = DN_ELEMS(16 * DN_WINO_TILES * g->f) + DN_ELEMS(16 * DN_WINO_TILES * cpad);
-            if (dx > region) region = dx;
-        }
+    const int ragged = relu || g->f % isa->vlen != 0;   /* dy must be masked or padded */
+    int64_t at = 0;
+    memset(p, 0, sizeof *p);
+    p->threads = DN(conv_threads)(g, &d, threads);
+    p->wino_dw = DN(use_wino)(g, MC_PASS_DKERNEL);
+    /* Winograd dx reads the frame as dy zero-padded by exactly 2 - pad on each side */
+    p->wino_dx = need_dx && DN(use_wino)(g, MC_PASS_DX) && d.mt == 2 - g->pad_top &&
+                 d.ml == 2 - g->pad_left;
+    /* dy goes into a whole-batch frame for dx (zero margins) and for the Winograd kernel
+     * gradient when it must be masked or padded; the direct one stages one image at a time */
+    p->need_frame = need_dx || (ragged && p->wino_dw);
+    p->staged = !p->need_frame && ragged;
+    if (p->need_frame)
+        p->frame = DN(place)(&at, (int64_t)g->n * (need_dx ? d.hd * d.wd : d.oh * d.ow) * fpad * E);
+    if (need_dx && !p->wino_dx) {
+        p->wpacked = DN(place)(&at, taps * cpad * E);
+        p->toff = DN(place)(&at, taps * P);
     }
-    *per_thread = region + 64;
-    return fixed;
+    if (p->wino_dw || p->wino_dx) p->zeros = DN(place)(&at, DN(zeros_len)(g) * E);
+    if (p->wino_dx) {
+        p->U = DN(place)(&at, 16 * g->f * cpad * E);
+        p->ident = DN(place)(&at, g->f * P);
+    }
+    /* the kernel gradient's and the input gradient's per-thread uses share each region: the
+     * accumulators are summed before dx starts */
+    int64_t dw = 0, dx = 0;
+    if (p->wino_dw) {
+        p->wdw_acc = DN(place)(&dw, (16 * g->c * fpad + fpad) * E);
+        p->wdw_v = DN(place)(&dw, 16 * DN_WINO_TILES_W * g->c * E);
+        p->wdw_z = DN(place)(&dw, 16 * DN_WINO_TILES_W * fpad * E);
+    } else {
+        p->dw_acc = DN(place)(&dw, (d.K * fpad + fpad) * E);
+        if (p->staged) p->dw_stage = DN(place)(&dw, d.oh * d.ow * fpad * E);
+    }
+    if (p->wino_dx) {
+        p->wdx_v = DN(place)(&dx, 16 * DN_WINO_TILES * g->f * E);
+        p->wdx_m = DN(place)(&dx, 16 * DN_WINO_TILES * cpad * E);
+    }
+    DN(plan_threads)(p, at, dw > dx ? dw : dx);
 }
 
-/* Split what is left of the arena into per-thread regions: how many fit, at most `threads`. */
-static int DN(thread_regions)(DN(mc_arena) *arena, int64_t per_thread, int threads, DN(mc_arena) *regions)
+/* A plan bound to the caller's workspace. */
+typedef struct {
+    char *base;                  /* the first 64-byte boundary of the workspace */
+    int64_t bytes;               /* usable bytes from base */
+    const DN(mc_conv_plan) *plan;
+} DN(mc_work);
+
+static DN(mc_work) DN(bind)(const DN(mc_conv_plan) *plan, DR *work, int64_t work_len)
 {
-    int parts = 0;
-    while (parts < threads && parts < MC_MAX_PARTS) {
-        char *start = DN(arena_take)(arena, per_thread - 64);
-        if (!start) break;
-        regions[parts].next = start;
-        regions[parts].end = start + (per_thread - 64);
-        parts++;
-    }
-    return parts;
+    char *start = (char *)work;
+    char *base = (char *)(((uintptr_t)start + 63u) & ~(uintptr_t)63u);
+    DN(mc_work) w = {base, work_len * (int64_t)sizeof(DR) - (int64_t)(base - start), plan};
+    MC_ASSERT(w.bytes >= plan->bytes - 64);
+    return w;
+}
+
+/* A fixed region: `bytes` at offset `at`, inside the workspace. */
+static void *DN(region)(const DN(mc_work) *w, int64_t at, int64_t bytes)
+{
+    MC_ASSERT(at >= 0 && bytes >= 0 && at + bytes <= w->bytes && at + bytes <= w->plan->first_thread);
+    return w->base + at;
+}
+
+/* Thread t's part of a per-thread region: `bytes` at offset `at` inside thread t's region. */
+static void *DN(thread_region)(const DN(mc_work) *w, int t, int64_t at, int64_t bytes)
+{
+    const DN(mc_conv_plan) *p = w->plan;
+    MC_ASSERT(t >= 0 && t < p->threads && at >= 0 && bytes >= 0 && at + bytes <= p->per_thread);
+    const int64_t start = p->first_thread + (int64_t)t * p->per_thread + at;
+    MC_ASSERT(start + bytes <= w->bytes);
+    return w->base + start;
+}
+
+/* ptrs[t] = thread t's part at `at` for every thread of the plan. */
+static void DN(thread_parts)(const DN(mc_work) *w, int64_t at, int64_t bytes, DR **ptrs)
+{
+    for (int t = 0; t < w->plan->threads; t++) ptrs[t] = DN(thread_region)(w, t, at, bytes);
 }
 
 /* ---- forward ---- */
 
 static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel,
-                             const DR *bias, int relu, DR *xpad, DR *y, DN(mc_arena) *arena,
-                             int64_t per_thread, int threads)
+                             const DR *bias, int relu, DR *xpad, DR *y, const DN(mc_work) *w)
 {
     const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
+    const DN(mc_conv_plan) *plan = w->plan;
+    const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t);
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
     const int vlen = isa->vlen, nb = isa->nvmax * vlen, F = g->f, C = g->c;
     const int64_t K = d.K;
     const int64_t fpad = DN(round_up)(F, DN_VLEN_MAX);
-    DR *packed = DN(arena_take)(arena, K * fpad * (int64_t)sizeof(DR));
-    DR *packed_bias = DN(arena_take)(arena, fpad * (int64_t)sizeof(DR));
-    ptrdiff_t *aoff = DN(arena_take)(arena, K * (int64_t)sizeof(ptrdiff_t));
+    const int threads = plan->threads;
+    DR *packed_bias = DN(region)(w, plan->packed_bias, fpad * E);
     const size_t img_in = (size_t)g->h * g->w * C, img_pad = (size_t)(d.hp * d.wp * C);
-    threads = DN(threads_for)((int64_t)g->n * d.oh * d.ow * K * F, threads);
+    (void)threads;   /* read by the OpenMP pragma only, in builds without OpenMP */
 
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
@@ -545,29 +640,26 @@ static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel
     /* bias as whole vectors, zeros past F */
     for (int64_t j = 0; j < fpad; j++) packed_bias[j] = bias && j < F ? bias[j] : (DR)0;
 
-    if (DN(use_wino)(g, MC_PASS_FORWARD)) {
-        DR *U = DN(arena_take)(arena, 16 * C * fpad * (int64_t)sizeof(DR));
-        ptrdiff_t *ident = DN(arena_take)(arena, C * (int64_t)sizeof(ptrdiff_t));
+    if (plan->wino_fwd) {
+        DR *U = DN(region)(w, plan->U, 16 * C * fpad * E);
+        ptrdiff_t *ident = DN(region)(w, plan->ident, C * P);
         const int64_t zlen = DN(zeros_len)(g);
-        DR *zeros = DN(arena_take)(arena, zlen * (int64_t)sizeof(DR));
-        DN(mc_arena) regions[MC_MAX_PARTS];
+        DR *zeros = DN(region)(w, plan->zeros, zlen * E);
         DR *vbuf[MC_MAX_PARTS], *mbuf[MC_MAX_PARTS];
-        const int parts = DN(thread_regions)(arena, per_thread, threads, regions);
-        if (parts < 1) return MC_ERR_SIZE;   /* the entry point's size check rules this out */
-        for (int t = 0; t < parts; t++) {
-            vbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * C * (int64_t)sizeof(DR));
-            mbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * fpad * (int64_t)sizeof(DR));
-        }
+        DN(thread_parts)(w, plan->fwd_v, 16 * DN_WINO_TILES * C * E, vbuf);
+        DN(thread_parts)(w, plan->fwd_m, 16 * DN_WINO_TILES * fpad * E, mbuf);
         memset(zeros, 0, (size_t)zlen * sizeof(DR));
         for (int c = 0; c < C; c++) ident[c] = c;
         DN(wino_pack)(isa, kernel, (ptrdiff_t)3 * C * F, (ptrdiff_t)C * F, F, 1, C, F, U, C * fpad, threads);
         const DN(mc_view) in = {xpad, (ptrdiff_t)img_pad, (ptrdiff_t)d.wp * C, C, (int)d.hp, (int)d.wp, C};
         DN(wino_conv)(isa, &in, g->n, (int)d.oh, (int)d.ow, y, F, U, C * fpad,
-                      bias ? packed_bias : NULL, relu, ident, zeros, vbuf, mbuf, parts);
+                      bias ? packed_bias : NULL, relu, ident, zeros, vbuf, mbuf, threads);
         return MC_OK;
     }
 
     /* direct: kernel (K, F) -> column blocks of whole vectors; tap k reads offset aoff[k] */
+    DR *packed = DN(region)(w, plan->packed, K * fpad * E);
+    ptrdiff_t *aoff = DN(region)(w, plan->aoff, K * P);
     for (int b = 0; b * nb < F; b++) {
         const int width = DN(block_vectors)(F, b, nb, vlen) * vlen;
         DR *dst = packed + (ptrdiff_t)b * nb * K;
@@ -590,211 +682,217 @@ static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel
     return MC_OK;
 }
 
-/* ---- backward ---- */
+/* ---- backward: frame dy, kernel gradient (Winograd or direct), input gradient (Winograd or
+ * direct), each step on the plan's regions ---- */
 
-static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
-                              const DR *dy, const DR *relu_y, DR *dx, DR *dkernel, DR *dbias,
-                              DN(mc_arena) *arena, int64_t per_thread, int threads)
-{
-    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
+typedef struct {
+    const mc_conv_geom *g;
+    const DN(mc_isa) *isa;
+    const DN(mc_work) *w;
     DN(mc_conv_dims) d;
-    DN(conv_dims)(g, &d);
-    const int vlen = isa->vlen, nb = isa->nvmax * vlen, F = g->f, C = g->c;
-    const int64_t K = d.K, fpad = DN(round_up)(F, DN_VLEN_MAX), cpad = DN(round_up)(C, DN_VLEN_MAX);
-    const int64_t fv = DN(round_up)(F, vlen);   /* the dy frame's row length */
-    const int need_frame = DN(needs_frame)(g, dx != NULL, relu_y != NULL, vlen);
-    /* direct kernel gradient without a frame: mask / pad dy one image at a time, in L2 */
-    const int staged = !need_frame && (relu_y != NULL || F % vlen != 0);
-    const int64_t mt = dx ? d.mt : 0, ml = dx ? d.ml : 0;
-    const int64_t hd = dx ? d.hd : d.oh, wd = dx ? d.wd : d.ow;
-    const size_t img_dy = (size_t)(d.oh * d.ow * F), img_pad = (size_t)(d.hp * d.wp * C);
-    const int wino_dw = DN(use_wino)(g, MC_PASS_DKERNEL), wino_dx = DN(use_wino)(g, MC_PASS_DX);
-    threads = DN(threads_for)((int64_t)g->n * d.oh * d.ow * K * F, threads);
+    int64_t fpad, cpad, fv;        /* fv: the frame's row length, F in whole vectors */
+    int64_t mt, ml, hd, wd;        /* the frame: margins and size (dy's size without dx) */
+    size_t img_dy, img_pad;
+    const DR *dy, *relu_y, *xpad;
+    DR *frame, *zeros;
+    /* dy as the kernel gradient reads it: the frame's interior, or dy itself */
+    const DR *src;
+    ptrdiff_t src_img, src_row, src_col;
+} DN(mc_backward);
 
-    DR *frame = need_frame ? DN(arena_take)(arena, (int64_t)g->n * hd * wd * fpad * (int64_t)sizeof(DR)) : NULL;
-    DR *wpacked = NULL;
-    ptrdiff_t *toff = NULL;
-    if (dx) {
-        wpacked = DN(arena_take)(arena, (int64_t)g->kh * g->kw * F * cpad * (int64_t)sizeof(DR));
-        toff = DN(arena_take)(arena, (int64_t)g->kh * g->kw * F * (int64_t)sizeof(ptrdiff_t));
-    }
-    DR *zeros = NULL, *U = NULL;
-    ptrdiff_t *ident = NULL;
-    if (DN(wino_eligible)(g)) {
-        const int64_t zlen = DN(zeros_len)(g);
-        zeros = DN(arena_take)(arena, zlen * (int64_t)sizeof(DR));
-        memset(zeros, 0, (size_t)zlen * sizeof(DR));
-        if (dx) {
-            U = DN(arena_take)(arena, 16 * F * cpad * (int64_t)sizeof(DR));
-            ident = DN(arena_take)(arena, F * (int64_t)sizeof(ptrdiff_t));
-        }
-    }
-    DN(mc_arena) regions[MC_MAX_PARTS];
-    const int parts = DN(thread_regions)(arena, per_thread, threads, regions);
-    if (parts < 1) return MC_ERR_SIZE;   /* the entry point's size check rules this out */
-
-    /* dy source for the kernel gradient: the frame's interior, or dy itself */
-    const DR *src = dy;
-    ptrdiff_t src_img = (ptrdiff_t)img_dy, src_row = (ptrdiff_t)d.ow * F, src_col = F;
-    if (need_frame) {
-        const size_t frame_img = (size_t)(hd * wd * fv);
+/* dy (masked by the fused ReLU) into the zero-margined, whole-vector rows of the frame. */
+static void DN(frame_dy)(DN(mc_backward) *b)
+{
+    const mc_conv_geom *g = b->g;
+    const int F = g->f, threads = b->w->plan->threads;
+    const size_t frame_img = (size_t)(b->hd * b->wd * b->fv);
+    (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
 #endif
-        for (int n = 0; n < g->n; n++) {
-            DR *fr = frame + n * frame_img;
-            memset(fr, 0, frame_img * sizeof(DR));
-            for (int64_t p = 0; p < d.oh; p++) {
-                for (int64_t q = 0; q < d.ow; q++) {
-                    const size_t at = n * img_dy + (size_t)((p * d.ow + q) * F);
-                    DR *o = fr + ((p + mt) * wd + q + ml) * fv;
-                    if (relu_y) {
-                        isa->relu_mask(o, dy + at, relu_y + at, F);
-                    } else {
-                        memcpy(o, dy + at, (size_t)F * sizeof(DR));
-                    }
-                }
+    for (int n = 0; n < g->n; n++) {
+        DR *fr = b->frame + n * frame_img;
+        memset(fr, 0, frame_img * sizeof(DR));
+        for (int64_t p = 0; p < b->d.oh; p++) {
+            for (int64_t q = 0; q < b->d.ow; q++) {
+                const size_t at = n * b->img_dy + (size_t)((p * b->d.ow + q) * F);
+                DR *o = fr + ((p + b->mt) * b->wd + q + b->ml) * b->fv;
+                if (b->relu_y)
+                    b->isa->relu_mask(o, b->dy + at, b->relu_y + at, F);
+                else
+                    memcpy(o, b->dy + at, (size_t)F * sizeof(DR));
             }
         }
-        src = frame + (mt * wd + ml) * fv;
-        src_img = (ptrdiff_t)frame_img;
-        src_row = (ptrdiff_t)(wd * fv);
-        src_col = (ptrdiff_t)fv;
     }
+    b->src = b->frame + (b->mt * b->wd + b->ml) * b->fv;
+    b->src_img = (ptrdiff_t)frame_img;
+    b->src_row = (ptrdiff_t)(b->wd * b->fv);
+    b->src_col = (ptrdiff_t)b->fv;
+}
 
-    /* kernel and bias gradients, each thread into its own accumulator, summed in thread order
-     * afterwards so that the result does not depend on scheduling */
-    DR *priv[MC_MAX_PARTS];
-    if (wino_dw) {
-        DR *vbuf[MC_MAX_PARTS], *zbuf[MC_MAX_PARTS];
-        for (int t = 0; t < parts; t++) {
-            priv[t] = DN(arena_take)(&regions[t], (16 * C * fpad + fpad) * (int64_t)sizeof(DR));
-            vbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES_W * C * (int64_t)sizeof(DR));
-            zbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES_W * fpad * (int64_t)sizeof(DR));
+/* dkernel (and dbias) by Winograd: each thread that gets a block of tiles accumulates its own
+ * transformed gradient, summed in thread order so that the result does not depend on
+ * scheduling. */
+static void DN(dkernel_winograd)(const DN(mc_backward) *b, DR *dkernel, DR *dbias)
+{
+    const mc_conv_geom *g = b->g;
+    const DN(mc_conv_plan) *plan = b->w->plan;
+    const int64_t E = (int64_t)sizeof(DR), fpad = b->fpad;
+    const int C = g->c, F = g->f;
+    DR *acc[MC_MAX_PARTS], *vbuf[MC_MAX_PARTS], *zbuf[MC_MAX_PARTS];
+    DN(thread_parts)(b->w, plan->wdw_acc, (16 * C * fpad + fpad) * E, acc);
+    DN(thread_parts)(b->w, plan->wdw_v, 16 * DN_WINO_TILES_W * C * E, vbuf);
+    DN(thread_parts)(b->w, plan->wdw_z, 16 * DN_WINO_TILES_W * fpad * E, zbuf);
+    const DN(mc_view) in = {b->xpad, (ptrdiff_t)b->img_pad, (ptrdiff_t)b->d.wp * C, C,
+                            (int)b->d.hp, (int)b->d.wp, C};
+    const DN(mc_view) dyv = {b->src, b->src_img, b->src_row, b->src_col, (int)b->d.oh, (int)b->d.ow, F};
+    /* as many accumulators as threads that get a block of tiles: each one is zeroed by its
+     * thread and all of them are summed below */
+    const int64_t tile_blocks = ((int64_t)g->n * ((b->d.oh + 1) / 2) * ((b->d.ow + 1) / 2) +
+                                 DN_WINO_TILES_W - 1) / DN_WINO_TILES_W;
+    const int used = plan->threads < tile_blocks ? plan->threads : (int)tile_blocks;
+    DN(wino_wgrad)(b->isa, &in, &dyv, g->n, F, fpad, b->zeros, acc, vbuf, zbuf, dbias != NULL, used);
+    DN(wino_unpack_dw)(acc, used, C, F, fpad, dkernel, plan->threads);
+    if (dbias)
+        for (int f = 0; f < F; f++) {
+            DR s = acc[0][16 * C * fpad + f];
+            for (int t = 1; t < used; t++) s += acc[t][16 * C * fpad + f];
+            dbias[f] = s;
         }
-        const DN(mc_view) in = {xpad, (ptrdiff_t)img_pad, (ptrdiff_t)d.wp * C, C, (int)d.hp, (int)d.wp, C};
-        const DN(mc_view) dyv = {src, src_img, src_row, src_col, (int)d.oh, (int)d.ow, F};
-        /* as many accumulators as threads that get a block of tiles: each one is zeroed by its
-         * thread and all of them are summed below */
-        const int64_t tile_blocks = ((int64_t)g->n * ((d.oh + 1) / 2) * ((d.ow + 1) / 2) +
-                                     DN_WINO_TILES_W - 1) / DN_WINO_TILES_W;
-        const int used = parts < tile_blocks ? parts : (int)tile_blocks;
-        DN(wino_wgrad)(isa, &in, &dyv, g->n, F, fpad, zeros, priv, vbuf, zbuf, dbias != NULL, used);
-        DN(wino_unpack_dw)(priv, used, C, F, fpad, dkernel, threads);
-        if (dbias)
-            for (int f = 0; f < F; f++) {
-                DR s = priv[0][16 * C * fpad + f];
-                for (int t = 1; t < used; t++) s += priv[t][16 * C * fpad + f];
-                dbias[f] = s;
-            }
-    } else {
-        /* images are split between threads (g->n >= 1 and parts >= 1 were checked) */
-        const int used = parts < g->n ? parts : (g->n > 1 ? g->n : 1);
-        DR *stage[MC_MAX_PARTS];
-        for (int t = 0; t < used; t++) {
-            priv[t] = DN(arena_take)(&regions[t], (K * fpad + fpad) * (int64_t)sizeof(DR));
-            stage[t] = DN(arena_take)(&regions[t], d.oh * d.ow * fpad * (int64_t)sizeof(DR));
-        }
-        const int nbw = (F + nb - 1) / nb;
+}
+
+/* dkernel (and dbias) directly: images are split between threads, each thread accumulates
+ * MR rows x NB filters at a time with the wgrad microkernel into its own gradient, and the
+ * gradients are summed in thread order. */
+static void DN(dkernel_direct)(const DN(mc_backward) *b, DR *dkernel, DR *dbias)
+{
+    const mc_conv_geom *g = b->g;
+    const DN(mc_isa) *isa = b->isa;
+    const DN(mc_conv_plan) *plan = b->w->plan;
+    const DN(mc_conv_dims) *d = &b->d;
+    const int64_t E = (int64_t)sizeof(DR), fpad = b->fpad, K = d->K, fv = b->fv;
+    const int vlen = isa->vlen, nb = isa->nvmax * vlen, C = g->c, F = g->f;
+    const int used = plan->threads < g->n ? plan->threads : g->n;
+    const int threads = plan->threads;
+    DR *acc[MC_MAX_PARTS], *stage[MC_MAX_PARTS];
+    DN(thread_parts)(b->w, plan->dw_acc, (K * fpad + fpad) * E, acc);
+    if (plan->staged) DN(thread_parts)(b->w, plan->dw_stage, d->oh * d->ow * fpad * E, stage);
+    const int nbw = (F + nb - 1) / nb;
+    (void)threads;
+    /* zeroed here: a team smaller than asked for still sums zeros from the rest */
+    for (int t = 0; t < used; t++) memset(acc[t], 0, (size_t)(K * fpad + fpad) * sizeof(DR));
 #ifdef _OPENMP
 #pragma omp parallel num_threads(used) if (used > 1)
 #endif
-        {
+    {
 #ifdef _OPENMP
-            const int tid = omp_get_thread_num();
+        const int tid = omp_get_thread_num();
 #else
-            const int tid = 0;
+        const int tid = 0;
 #endif
-            DR *acc = priv[tid];
-            DR *acc_bias = acc + K * fpad;
-            memset(acc, 0, (size_t)(K * fpad + fpad) * sizeof(DR));
-            ptrdiff_t offs[MK_MRMAX];
+        DR *mine = acc[tid];
+        DR *mine_bias = mine + K * fpad;
+        ptrdiff_t offs[MK_MRMAX];
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (int n = 0; n < g->n; n++) {
-                const DR *xi = xpad + n * img_pad;
-                const DR *di = src + n * src_img;
-                ptrdiff_t drow = src_row, dcol = src_col;
-                if (staged) {
-                    DR *st = stage[tid];
-                    for (int64_t px = 0; px < d.oh * d.ow; px++) {
-                        const size_t at = n * img_dy + (size_t)(px * F);
-                        if (relu_y)
-                            isa->relu_mask(st + px * fv, dy + at, relu_y + at, F);
-                        else
-                            memcpy(st + px * fv, dy + at, (size_t)F * sizeof(DR));
-                        for (int64_t f = F; f < fv; f++) st[px * fv + f] = 0;
-                    }
-                    di = st;
-                    drow = (ptrdiff_t)(d.ow * fv);
-                    dcol = (ptrdiff_t)fv;
+        for (int n = 0; n < g->n; n++) {
+            const DR *xi = b->xpad + n * b->img_pad;
+            const DR *di = b->src + n * b->src_img;
+            ptrdiff_t drow = b->src_row, dcol = b->src_col;
+            if (plan->staged) {
+                DR *st = stage[tid];
+                for (int64_t px = 0; px < d->oh * d->ow; px++) {
+                    const size_t at = n * b->img_dy + (size_t)(px * F);
+                    if (b->relu_y)
+                        isa->relu_mask(st + px * fv, b->dy + at, b->relu_y + at, F);
+                    else
+                        memcpy(st + px * fv, b->dy + at, (size_t)F * sizeof(DR));
+                    for (int64_t f = F; f < fv; f++) st[px * fv + f] = 0;
                 }
-                for (int b = 0; b < nbw; b++) {
-                    const int nv = DN(block_vectors)(F, b, nb, vlen);
-                    const int mr_max = isa->mr[nv];
-                    for (int64_t m0 = 0; m0 < K; m0 += mr_max) {
-                        const int mr = (int)(K - m0 < mr_max ? K - m0 : mr_max);
-                        for (int t = 0; t < mr_max; t++) {
-                            const int64_t m = m0 + (t < mr ? t : mr - 1);
-                            const int64_t c = m % C, j = (m / C) % g->kw, i = m / C / g->kw;
-                            offs[t] = (ptrdiff_t)((i * d.wp + j) * C + c);
-                        }
-                        (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
-                            xi, (ptrdiff_t)g->stride_h * d.wp * C, (ptrdiff_t)g->stride_w * C,
-                            (int)d.oh, (int)d.ow, offs, di + b * nb, drow, dcol,
-                            acc + m0 * fpad + b * nb, (ptrdiff_t)fpad, mr);
+                di = st;
+                drow = (ptrdiff_t)(d->ow * fv);
+                dcol = (ptrdiff_t)fv;
+            }
+            for (int blk = 0; blk < nbw; blk++) {
+                const int nv = DN(block_vectors)(F, blk, nb, vlen);
+                const int mr_max = isa->mr[nv];
+                for (int64_t m0 = 0; m0 < K; m0 += mr_max) {
+                    const int mr = (int)(K - m0 < mr_max ? K - m0 : mr_max);
+                    for (int t = 0; t < mr_max; t++) {
+                        const int64_t m = m0 + (t < mr ? t : mr - 1);
+                        const int64_t c = m % C, j = (m / C) % g->kw, i = m / C / g->kw;
+                        offs[t] = (ptrdiff_t)((i * d->wp + j) * C + c);
                     }
-                }
-                if (dbias) {
-                    for (int64_t p = 0; p < d.oh; p++)
-                        for (int64_t q = 0; q < d.ow; q++) {
-                            const DR *row = di + p * drow + q * dcol;
-                            for (int f = 0; f < F; f++) acc_bias[f] += row[f];
-                        }
+                    (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
+                        xi, (ptrdiff_t)g->stride_h * d->wp * C, (ptrdiff_t)g->stride_w * C,
+                        (int)d->oh, (int)d->ow, offs, di + blk * nb, drow, dcol,
+                        mine + m0 * fpad + blk * nb, (ptrdiff_t)fpad, mr);
                 }
             }
+            if (dbias) {
+                for (int64_t p = 0; p < d->oh; p++)
+                    for (int64_t q = 0; q < d->ow; q++) {
+                        const DR *row = di + p * drow + q * dcol;
+                        for (int f = 0; f < F; f++) mine_bias[f] += row[f];
+                    }
+            }
         }
+    }
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && K > 64)
 #endif
-        for (int64_t k = 0; k < K; k++) {
-            for (int f = 0; f < F; f++) {
-                DR s = priv[0][k * fpad + f];
-                for (int t = 1; t < used; t++) s += priv[t][k * fpad + f];
-                dkernel[k * F + f] = s;
-            }
-        }
-        if (dbias) {
-            for (int f = 0; f < F; f++) {
-                DR s = priv[0][K * fpad + f];
-                for (int t = 1; t < used; t++) s += priv[t][K * fpad + f];
-                dbias[f] = s;
-            }
+    for (int64_t k = 0; k < K; k++) {
+        for (int f = 0; f < F; f++) {
+            DR s = acc[0][k * fpad + f];
+            for (int t = 1; t < used; t++) s += acc[t][k * fpad + f];
+            dkernel[k * F + f] = s;
         }
     }
-    if (!dx) return MC_OK;
-
-    /* input gradient. Winograd: the frame is dy zero-padded by exactly 2 - pad on each side,
-     * so dx is its valid 3x3 correlation with the flipped, channel-swapped kernel. */
-    if (wino_dx && mt == 2 - g->pad_top && ml == 2 - g->pad_left) {
-        DR *vbuf[MC_MAX_PARTS], *mbuf[MC_MAX_PARTS];
-        for (int t = 0; t < parts; t++) {
-            regions[t].next = (char *)priv[t];   /* the gradient accumulators are no longer needed */
-            vbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * F * (int64_t)sizeof(DR));
-            mbuf[t] = DN(arena_take)(&regions[t], 16 * DN_WINO_TILES * cpad * (int64_t)sizeof(DR));
+    if (dbias) {
+        for (int f = 0; f < F; f++) {
+            DR s = acc[0][K * fpad + f];
+            for (int t = 1; t < used; t++) s += acc[t][K * fpad + f];
+            dbias[f] = s;
         }
-        for (int f = 0; f < F; f++) ident[f] = f;
-        const ptrdiff_t cf = (ptrdiff_t)C * F;
-        DN(wino_pack)(isa, kernel + 8 * cf, -3 * cf, -cf, 1, F, F, C, U, F * cpad, threads);
-        const DN(mc_view) in = {frame, (ptrdiff_t)(hd * wd * fv), (ptrdiff_t)(wd * fv), (ptrdiff_t)fv,
-                                (int)hd, (int)wd, F};
-        DN(wino_conv)(isa, &in, g->n, g->h, g->w, dx, C, U, F * cpad, NULL, 0, ident, zeros, vbuf,
-                      mbuf, parts);
-        return MC_OK;
     }
+}
 
-    /* direct: one dense transposed convolution per phase (row mod sh, column mod sw) */
+/* dx by Winograd: the valid 3x3 correlation of the frame (dy zero-padded by 2 - pad on each
+ * side) with the flipped, channel-swapped kernel. */
+static void DN(dx_winograd)(const DN(mc_backward) *b, const DR *kernel, DR *dx)
+{
+    const mc_conv_geom *g = b->g;
+    const DN(mc_conv_plan) *plan = b->w->plan;
+    const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t), cpad = b->cpad;
+    const int C = g->c, F = g->f;
+    DR *U = DN(region)(b->w, plan->U, 16 * F * cpad * E);
+    ptrdiff_t *ident = DN(region)(b->w, plan->ident, F * P);
+    DR *vbuf[MC_MAX_PARTS], *mbuf[MC_MAX_PARTS];
+    DN(thread_parts)(b->w, plan->wdx_v, 16 * DN_WINO_TILES * F * E, vbuf);
+    DN(thread_parts)(b->w, plan->wdx_m, 16 * DN_WINO_TILES * cpad * E, mbuf);
+    for (int f = 0; f < F; f++) ident[f] = f;
+    const ptrdiff_t cf = (ptrdiff_t)C * F;
+    DN(wino_pack)(b->isa, kernel + 8 * cf, -3 * cf, -cf, 1, F, F, C, U, F * cpad, plan->threads);
+    const DN(mc_view) in = {b->frame, (ptrdiff_t)(b->hd * b->wd * b->fv), (ptrdiff_t)(b->wd * b->fv),
+                            (ptrdiff_t)b->fv, (int)b->hd, (int)b->wd, F};
+    DN(wino_conv)(b->isa, &in, g->n, g->h, g->w, dx, C, U, F * cpad, NULL, 0, ident, b->zeros,
+                  vbuf, mbuf, plan->threads);
+}
+
+/* dx directly: one dense transposed convolution per phase (row mod sh, column mod sw), each
+ * with its own subset of kernel taps, so no zeros are multiplied. */
+static void DN(dx_direct)(const DN(mc_backward) *b, const DR *kernel, DR *dx)
+{
+    const mc_conv_geom *g = b->g;
+    const DN(mc_isa) *isa = b->isa;
+    const DN(mc_conv_plan) *plan = b->w->plan;
+    const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t);
+    const int64_t taps = (int64_t)g->kh * g->kw * g->f, cpad = b->cpad, fv = b->fv;
+    const int64_t wd = b->wd, hd = b->hd;
+    const int vlen = isa->vlen, nb = isa->nvmax * vlen, C = g->c, F = g->f;
+    DR *wpacked = DN(region)(b->w, plan->wpacked, taps * cpad * E);
+    ptrdiff_t *toff = DN(region)(b->w, plan->toff, taps * P);
     const int sh = g->stride_h, sw = g->stride_w;
     ptrdiff_t tap_base = 0;
     for (int ph = 0; ph < sh; ph++) {
@@ -811,16 +909,16 @@ static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *ke
             DR *bp = wpacked + tap_base * cpad;
             ptrdiff_t *aoff = toff + tap_base;
             /* taps (u, v, f): kernel[ph + sh*u, pw + sw*v, :, f], read at dy row -u, column -v */
-            for (int b = 0; b * nb < C; b++) {
-                const int width = DN(block_vectors)(C, b, nb, vlen) * vlen;
-                DR *dst = bp + (ptrdiff_t)b * nb * kph;
+            for (int blk = 0; blk * nb < C; blk++) {
+                const int width = DN(block_vectors)(C, blk, nb, vlen) * vlen;
+                DR *dst = bp + (ptrdiff_t)blk * nb * kph;
                 int64_t k = 0;
                 for (int u = 0; u < nu; u++)
                     for (int v = 0; v < nvt; v++)
                         for (int f = 0; f < F; f++, k++) {
-                            const DR *w = kernel + ((ptrdiff_t)((ph + sh * u) * g->kw + pw + sw * v) * C) * F + f;
+                            const DR *wk = kernel + ((ptrdiff_t)((ph + sh * u) * g->kw + pw + sw * v) * C) * F + f;
                             for (int j = 0; j < width; j++)
-                                dst[k * width + j] = b * nb + j < C ? w[(ptrdiff_t)(b * nb + j) * F] : (DR)0;
+                                dst[k * width + j] = blk * nb + j < C ? wk[(ptrdiff_t)(blk * nb + j) * F] : (DR)0;
                         }
             }
             {
@@ -832,17 +930,80 @@ static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *ke
             const int hp0 = h0 + g->pad_top, wp0 = w0 + g->pad_left;
             DN(mc_tiling) tl = {
                 .count = (int64_t)g->n * hph * wph, .rows = hph, .cols = wph,
-                .a_base = frame + ((hp0 / sh + mt) * wd + wp0 / sw + ml) * fv,
+                .a_base = b->frame + ((hp0 / sh + b->mt) * wd + wp0 / sw + b->ml) * fv,
                 .a_img = (ptrdiff_t)(hd * wd * fv), .a_row = (ptrdiff_t)(wd * fv), .a_col = (ptrdiff_t)fv,
                 .c_base = dx + ((ptrdiff_t)h0 * g->w + w0) * C,
                 .c_img = (ptrdiff_t)g->h * g->w * C, .c_row = (ptrdiff_t)sh * g->w * C,
                 .c_col = (ptrdiff_t)sw * C,
             };
-            DN(run_igemm)(isa, &tl, kph, aoff, bp, NULL, C, 0, threads);
+            DN(run_igemm)(isa, &tl, kph, aoff, bp, NULL, C, 0, plan->threads);
             tap_base += kph;
         }
     }
+}
+
+static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
+                              const DR *dy, const DR *relu_y, DR *dx, DR *dkernel, DR *dbias,
+                              const DN(mc_work) *w)
+{
+    const DN(mc_conv_plan) *plan = w->plan;
+    const int64_t E = (int64_t)sizeof(DR);
+    DN(mc_backward) b;
+    memset(&b, 0, sizeof b);
+    b.g = g;
+    b.isa = &DN(mc_isa_tables)[mc_level];
+    b.w = w;
+    DN(conv_dims)(g, &b.d);
+    b.fpad = DN(round_up)(g->f, DN_VLEN_MAX);
+    b.cpad = DN(round_up)(g->c, DN_VLEN_MAX);
+    b.fv = DN(round_up)(g->f, b.isa->vlen);
+    b.mt = dx ? b.d.mt : 0;
+    b.ml = dx ? b.d.ml : 0;
+    b.hd = dx ? b.d.hd : b.d.oh;
+    b.wd = dx ? b.d.wd : b.d.ow;
+    b.img_dy = (size_t)(b.d.oh * b.d.ow * g->f);
+    b.img_pad = (size_t)(b.d.hp * b.d.wp * g->c);
+    b.dy = dy;
+    b.relu_y = relu_y;
+    b.xpad = xpad;
+    b.src = dy;
+    b.src_img = (ptrdiff_t)b.img_dy;
+    b.src_row = (ptrdiff_t)b.d.ow * g->f;
+    b.src_col = g->f;
+    if (plan->wino_dw || plan->wino_dx) {
+        const int64_t zlen = DN(zeros_len)(g);
+        b.zeros = DN(region)(w, plan->zeros, zlen * E);
+        memset(b.zeros, 0, (size_t)zlen * sizeof(DR));
+    }
+    if (plan->need_frame) {
+        b.frame = DN(region)(w, plan->frame, (int64_t)g->n * b.hd * b.wd * b.fpad * E);
+        DN(frame_dy)(&b);
+    }
+    if (plan->wino_dw)
+        DN(dkernel_winograd)(&b, dkernel, dbias);
+    else
+        DN(dkernel_direct)(&b, dkernel, dbias);
+    if (!dx) return MC_OK;
+    if (plan->wino_dx)
+        DN(dx_winograd)(&b, kernel, dx);
+    else
+        DN(dx_direct)(&b, kernel, dx);
     return MC_OK;
+}
+
+/* Workspace bytes of one call: the plan the call itself will lay out. */
+static int64_t DN(conv_forward_bytes)(const mc_conv_geom *g, int threads)
+{
+    DN(mc_conv_plan) plan;
+    DN(forward_plan)(g, threads, &plan);
+    return plan.bytes;
+}
+
+static int64_t DN(conv_backward_bytes)(const mc_conv_geom *g, int need_dx, int relu, int threads)
+{
+    DN(mc_conv_plan) plan;
+    DN(backward_plan)(g, need_dx, relu, threads, &plan);
+    return plan.bytes;
 }
 
 /* ---- dense (fully connected): y = act(x @ W + b), x (N, K), W (K, F) ----
@@ -858,6 +1019,9 @@ static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *ke
  * kernel ever reads or writes past a row.
  */
 #define DN_DENSE_KC 256
+/* dense workspace: regions taken one after another, 64 bytes of alignment slack each */
+#define DN_ELEMS(count) ((int64_t)(count) * (int64_t)sizeof(DR) + 64)
+#define DN_OFFSETS(count) ((int64_t)(count) * (int64_t)sizeof(ptrdiff_t) + 64)
 
 static int DN(dense_threads)(int64_t n, int64_t k, int64_t f, int threads)
 {
@@ -1093,13 +1257,13 @@ int DN(mc_conv2d_forward)(const mc_conv_geom *g, const DR *x, int64_t x_len, con
     if (x_len != s.x || kernel_len != s.kernel || xpad_len != s.xpad || y_len != s.y ||
         (bias ? bias_len != g->f : bias_len != 0))
         return MC_ERR_SIZE;
-    int64_t per_thread;
-    const int64_t fixed = DN(forward_work)(g, &per_thread);
+    DN(mc_conv_plan) plan;
+    DN(forward_plan)(g, mc_threads_now(), &plan);
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
-        work_len * (int64_t)sizeof(DR) < fixed + per_thread)
+        work_len * (int64_t)sizeof(DR) < plan.bytes)
         return MC_ERR_SIZE;
-    DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
-    return DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &arena, per_thread, mc_threads_now());
+    const DN(mc_work) w = DN(bind)(&plan, work, work_len);
+    return DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &w);
 }
 
 int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_len,
@@ -1117,14 +1281,13 @@ int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_l
         dkernel_len != s.kernel || (relu_y ? relu_y_len != s.y : relu_y_len != 0) ||
         (dx ? dx_len != s.x : dx_len != 0) || (dbias ? dbias_len != g->f : dbias_len != 0))
         return MC_ERR_SIZE;
-    int64_t per_thread;
-    const int64_t fixed = DN(backward_work)(g, dx != NULL, relu_y != NULL, &per_thread);
+    DN(mc_conv_plan) plan;
+    DN(backward_plan)(g, dx != NULL, relu_y != NULL, mc_threads_now(), &plan);
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
-        work_len * (int64_t)sizeof(DR) < fixed + per_thread)
+        work_len * (int64_t)sizeof(DR) < plan.bytes)
         return MC_ERR_SIZE;
-    DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
-    return DN(conv_backward)(g, xpad, kernel, dy, relu_y, dx, dkernel, dbias, &arena, per_thread,
-                             mc_threads_now());
+    const DN(mc_work) w = DN(bind)(&plan, work, work_len);
+    return DN(conv_backward)(g, xpad, kernel, dy, relu_y, dx, dkernel, dbias, &w);
 }
 
 int DN(mc_maxpool2d_forward)(const mc_pool_geom *g, const DR *x, int64_t x_len, DR *y,
@@ -1264,6 +1427,8 @@ int DN(mc_sgd_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, i
 #undef DN_OPT_PARALLEL_MIN
 
 #undef DN_VLEN_MAX
+#undef DN_ELEMS
+#undef DN_OFFSETS
 #undef DN
 #undef DCAT
 #undef DCAT2

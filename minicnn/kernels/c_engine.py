@@ -20,7 +20,8 @@ optimizer updates adam_update/sgd_update (in place on the parameter and its stat
 Layout as everywhere in minicnn: images NHWC (N, H, W, C), kernels (KH, KW, C, F), dense
 kernels (K, F).
 Environment: MINICNN_SIMD=avx512|avx2|sse2 caps the SIMD level (default: the best the CPU
-has); OMP_NUM_THREADS sets the threads (default: all cores).
+has); OMP_NUM_THREADS sets the threads (default: all cores), capped at the CPUs this process
+may use and at 64.
 
 Memory: on glibc, loading this engine raises malloc's trim and mmap thresholds
 (``mc_keep_freed_memory``): freed activation arrays stay in the heap for the next batch
@@ -445,7 +446,11 @@ def algorithm():
 
 
 def set_num_threads(threads):
-    """Threads for the C kernels; None or 0 restores the default (OMP_NUM_THREADS or all cores)."""
+    """Threads for the C kernels; None or 0 restores the default (OMP_NUM_THREADS or all cores).
+
+    Capped, like the default, at the CPUs this process may run on (its affinity mask) and at
+    64: more threads would only wait for each other, and each one costs workspace.
+    engine_info()["threads"] reports the number a call really uses."""
     lib.mc_set_num_threads(int(threads or 0))
 
 
