@@ -1392,7 +1392,9 @@ int DN(mc_adam_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, 
     const int64_t chunks = (n + DN_OPT_CHUNK - 1) / DN_OPT_CHUNK;
     const int threads = n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now();
     (void)threads;   /* read by the OpenMP pragma only */
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
+#endif
     for (int64_t k = 0; k < chunks; k++) {
         const int64_t start = k * DN_OPT_CHUNK;
         const int64_t len = n - start < DN_OPT_CHUNK ? n - start : DN_OPT_CHUNK;
@@ -1414,7 +1416,9 @@ int DN(mc_sgd_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, i
     const int64_t chunks = (n + DN_OPT_CHUNK - 1) / DN_OPT_CHUNK;
     const int threads = n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now();
     (void)threads;   /* read by the OpenMP pragma only */
+#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
+#endif
     for (int64_t k = 0; k < chunks; k++) {
         const int64_t start = k * DN_OPT_CHUNK;
         const int64_t len = n - start < DN_OPT_CHUNK ? n - start : DN_OPT_CHUNK;

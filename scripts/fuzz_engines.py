@@ -257,6 +257,7 @@ def child_main(cases_path, first, stop, progress_path):
         cases = json.load(f)
     levels = set(c_engine.simd_levels())
     with open(progress_path, "a", buffering=1) as log:
+        log.write(f"engine {json.dumps(c_engine.engine_info())}\n")
         for case in cases[first:stop]:
             log.write(f"start {case['index']}\n")
             log.flush()
@@ -272,7 +273,7 @@ def child_main(cases_path, first, stop, progress_path):
 def run_cases(cases, timeout, batch=200, python=sys.executable, echo=None):
     """Run every case in child processes. Returns {index: result} where a result is
     {'problems': [...], 'branches': [...]} or {'crash': message}."""
-    results = {}
+    results, engines = {}, set()
     with tempfile.TemporaryDirectory(prefix="minicnn-fuzz-") as tmp:
         cases_path = os.path.join(tmp, "cases.json")
         with open(cases_path, "w") as f:
@@ -296,7 +297,9 @@ def run_cases(cases, timeout, batch=200, python=sys.executable, echo=None):
                     for line in f:
                         word, _, rest = line.rstrip("\n").partition(" ")
                         index, _, payload = rest.partition(" ")
-                        if word == "start":
+                        if word == "engine":
+                            engines.add(rest)
+                        elif word == "start":
                             started = int(index)
                         elif word == "done" and payload:
                             results[int(index)] = json.loads(payload)
@@ -315,6 +318,10 @@ def run_cases(cases, timeout, batch=200, python=sys.executable, echo=None):
             if echo:
                 echo(f"CRASH {describe(cases[started])}: {why}")
             position = started + 1
+    if echo:
+        for engine in sorted(engines):
+            info = json.loads(engine)
+            echo(f"C engine: {info['compiler_flags']} (openmp {info['openmp']}, up to {info['threads']} threads)")
     return results
 
 

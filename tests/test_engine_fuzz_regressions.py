@@ -22,6 +22,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from minicnn import kernels
 
@@ -188,3 +190,50 @@ def test_threads_are_capped_at_the_cpus_this_process_may_use():
     """, OMP_NUM_THREADS="100000")
     assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stderr[-3000:]}"
     assert proc.stdout.startswith("threads "), proc.stdout
+
+
+# ---- the property version: small enough to run in-process, wide enough for every branch ----
+
+@st.composite
+def auto_mode_conv_cases(draw):
+    """Convolutions whose auto-mode branches include Winograd for every pass (C_in and filters
+    on both sides of 16, stride-1 3x3 kernels half the time), on 1-4 threads and batches below
+    the thread count; the other half any kernel 1-5 and stride 1-3."""
+    from minicnn.kernels.geometry import pads_2d
+    n = draw(st.integers(1, 4))
+    h, w = draw(st.integers(1, 14)), draw(st.integers(1, 14))
+    if draw(st.booleans()):
+        kernel, strides = (3, 3), (1, 1)
+    else:
+        kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+        strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.sampled_from(["same", "valid"]))
+    if kernel[0] > h or kernel[1] > w:
+        padding = "same"
+    channels = st.one_of(st.integers(1, 15), st.integers(16, 40))
+    return dict(
+        index=0, seed=draw(st.integers(0, 2**31 - 1)), dtype=draw(st.sampled_from(["float32", "float64"])),
+        threads=draw(st.integers(1, 4)), simd=draw(st.sampled_from(SIMD_LEVELS)), op="conv", n=n, h=h,
+        w=w, c=draw(channels), f=draw(channels), kernel=kernel, strides=strides, padding=padding,
+        pads=pads_2d(h, w, kernel, strides, padding), bias=draw(st.booleans()),
+        need_dx=draw(st.booleans()), relu=draw(st.booleans()))
+
+
+SIMD_LEVELS = kernels._engines["c"].simd_levels() if C_BUILT else ["unbuilt"]
+
+
+@requires_c
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(auto_mode_conv_cases())
+def test_auto_mode_property_matches_numpy_engine(case):
+    from minicnn.kernels import c_engine
+    previous = kernels.get_backend()
+    try:
+        problems, branches = fuzz.run_case(case)
+    finally:
+        c_engine.set_num_threads(0)
+        c_engine.set_simd_level(SIMD_LEVELS[0])
+        kernels.set_backend(previous)
+    for name in branches:
+        event(name)                      # --hypothesis-show-statistics shows the branch mix
+    assert not problems, f"{fuzz.describe(case)}: {problems}"
