@@ -73,7 +73,7 @@ static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *ke
     DN(mc_backward) b;
     memset(&b, 0, sizeof b);
     b.g = g;
-    b.isa = &DN(mc_isa_tables)[mc_level];
+    b.isa = &DN(mc_isa_tables)[plan->level];
     b.w = w;
     DN(conv_dims)(g, &b.d);
     b.fpad = DN(round_up)(g->f, DN_VLEN_MAX);

@@ -16,7 +16,7 @@
 static void DN(forward_direct)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
                                const DR *packed_bias, int relu, DR *y, const DN(mc_work) *w)
 {
-    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
+    const DN(mc_isa) *isa = &DN(mc_isa_tables)[w->plan->level];
     const DN(mc_conv_plan) *plan = w->plan;
     const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t);
     DN(mc_conv_dims) d;

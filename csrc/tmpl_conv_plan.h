@@ -39,6 +39,7 @@ static int DN(use_wino)(const mc_conv_geom *g, int pass)
  */
 
 typedef struct {
+    int level;                         /* the SIMD level (MC_SIMD_*) every step of the call runs */
     int threads;                       /* per-thread regions laid out, and the threads used */
     int wino_fwd, wino_dw, wino_dx;    /* the algorithm of each pass */
     int need_frame;                    /* dy copied into a whole-batch frame (backward) */
@@ -92,6 +93,7 @@ static void DN(forward_plan)(const mc_conv_geom *g, int threads, DN(mc_conv_plan
     const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX);
     int64_t at = 0, sub = 0;
     memset(p, 0, sizeof *p);
+    p->level = mc_level;
     p->threads = DN(conv_threads)(g, &d, threads);
     p->wino_fwd = DN(use_wino)(g, MC_PASS_FORWARD);
     p->packed_bias = DN(place)(&at, fpad * E);
@@ -111,7 +113,8 @@ static void DN(forward_plan)(const mc_conv_geom *g, int threads, DN(mc_conv_plan
 static void DN(backward_plan)(const mc_conv_geom *g, int need_dx, int relu, int threads,
                               DN(mc_conv_plan) *p)
 {
-    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
+    const int level = mc_level;   /* read once: every step runs the level the plan was made for */
+    const DN(mc_isa) *isa = &DN(mc_isa_tables)[level];
     const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t);
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
@@ -120,6 +123,7 @@ static void DN(backward_plan)(const mc_conv_geom *g, int need_dx, int relu, int 
     const int ragged = relu || g->f % isa->vlen != 0;   /* dy must be masked or padded */
     int64_t at = 0;
     memset(p, 0, sizeof *p);
+    p->level = level;
     p->threads = DN(conv_threads)(g, &d, threads);
     p->wino_dw = DN(use_wino)(g, MC_PASS_DKERNEL);
     /* Winograd dx reads the frame as dy zero-padded by exactly 2 - pad on each side */
