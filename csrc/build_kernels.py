@@ -1,8 +1,10 @@
 """cffi builder for ``minicnn._kernels`` (out-of-line API mode), named by setup.py's cffi_modules.
 
 The C sources are plain files in this folder: kernels.c (the one translation unit), its
-templates tmpl_microkernel.h / tmpl_driver.h, and the public header minicnn_kernels.h whose
-declarations between the cdef markers are also the cffi declarations (one source of truth).
+templates tmpl_microkernel.h (with mk_instance.h) and tmpl_driver.h (which includes one
+tmpl_*.h per operator and role), and the public header minicnn_kernels.h whose declarations
+between the cdef markers are also the cffi declarations (one source of truth). Every .h here
+is a dependency of the build.
 
 Flags: -O3 and -ffp-contract=fast (fuse a*b+c into FMA; unlike -ffast-math it keeps NaN and
 infinity semantics and the order of every sum), never -ffast-math and never -march=native: the
@@ -16,6 +18,7 @@ Environment variables, read when the extension is built:
 
 The sanitizer build (scripts/run_sanitizers.sh) calls make_ffibuilder() with its own flags.
 """
+import glob
 import os
 import shlex
 import tempfile
@@ -25,7 +28,8 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "minicnn_kernels.h")
 SOURCES = [os.path.join(HERE, "kernels.c")]
-DEPENDS = [HEADER, os.path.join(HERE, "tmpl_microkernel.h"), os.path.join(HERE, "tmpl_driver.h")]
+# every header: the public one, the microkernel and driver templates and their parts
+DEPENDS = sorted(glob.glob(os.path.join(HERE, "*.h")))
 BASE_FLAGS = ["-std=c99", "-O3", "-ffp-contract=fast"]
 
 _OPENMP_PROBE = r"""

@@ -44,129 +44,66 @@
 #define MK_NO_CONTRACT
 #endif
 
+/* Debug builds (MINICNN_EXTRA_CFLAGS=-DMC_DEBUG) check that every workspace region a step
+ * takes lies inside its plan and the caller's workspace, and abort with the failed condition.
+ * Not assert(): Python's own flags define NDEBUG. */
+#ifdef MC_DEBUG
+#include <stdio.h>
+#include <stdlib.h>
+#define MC_ASSERT(cond)                                                                       \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            fprintf(stderr, "minicnn C engine: %s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                    #cond);                                                                   \
+            abort();                                                                          \
+        }                                                                                     \
+    } while (0)
+#else
+#define MC_ASSERT(cond) ((void)0)
+#endif
+
 /* Tallest tile of any microkernel instance (rows kept in registers). */
 #define MK_MRMAX 12
 /* Below this many multiply-adds (or element visits) a call runs on one thread: waking the
  * others costs more than it saves (microseconds; a time slice when another process holds a
  * core). */
 #define MC_PARALLEL_MIN_WORK ((int64_t)1 << 17)
-/* Most per-thread workspace regions a call uses. */
+/* Most threads (and so per-thread workspace regions) a call uses. */
 #define MC_MAX_PARTS 64
 /* Winograd pays off once the channels its GEMMs reduce over are this many (measured:
- * docs/architecture.md); the passes decide separately. */
+ * docs/performance.md); the passes decide separately. */
 #define MC_WINO_MIN_CHANNELS 16
 enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 
-/* ---- microkernel instances ----
+/* ---- microkernel instances: every instruction set x dtype ----
+ * tmpl_microkernel.h derives an instance's parameters (vector width, tile heights, target
+ * attributes) from MK_ISA and MK_BITS (csrc/mk_instance.h) and undefines them all at its end.
  * AVX-512 has 32 vector registers: tiles 6x4, 8x3, 12x2, 12x1 vectors (<= 28 accumulators).
  * AVX2 and the baseline have 16: tiles 6x2 and 12x1 (<= 12 accumulators). */
-#define MK_REAL float
-#define MK_INT int32_t
-#define MK_NVMAX 2
-#define MK_MR1 12
-#define MK_MR2 6
-#define MK_VBYTES 16
-#define MK_SFX base_f32
-#define MK_ATTR
-#define MK_SQRT sqrtf
-#if MC_X86
-#define MK_VSQRT(x) ((mk_vec_base_f32)_mm_sqrt_ps((__m128)(x)))
-#endif
-#include "tmpl_microkernel.h"
-#undef MK_VSQRT
-#undef MK_VBYTES
-#undef MK_SFX
-#undef MK_ATTR
-#if MC_X86
-#define MK_VBYTES 32
-#define MK_SFX avx2_f32
-#define MK_ATTR __attribute__((target("avx2,fma")))
-#define MK_VSQRT(x) ((mk_vec_avx2_f32)_mm256_sqrt_ps((__m256)(x)))
-#include "tmpl_microkernel.h"
-#undef MK_VSQRT
-#undef MK_VBYTES
-#undef MK_SFX
-#undef MK_ATTR
-#undef MK_NVMAX
-#undef MK_MR1
-#undef MK_MR2
-#define MK_NVMAX 4
-#define MK_MR1 12
-#define MK_MR2 12
-#define MK_MR3 8
-#define MK_MR4 6
-#define MK_VBYTES 64
-#define MK_SFX avx512_f32
-#define MK_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#define MK_VSQRT(x) ((mk_vec_avx512_f32)_mm512_sqrt_ps((__m512)(x)))
-#include "tmpl_microkernel.h"
-#undef MK_VSQRT
-#undef MK_MR3
-#undef MK_MR4
-#undef MK_VBYTES
-#undef MK_SFX
-#undef MK_ATTR
-#endif
-#undef MK_NVMAX
-#undef MK_MR1
-#undef MK_MR2
-#undef MK_REAL
-#undef MK_INT
-#undef MK_SQRT
+#define MK_BASELINE 0
+#define MK_AVX2 1
+#define MK_AVX512 2
 
-#define MK_REAL double
-#define MK_INT int64_t
-#define MK_NVMAX 2
-#define MK_MR1 12
-#define MK_MR2 6
-#define MK_VBYTES 16
-#define MK_SFX base_f64
-#define MK_ATTR
-#define MK_SQRT sqrt
+#define MK_ISA MK_BASELINE
+#define MK_BITS 32
+#include "tmpl_microkernel.h"
+#define MK_ISA MK_BASELINE
+#define MK_BITS 64
+#include "tmpl_microkernel.h"
 #if MC_X86
-#define MK_VSQRT(x) ((mk_vec_base_f64)_mm_sqrt_pd((__m128d)(x)))
+#define MK_ISA MK_AVX2
+#define MK_BITS 32
+#include "tmpl_microkernel.h"
+#define MK_ISA MK_AVX2
+#define MK_BITS 64
+#include "tmpl_microkernel.h"
+#define MK_ISA MK_AVX512
+#define MK_BITS 32
+#include "tmpl_microkernel.h"
+#define MK_ISA MK_AVX512
+#define MK_BITS 64
+#include "tmpl_microkernel.h"
 #endif
-#include "tmpl_microkernel.h"
-#undef MK_VSQRT
-#undef MK_VBYTES
-#undef MK_SFX
-#undef MK_ATTR
-#if MC_X86
-#define MK_VBYTES 32
-#define MK_SFX avx2_f64
-#define MK_ATTR __attribute__((target("avx2,fma")))
-#define MK_VSQRT(x) ((mk_vec_avx2_f64)_mm256_sqrt_pd((__m256d)(x)))
-#include "tmpl_microkernel.h"
-#undef MK_VSQRT
-#undef MK_VBYTES
-#undef MK_SFX
-#undef MK_ATTR
-#undef MK_NVMAX
-#undef MK_MR1
-#undef MK_MR2
-#define MK_NVMAX 4
-#define MK_MR1 12
-#define MK_MR2 12
-#define MK_MR3 8
-#define MK_MR4 6
-#define MK_VBYTES 64
-#define MK_SFX avx512_f64
-#define MK_ATTR __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#define MK_VSQRT(x) ((mk_vec_avx512_f64)_mm512_sqrt_pd((__m512d)(x)))
-#include "tmpl_microkernel.h"
-#undef MK_VSQRT
-#undef MK_MR3
-#undef MK_MR4
-#undef MK_VBYTES
-#undef MK_SFX
-#undef MK_ATTR
-#endif
-#undef MK_NVMAX
-#undef MK_MR1
-#undef MK_MR2
-#undef MK_REAL
-#undef MK_INT
-#undef MK_SQRT
 
 /* ---- the tables: what each SIMD level runs ---- */
 #define MC_TABLE_TYPE(real, sfx)                                                              \
@@ -294,10 +231,19 @@ const char *mc_simd_name(int level)
     }
 }
 
+/* The threads a call runs on: the request (set_num_threads, else OMP_NUM_THREADS or all
+ * cores), capped at the processors this process may run on (omp_get_num_procs honours the
+ * affinity mask) and at MC_MAX_PARTS. More threads than processors only wait for each other,
+ * and every thread costs a per-thread workspace region: OMP_NUM_THREADS=100000 once asked
+ * for 7.6 GB and crashed inside libgomp. */
 static int mc_threads_now(void)
 {
 #ifdef _OPENMP
-    return mc_threads_requested > 0 ? mc_threads_requested : omp_get_max_threads();
+    int threads = mc_threads_requested > 0 ? mc_threads_requested : omp_get_max_threads();
+    const int procs = omp_get_num_procs();
+    if (procs >= 1 && threads > procs) threads = procs;
+    if (threads > MC_MAX_PARTS) threads = MC_MAX_PARTS;
+    return threads < 1 ? 1 : threads;
 #else
     return 1;
 #endif
@@ -322,8 +268,8 @@ int mc_keep_freed_memory(int64_t trim_bytes)
     /* glibc returns freed memory at the top of the heap to the OS once more than twice the
      * last large block is free, and serves blocks over its threshold with fresh mmaps: a
      * training step that frees and reallocates the same activation arrays every batch then
-     * page-faults through all of them again (measured: 364 faults and +0.5 ms for one 2x2
-     * pooling of a 32x28x28x32 batch). Fixing both thresholds keeps freed blocks for reuse. */
+     * page-faults through all of them again (docs/performance.md, "Memory"). Fixing both
+     * thresholds keeps freed blocks for reuse. */
     if (trim_bytes < 0 || trim_bytes > INT_MAX) return 0;
     return mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) && mallopt(M_TRIM_THRESHOLD, (int)trim_bytes);
 #else
@@ -427,26 +373,7 @@ static int mc_check_dense(int n, int k, int f, int64_t *x, int64_t *kernel, int6
 #undef DR
 #undef DSFX
 
-/* ---- sizes ---- */
-
-int64_t mc_conv2d_output_len(const mc_conv_geom *g)
-{
-    mc_conv_sizes s;
-    return mc_check_conv(g, &s) ? 0 : s.y;
-}
-
-int64_t mc_conv2d_padded_len(const mc_conv_geom *g)
-{
-    mc_conv_sizes s;
-    return mc_check_conv(g, &s) ? 0 : s.xpad;
-}
-
-int64_t mc_pool2d_output_len(const mc_pool_geom *g)
-{
-    int64_t oh, ow;
-    if (mc_check_pool(g, &oh, &ow)) return 0;
-    return (int64_t)g->n * oh * ow * g->c;
-}
+/* ---- workspace sizes: the plan each call lays out ---- */
 
 static int64_t mc_elements(int64_t bytes, int elem_size) { return (bytes + elem_size - 1) / elem_size; }
 
@@ -454,19 +381,21 @@ int64_t mc_conv2d_forward_workspace(const mc_conv_geom *g, int elem_size)
 {
     mc_conv_sizes s;
     if (mc_check_conv(g, &s) || (elem_size != 4 && elem_size != 8)) return -1;
-    int64_t per_thread;
-    const int64_t fixed = elem_size == 4 ? forward_work_f32(g, &per_thread) : forward_work_f64(g, &per_thread);
-    return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
+    const int threads = mc_threads_now();
+    return mc_elements(elem_size == 4 ? conv_forward_bytes_f32(g, threads) : conv_forward_bytes_f64(g, threads),
+                       elem_size);
 }
 
 int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int need_dx, int relu)
 {
     mc_conv_sizes s;
     if (mc_check_conv(g, &s) || (elem_size != 4 && elem_size != 8)) return -1;
-    int64_t per_thread;
-    const int64_t fixed = elem_size == 4 ? backward_work_f32(g, need_dx, relu, &per_thread)
-                                         : backward_work_f64(g, need_dx, relu, &per_thread);
-    return mc_elements(fixed + (int64_t)mc_threads_now() * per_thread, elem_size);
+    const int threads = mc_threads_now();
+    need_dx = need_dx != 0;
+    relu = relu != 0;
+    return mc_elements(elem_size == 4 ? conv_backward_bytes_f32(g, need_dx, relu, threads)
+                                      : conv_backward_bytes_f64(g, need_dx, relu, threads),
+                       elem_size);
 }
 
 int64_t mc_dense_forward_workspace(int n, int k, int f, int elem_size)

@@ -1,4 +1,5 @@
-/* minicnn's C engine: convolution and max pooling for NHWC images, float32 and float64.
+/* minicnn's C engine: convolution, max pooling, dense layers and the Adam / SGD updates,
+ * float32 and float64.
  *
  * Layout (as in Keras): images x (N, H, W, C) and kernels (KH, KW, C, F), all C-contiguous.
  * Output size: OH = 1 + (H + pad_top + pad_bottom - KH) / stride_h, OW likewise.
@@ -58,20 +59,18 @@ int mc_simd_level(void);                  /* the level in use: MC_SIMD_* */
 int mc_simd_best(void);                   /* the best level this CPU and build support */
 int mc_set_simd_level(int level);         /* clamps to mc_simd_best(); returns the level set */
 const char *mc_simd_name(int level);
-int mc_max_threads(void);
+int mc_max_threads(void);                 /* threads a call uses: capped at the CPUs and 64 */
 int mc_set_algorithm(int algorithm);      /* returns the algorithm in force */
 int mc_get_algorithm(void);
-void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default */
+void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default; capped as above */
 /* glibc only: keep up to trim_bytes of freed memory and serve blocks up to 32 MiB from the heap,
  * so that arrays freed and reallocated every batch are not page-faulted in again.
  * Returns 1 when applied, 0 where the C library has no such knobs. */
 int mc_keep_freed_memory(int64_t trim_bytes);
 
-/* Output sizes; 0 when the geometry is invalid. */
-int64_t mc_conv2d_output_len(const mc_conv_geom *g);
-int64_t mc_conv2d_padded_len(const mc_conv_geom *g);
-
-/* Workspace sizes in elements of the given size (4 or 8 bytes); -1 for an invalid geometry. */
+/* Workspace sizes in elements of the given size (4 or 8 bytes); -1 for an invalid geometry.
+ * The size of the plan the call lays out for the current SIMD level, algorithm and threads:
+ * query right before the call (changing those in between can make the call refuse it). */
 int64_t mc_conv2d_forward_workspace(const mc_conv_geom *g, int elem_size);
 int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int need_dx, int relu);
 
@@ -137,8 +136,6 @@ int mc_dense_backward_f64(int n, int k, int f, const double *x, int64_t x_len,
                           const double *relu_y, int64_t relu_y_len, double *dx, int64_t dx_len,
                           double *dkernel, int64_t dkernel_len, double *dbias, int64_t dbias_len,
                           double *work, int64_t work_len);
-
-int64_t mc_pool2d_output_len(const mc_pool_geom *g);
 
 /* Max pooling with -inf padding. argmax receives, for every output, the flat index of the
  * winner inside its own image (h * w * c space), or -1 when a padding cell won. Ties: first

@@ -1,15 +1,9 @@
 /* Register-blocked microkernels, written once with GCC vector extensions and compiled once per
  * (instruction set, dtype) by csrc/kernels.c. No include guard: this file is a template.
  *
- * Before including, define:
- *   MK_REAL    float or double
- *   MK_VBYTES  bytes per vector register: 64 (AVX-512), 32 (AVX2), 16 (baseline SSE2 / NEON)
- *   MK_SFX     a suffix token naming this instance, e.g. avx512_f32
- *   MK_ATTR    function attributes selecting the instruction set (may be empty)
- *   MK_MR1 .. MK_MR4   tile heights for 1..4 vectors of width (MK_MR3/MK_MR4 only if MK_NVMAX 4)
- *   MK_NVMAX   2 or 4: the widest tile in vectors
- *   MK_INT     the signed integer type as wide as MK_REAL (int32_t or int64_t), for masks
- * and MK_MRMAX (csrc/kernels.c), the largest tile height of any instance.
+ * Before including, define MK_ISA (MK_BASELINE, MK_AVX2 or MK_AVX512) and MK_BITS (32 or 64):
+ * csrc/mk_instance.h derives the instance's parameters from them, and the end of this file
+ * undefines all of them. MK_MRMAX (csrc/kernels.c) is the largest tile height of any instance.
  *
  * Both kernels keep an MR x NV tile of the result in registers for the whole reduction and
  * perform, per reduction step, NV vector loads, MR scalar broadcasts and MR * NV fused
@@ -24,6 +18,8 @@
  *   wgrad  dst[t][0:NV*VLEN] += sum over pixels (p, q) of x[p*xrs + q*xcs + off[t]] * dy[p, q]
  *          for t < mr: a block of rows of the kernel gradient, reduced over one image.
  */
+#include "mk_instance.h"
+
 #define MK_CAT2(a, b) a##_##b
 #define MK_CAT(a, b) MK_CAT2(a, b)
 #define MK_NAME(base) MK_CAT(base, MK_SFX)
@@ -402,3 +398,19 @@ MK_INSTANCE(h4, 4, MK_MR4 / 2)
 #undef MK_NAME
 #undef MK_CAT
 #undef MK_CAT2
+#undef MK_SFX
+#undef MK_ISA_NAME
+#undef MK_DT
+#undef MK_REAL
+#undef MK_INT
+#undef MK_SQRT
+#undef MK_VSQRT
+#undef MK_VBYTES
+#undef MK_NVMAX
+#undef MK_MR1
+#undef MK_MR2
+#undef MK_MR3
+#undef MK_MR4
+#undef MK_ATTR
+#undef MK_ISA
+#undef MK_BITS

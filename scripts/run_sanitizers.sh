@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Build the C engine with AddressSanitizer + UndefinedBehaviorSanitizer into a scratch folder
-# and run the kernel tests against that build, twice: with OpenMP (the threaded paths) and
-# without (the serial paths every call under the parallel threshold takes, and what a
-# compiler without OpenMP builds). Any out-of-bounds access, use of freed memory or undefined
+# Build the C engine with AddressSanitizer + UndefinedBehaviorSanitizer and -DMC_DEBUG (every
+# workspace region checked against its plan) into a scratch folder and run, against that
+# build, the kernel tests, the issue-10 regressions and a bounded differential fuzz
+# (scripts/fuzz_engines.py, FUZZ_CASES cases, 1-4 threads), twice: with OpenMP (the threaded
+# paths) and without (the serial paths every call under the parallel threshold takes, and what
+# a compiler without OpenMP builds). Any out-of-bounds access, use of freed memory or undefined
 # behaviour (overflow, misaligned access, bad shifts...) aborts the run.
 #
-#   scripts/run_sanitizers.sh            # from the repository root; about two minutes
+#   scripts/run_sanitizers.sh            # from the repository root; a few minutes
 #   scripts/run_sanitizers.sh -x -k dense   # extra arguments go to pytest
+#   FUZZ_CASES=1000 scripts/run_sanitizers.sh   # a longer fuzz (default 150 cases)
 #
 # Needs gcc with libasan/libubsan, cffi, numpy, pytest and hypothesis. The installed (fast)
 # extension is left alone: the tests import a copy of minicnn/ from the scratch folder whose
@@ -17,7 +20,8 @@ PYTHON=${PYTHON:-python3}
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/minicnn-sanitize.XXXXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
 
-cp -r minicnn tests csrc "$SCRATCH"/
+cp -r minicnn tests csrc scripts "$SCRATCH"/
+FUZZ_CASES=${FUZZ_CASES:-150}
 LIBASAN=$(gcc -print-file-name=libasan.so)
 LIBUBSAN=$(gcc -print-file-name=libubsan.so)
 
@@ -29,7 +33,7 @@ sys.path.insert(0, "csrc")
 import build_kernels
 scratch, openmp = sys.argv[1], sys.argv[2] == "1"
 flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-         "-fno-omit-frame-pointer", "-g"]
+         "-fno-omit-frame-pointer", "-g", "-DMC_DEBUG"]
 ffi = build_kernels.make_ffibuilder(extra_compile_args=flags, openmp=None if openmp else False,
                                     absolute_paths=True)
 built = ffi.compile(tmpdir=os.path.join(scratch, "build-openmp" if openmp else "build-serial"))
@@ -52,7 +56,10 @@ assert c.engine_info()['openmp'] == ($OPENMP == 1), c.engine_info()
 print('running on', k.__file__, c.engine_info())
 "
         "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_c_engine.py tests/test_kernels.py \
-            tests/test_gradients.py "$@"
+            tests/test_gradients.py tests/test_engine_fuzz_regressions.py "$@"
+        # the children inherit the preloaded sanitizers; the OpenMP build runs 2+ threads
+        "$PYTHON" scripts/fuzz_engines.py --cases "$FUZZ_CASES" --seed "${FUZZ_SEED:-11}" \
+            --threads 1,2,3,4 --timeout 1200
     )
 done
 echo "sanitizers: no reports"

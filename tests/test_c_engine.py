@@ -382,13 +382,13 @@ def test_c_checks_lengths_itself_and_writes_nothing_on_mismatch():
                                          p(xpad), xpad.size, p(y), y_len, p(work), work_len)
 
     assert forward(y_len=y.size - 1) == lib.MC_ERR_SIZE
-    assert forward(work_len=16) == lib.MC_ERR_SIZE   # a smaller workspace only means fewer threads
+    assert forward(work_len=work.size - 1) == lib.MC_ERR_SIZE   # the query's size is the plan's
     assert forward(kernel_len=kernel.size + 1) == lib.MC_ERR_SIZE
     assert np.all(y == 7.0) and np.all(xpad == 7.0), "C wrote to a buffer it rejected"
     assert forward() == lib.MC_OK
     assert np.all(y > 0)
     bad = c_engine._conv_geometry((1, 4, 4, 2), (9, 3, 2, 5), (1, 1), (0, 0, 0, 0))
-    assert lib.mc_conv2d_output_len(bad) == 0
+    assert lib.mc_conv2d_forward_workspace(bad, 4) == -1
     assert lib.mc_conv2d_forward_f32(bad, p(x), x.size, p(kernel), kernel.size, ffi.NULL, 0, 0,
                                      p(xpad), xpad.size, p(y), y.size, p(work), work.size) == lib.MC_ERR_GEOMETRY
     negative = c_engine._conv_geometry((1, 4, 4, 2), (3, 3, 2, 5), (0, 1), (0, 0, 0, 0))

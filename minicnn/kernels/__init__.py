@@ -20,11 +20,14 @@ two cores (docs/architecture.md, "The C engine").
 Every forward returns ``(y, cache)``; the cache is opaque and remembers the engine that made
 it, so a backward always runs on the engine of its forward.
 
-Arrays are validated here once (rank, dtype agreement, channel counts, window fits); the C
-wrapper additionally checks contiguity and sizes before it hands a pointer to C.
+Arrays are validated here, once, for every engine (rank, dtype agreement, shapes, channel
+counts, window fits, dy against the forward's output): the engines trust these checks. The C
+wrapper only converts arrays to pointers, refusing a buffer whose dtype, contiguity,
+writability or length would be wrong for C, and C checks the lengths once more.
 """
 import os
 import warnings
+from collections import namedtuple
 
 import numpy as np
 
@@ -186,12 +189,18 @@ def _check_conv_arguments(x, kernel, bias, strides, pads, who):
     return _check_window(x, (kh, kw), strides, pads, who, "kernel")
 
 
+# What every forward returns beside y: opaque to the caller. It remembers the engine that made
+# it (a backward always runs there), the output's shape and dtype (to check dy once, here) and
+# that engine's own cache.
+_Cache = namedtuple("_Cache", "kind engine y_shape dtype engine_cache")
+
+
 def _unpack_cache(cache, kind, who):
-    """(engine, y_shape, dtype, engine_cache) from a face cache made by a `kind` forward."""
-    if not (isinstance(cache, tuple) and len(cache) == 5 and cache[0] == kind):
+    """The face cache of a `kind` forward, or a TypeError naming what was expected."""
+    if not (isinstance(cache, _Cache) and cache.kind == kind):
         made_by = {"conv2d": "conv2d_forward or conv2d_relu_forward"}.get(kind, f"{kind}_forward")
         raise TypeError(f"{who}: cache must be the one {made_by} returned, received {type(cache).__name__}")
-    return cache[1:]
+    return cache
 
 
 def conv2d_forward(x, kernel, bias, strides, pads):
@@ -203,7 +212,7 @@ def conv2d_forward(x, kernel, bias, strides, pads):
     """
     strides, pads = _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_forward")
     y, cache = _active.conv2d_forward(x, kernel, bias, strides, pads)
-    return y, ("conv2d", _active, y.shape, y.dtype, cache)
+    return y, _Cache("conv2d", _active, y.shape, y.dtype, cache)
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -212,9 +221,9 @@ def conv2d_backward(dy, cache, need_dx=True):
     dy: (N, OH, OW, F) like the forward output. need_dx=False skips the input gradient
     (the first layer of a model never needs it).
     """
-    engine, y_shape, dtype, engine_cache = _unpack_cache(cache, "conv2d", "conv2d_backward")
-    _check_grad(dy, y_shape, dtype, "conv2d_backward")
-    return engine.conv2d_backward(dy, engine_cache, need_dx)
+    cache = _unpack_cache(cache, "conv2d", "conv2d_backward")
+    _check_grad(dy, cache.y_shape, cache.dtype, "conv2d_backward")
+    return cache.engine.conv2d_backward(dy, cache.engine_cache, need_dx)
 
 
 def maxpool2d_forward(x, pool_size, strides, pads):
@@ -229,14 +238,14 @@ def maxpool2d_forward(x, pool_size, strides, pads):
     pool_size = _int_tuple(pool_size, 2, 1, who, "pool_size")
     strides, pads = _check_window(x, pool_size, strides, pads, who, "window")
     y, cache = _active.maxpool2d_forward(x, pool_size, strides, pads)
-    return y, ("maxpool2d", _active, y.shape, y.dtype, cache)
+    return y, _Cache("maxpool2d", _active, y.shape, y.dtype, cache)
 
 
 def maxpool2d_backward(dy, cache):
     """Gradient of maxpool2d_forward: dy (N, OH, OW, C) -> dx (N, H, W, C)."""
-    engine, y_shape, dtype, engine_cache = _unpack_cache(cache, "maxpool2d", "maxpool2d_backward")
-    _check_grad(dy, y_shape, dtype, "maxpool2d_backward")
-    return engine.maxpool2d_backward(dy, engine_cache)
+    cache = _unpack_cache(cache, "maxpool2d", "maxpool2d_backward")
+    _check_grad(dy, cache.y_shape, cache.dtype, "maxpool2d_backward")
+    return cache.engine.maxpool2d_backward(dy, cache.engine_cache)
 
 
 def conv2d_relu_forward(x, kernel, bias, strides, pads):
@@ -248,7 +257,7 @@ def conv2d_relu_forward(x, kernel, bias, strides, pads):
     """
     strides, pads = _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_relu_forward")
     y, cache = _active.conv2d_relu_forward(x, kernel, bias, strides, pads)
-    return y, ("conv2d", _active, y.shape, y.dtype, cache)
+    return y, _Cache("conv2d", _active, y.shape, y.dtype, cache)
 
 
 def dense_forward(x, kernel, bias, relu=False):
@@ -274,7 +283,7 @@ def dense_forward(x, kernel, bias, relu=False):
     if bias is not None and bias.shape != (kernel.shape[1],):
         raise ValueError(f"{who}: bias must have shape ({kernel.shape[1]},), received {bias.shape}")
     y, cache = _active.dense_forward(x, kernel, bias, bool(relu))
-    return y, ("dense", _active, y.shape, y.dtype, cache)
+    return y, _Cache("dense", _active, y.shape, y.dtype, cache)
 
 
 def dense_backward(dy, cache, need_dx=True):
@@ -282,9 +291,9 @@ def dense_backward(dy, cache, need_dx=True):
 
     dy: (N, F), with respect to the output (after the ReLU when relu=True).
     """
-    engine, y_shape, dtype, engine_cache = _unpack_cache(cache, "dense", "dense_backward")
-    _check_grad(dy, y_shape, dtype, "dense_backward")
-    return engine.dense_backward(dy, engine_cache, need_dx)
+    cache = _unpack_cache(cache, "dense", "dense_backward")
+    _check_grad(dy, cache.y_shape, cache.dtype, "dense_backward")
+    return cache.engine.dense_backward(dy, cache.engine_cache, need_dx)
 
 
 def _check_update_arrays(who, param, grad, **state):

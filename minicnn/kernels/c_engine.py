@@ -3,7 +3,9 @@
 Importing this module raises ImportError when the extension was not built; the kernel face
 (minicnn/kernels/__init__.py) catches that and falls back to the NumPy engine.
 
-Every call into C goes through ``_call``, the one door: each array argument is wrapped in
+The kernel face has already checked every argument (shapes, dtypes, windows, dy against the
+forward's output); this module only converts arrays to pointers. Every call into C goes
+through ``_call``, the one door: each array argument is wrapped in
 ``_In`` (read by C) or ``_Out`` (written by C), which checks the dtype, C-contiguity,
 writability and the exact number of elements the geometry implies before the pointer is
 taken; C checks the same lengths again and returns an error code instead of touching memory
@@ -20,7 +22,8 @@ optimizer updates adam_update/sgd_update (in place on the parameter and its stat
 Layout as everywhere in minicnn: images NHWC (N, H, W, C), kernels (KH, KW, C, F), dense
 kernels (K, F).
 Environment: MINICNN_SIMD=avx512|avx2|sse2 caps the SIMD level (default: the best the CPU
-has); OMP_NUM_THREADS sets the threads (default: all cores).
+has); OMP_NUM_THREADS sets the threads (default: all cores), capped at the CPUs this process
+may use and at 64.
 
 Memory: on glibc, loading this engine raises malloc's trim and mmap thresholds
 (``mc_keep_freed_memory``): freed activation arrays stay in the heap for the next batch
@@ -31,11 +34,13 @@ MINICNN_KEEP_FREED_MEMORY=0 turns this off; engine_info() reports it.
 import os
 import threading
 import warnings
+from collections import namedtuple
 
 import numpy as np
 
 from .._kernels import ffi, lib
 from . import numpy_engine  # the optimizer updates' fallback for arrays C cannot update in place
+from .geometry import window_output_shape
 
 NAME = "c"
 
@@ -173,8 +178,12 @@ def _conv_geometry(x_shape, kernel_shape, strides, pads):
     return _geometry("mc_conv_geom *", key, _CONV_FIELDS)
 
 
-def _out_len(size, window, stride, pad_before, pad_after):
-    return (size + pad_before + pad_after - window) // stride + 1
+# What each forward hands its backward. The convolution keeps its zero-padded copy of x (the
+# kernel gradient reads it), so later changes to x cannot leak in; relu_y is the fused ReLU's
+# output (C masks dy by relu_y > 0) or None.
+ConvCache = namedtuple("ConvCache", "x_shape strides pads xpad kernel has_bias relu_y")
+PoolCache = namedtuple("PoolCache", "x_shape pool_size strides pads argmax")
+DenseCache = namedtuple("DenseCache", "x kernel has_bias relu_y")
 
 
 # ---- the engine functions (same signatures as numpy_engine) ----
@@ -197,12 +206,9 @@ def _conv_forward(x, kernel, bias, strides, pads, relu):
     kernel = _contiguous(kernel, dtype, "kernel", who)
     bias = _contiguous(bias, dtype, "bias", who)
     n, h, w, c = x.shape
-    kh, kw, kc, f = kernel.shape
-    if kc != c or (bias is not None and bias.shape != (f,)):
-        raise ValueError(f"{who}: x {x.shape}, kernel {kernel.shape} and bias do not match")
+    kh, kw, _, f = kernel.shape
     top, bottom, left, right = (int(p) for p in pads)
-    oh = _out_len(h, kh, strides[0], top, bottom)
-    ow = _out_len(w, kw, strides[1], left, right)
+    oh, ow = window_output_shape(h, w, (kh, kw), strides, pads)
     geometry = _conv_geometry(x.shape, kernel.shape, strides, pads)
     xpad = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype)
     y = np.empty((n, oh, ow, f), dtype=dtype)
@@ -214,35 +220,31 @@ def _conv_forward(x, kernel, bias, strides, pads, relu):
         _Out("xpad", xpad, dtype, xpad.size), _Out("y", y, dtype, y.size),
         _Out("workspace", work, dtype, work.size),
     )
-    # The padded input is the cache: backward reads it, so later changes to x cannot leak in.
-    return y, (x.shape, tuple(int(s) for s in strides), (top, bottom, left, right), xpad, kernel,
-               bias is not None, y if relu else None)
+    return y, ConvCache(x.shape, tuple(int(s) for s in strides), (top, bottom, left, right), xpad,
+                        kernel, bias is not None, y if relu else None)
 
 
 def _conv_backward(dy, cache, need_dx, relu_y):
     who = "conv2d_backward"
-    x_shape, strides, pads, xpad, kernel, has_bias, fused_y = cache
+    x_shape, strides, pads, xpad, kernel = cache.x_shape, cache.strides, cache.pads, cache.xpad, cache.kernel
     dtype = xpad.dtype
     sfx = _suffix(dtype, who)
     dy = _contiguous(dy, dtype, "dy", who)
-    relu_y = fused_y if relu_y is None else relu_y
+    relu_y = cache.relu_y if relu_y is None else relu_y
     n, h, w, c = x_shape
     kh, kw, _, f = kernel.shape
-    oh = _out_len(h, kh, strides[0], pads[0], pads[1])
-    ow = _out_len(w, kw, strides[1], pads[2], pads[3])
-    if dy.shape != (n, oh, ow, f):
-        raise ValueError(f"{who}: dy must have shape {(n, oh, ow, f)}, received {dy.shape}")
+    oh, ow = window_output_shape(h, w, (kh, kw), strides, pads)
     geometry = _conv_geometry(x_shape, kernel.shape, strides, pads)
     dx = np.empty(x_shape, dtype=dtype) if need_dx else None
     dkernel = np.empty(kernel.shape, dtype=dtype)
-    dbias = np.empty((f,), dtype=dtype) if has_bias else None
+    dbias = np.empty((f,), dtype=dtype) if cache.has_bias else None
     size = lib.mc_conv2d_backward_workspace(geometry, dtype.itemsize, int(bool(need_dx)),
                                             int(relu_y is not None))
     work = _workspace(dtype, size, who)
     _call(
         "mc_conv2d_backward" + sfx, geometry,
         _In("xpad", xpad, dtype, xpad.size), _In("kernel", kernel, dtype, kernel.size),
-        _In("dy", dy, dtype, dy.size), _In("relu_y", relu_y, dtype, dy.size, optional=True),
+        _In("dy", dy, dtype, n * oh * ow * f), _In("relu_y", relu_y, dtype, n * oh * ow * f, optional=True),
         _Out("dx", dx, dtype, n * h * w * c, optional=True),
         _Out("dkernel", dkernel, dtype, dkernel.size),
         _Out("dbias", dbias, dtype, f, optional=True),
@@ -272,9 +274,7 @@ def dense_forward(x, kernel, bias, relu=False):
     kernel = _contiguous(kernel, dtype, "kernel", who)
     bias = _contiguous(bias, dtype, "bias", who)
     n, k = x.shape
-    kk, f = kernel.shape
-    if kk != k or (bias is not None and bias.shape != (f,)):
-        raise ValueError(f"{who}: x {x.shape}, kernel {kernel.shape} and bias do not match")
+    f = kernel.shape[1]
     y = np.empty((n, f), dtype=dtype)
     work = _workspace(dtype, lib.mc_dense_forward_workspace(n, k, f, dtype.itemsize), who)
     _call(
@@ -283,20 +283,18 @@ def dense_forward(x, kernel, bias, relu=False):
         _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
         _Out("y", y, dtype, y.size), _Out("workspace", work, dtype, work.size),
     )
-    return y, (x, kernel, bias is not None, y if relu else None)
+    return y, DenseCache(x, kernel, bias is not None, y if relu else None)
 
 
 def dense_backward(dy, cache, need_dx=True):
     """(dx (N, K) or None, dkernel (K, F), dbias (F,) or None) from dy (N, F)."""
     who = "dense_backward"
-    x, kernel, has_bias, relu_y = cache
+    x, kernel, has_bias, relu_y = cache   # a DenseCache
     dtype = x.dtype
     sfx = _suffix(dtype, who)
     dy = _contiguous(dy, dtype, "dy", who)
     n, k = x.shape
     f = kernel.shape[1]
-    if dy.shape != (n, f):
-        raise ValueError(f"{who}: dy must have shape {(n, f)}, received {dy.shape}")
     dx = np.empty((n, k), dtype=dtype) if need_dx else None
     dkernel = np.empty((k, f), dtype=dtype)
     dbias = np.empty((f,), dtype=dtype) if has_bias else None
@@ -304,7 +302,7 @@ def dense_backward(dy, cache, need_dx=True):
     _call(
         "mc_dense_backward" + sfx, n, k, f,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
-        _In("dy", dy, dtype, dy.size), _In("relu_y", relu_y, dtype, dy.size, optional=True),
+        _In("dy", dy, dtype, n * f), _In("relu_y", relu_y, dtype, n * f, optional=True),
         _Out("dx", dx, dtype, x.size, optional=True), _Out("dkernel", dkernel, dtype, dkernel.size),
         _Out("dbias", dbias, dtype, f, optional=True), _Out("workspace", work, dtype, work.size),
     )
@@ -319,8 +317,7 @@ def maxpool2d_forward(x, pool_size, strides, pads):
     x = _contiguous(x, dtype, "x", who)
     n, h, w, c = x.shape
     top, bottom, left, right = (int(p) for p in pads)
-    oh = _out_len(h, pool_size[0], strides[0], top, bottom)
-    ow = _out_len(w, pool_size[1], strides[1], left, right)
+    oh, ow = window_output_shape(h, w, pool_size, strides, pads)
     geometry = _pool_geometry(x.shape, pool_size, strides, pads)
     y = np.empty((n, oh, ow, c), dtype=dtype)
     argmax = np.empty((n, oh, ow, c), dtype=np.int32)
@@ -328,19 +325,17 @@ def maxpool2d_forward(x, pool_size, strides, pads):
         "mc_maxpool2d_forward" + sfx, geometry, _In("x", x, dtype, x.size),
         _Out("y", y, dtype, y.size), _Out("argmax", argmax, _INT32, y.size),
     )
-    return y, (x.shape, tuple(int(p) for p in pool_size), tuple(int(s) for s in strides),
-               (top, bottom, left, right), argmax)
+    return y, PoolCache(x.shape, tuple(int(p) for p in pool_size), tuple(int(s) for s in strides),
+                        (top, bottom, left, right), argmax)
 
 
 def maxpool2d_backward(dy, cache):
     """dy (N, OH, OW, C) -> dx (N, H, W, C): each gradient goes to its window's winner."""
     who = "maxpool2d_backward"
-    x_shape, pool_size, strides, pads, argmax = cache
+    x_shape, pool_size, strides, pads, argmax = cache   # a PoolCache
     dtype = dy.dtype
     sfx = _suffix(dtype, who)
     dy = _contiguous(dy, dtype, "dy", who)
-    if dy.shape != argmax.shape:
-        raise ValueError(f"{who}: dy must have shape {argmax.shape}, received {dy.shape}")
     geometry = _pool_geometry(x_shape, pool_size, strides, pads)
     dx = np.empty(x_shape, dtype=dtype)
     _call(
@@ -445,7 +440,11 @@ def algorithm():
 
 
 def set_num_threads(threads):
-    """Threads for the C kernels; None or 0 restores the default (OMP_NUM_THREADS or all cores)."""
+    """Threads for the C kernels; None or 0 restores the default (OMP_NUM_THREADS or all cores).
+
+    Capped, like the default, at the CPUs this process may run on (its affinity mask) and at
+    64: more threads would only wait for each other, and each one costs workspace.
+    engine_info()["threads"] reports the number a call really uses."""
     lib.mc_set_num_threads(int(threads or 0))
 
 

@@ -12,6 +12,21 @@ the bottom/right, exactly as TensorFlow does (PyTorch's padding="same" differs f
 """
 
 
+def window_output_length(size, window, stride, pad_before=0, pad_after=0):
+    """Positions of a window sweeping one axis of `size` with explicit zero padding:
+    (size + pad_before + pad_after - window) // stride + 1 (< 1 when the window does not fit)."""
+    return (size + pad_before + pad_after - window) // stride + 1
+
+
+def window_output_shape(height, width, window, strides, pads):
+    """(out_height, out_width) of a (KH, KW) window sweep with strides (sh, sw) and explicit
+    pads (top, bottom, left, right): what the engines compute from the face's arguments."""
+    return (
+        window_output_length(height, window[0], strides[0], pads[0], pads[1]),
+        window_output_length(width, window[1], strides[1], pads[2], pads[3]),
+    )
+
+
 def output_length(size, kernel, stride, padding):
     """Length of one spatial output axis; raises ValueError when it would be < 1."""
     if padding == "same":
@@ -21,7 +36,7 @@ def output_length(size, kernel, stride, padding):
             raise ValueError(
                 f"window of {kernel} does not fit an input of {size} with padding='valid'"
             )
-        return (size - kernel) // stride + 1
+        return window_output_length(size, kernel, stride)
     raise ValueError(f"padding must be 'valid' or 'same', received {padding!r}")
 
 

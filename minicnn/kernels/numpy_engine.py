@@ -10,7 +10,11 @@ the adjoint of im2col, not its inverse, which is exactly what the input gradient
 
 Every function keeps the input dtype: float32 in, float32 out; float64 in, float64 out.
 """
+from collections import namedtuple
+
 import numpy as np
+
+from .geometry import window_output_shape
 
 NAME = "numpy"
 
@@ -22,9 +26,10 @@ def _pad(x, pads, value=0.0):
     return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
 
 
-def _output_size(padded_h, padded_w, kh, kw, strides):
-    sh, sw = strides
-    return (padded_h - kh) // sh + 1, (padded_w - kw) // sw + 1
+# What each forward hands its backward (opaque to everything but this engine).
+ConvCache = namedtuple("ConvCache", "x_shape cols kernel strides pads has_bias relu_positive")
+PoolCache = namedtuple("PoolCache", "x_shape winner pool_size strides pads")
+DenseCache = namedtuple("DenseCache", "x kernel has_bias relu_positive")
 
 
 def im2col(x, kh, kw, strides, pads):
@@ -34,9 +39,9 @@ def im2col(x, kh, kw, strides, pads):
     line up with the kernel reshaped to (KH*KW*C, F), so the convolution is one GEMM.
     """
     xp = _pad(x, pads)
-    n, hp, wp, c = xp.shape
+    n, _, _, c = xp.shape
     sh, sw = strides
-    oh, ow = _output_size(hp, wp, kh, kw, strides)
+    oh, ow = window_output_shape(x.shape[1], x.shape[2], (kh, kw), strides, pads)
     cols = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -69,7 +74,7 @@ def conv2d_forward(x, kernel, bias, strides, pads):
     y = cols.reshape(n * oh * ow, kh * kw * c) @ kernel.reshape(kh * kw * c, f)
     if bias is not None:
         y += bias
-    return y.reshape(n, oh, ow, f), (x.shape, cols, kernel, strides, pads, bias is not None, None)
+    return y.reshape(n, oh, ow, f), ConvCache(x.shape, cols, kernel, strides, pads, bias is not None, None)
 
 
 def conv2d_relu_forward(x, kernel, bias, strides, pads):
@@ -77,7 +82,7 @@ def conv2d_relu_forward(x, kernel, bias, strides, pads):
     the ReLU's gradient (dy where y > 0, else 0) before its own."""
     y, cache = conv2d_forward(x, kernel, bias, strides, pads)
     np.maximum(y, 0, out=y)
-    return y, cache[:-1] + (y > 0,)
+    return y, cache._replace(relu_positive=y > 0)
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -87,7 +92,7 @@ def conv2d_backward(dy, cache, need_dx=True):
     dbias (F,) or None). The recipe of Darknet and cs231n: bias gradient, weight-gradient GEMM,
     input-gradient GEMM, col2im.
     """
-    x_shape, cols, kernel, strides, pads, has_bias, relu_positive = cache
+    x_shape, cols, kernel, strides, pads, has_bias, relu_positive = cache   # a ConvCache
     if relu_positive is not None:
         dy = dy * relu_positive
     kh, kw, c, f = kernel.shape
@@ -134,11 +139,11 @@ def maxpool2d_forward(x, pool_size, strides, pads):
     ph, pw = pool_size
     sh, sw = strides
     xp = _pad(x, pads, value=-np.inf)
-    oh, ow = _output_size(xp.shape[1], xp.shape[2], ph, pw, strides)
+    oh, ow = window_output_shape(x.shape[1], x.shape[2], pool_size, strides, pads)
     y = xp[:, 0:sh * oh:sh, 0:sw * ow:sw, :].copy()
     winner = np.zeros(y.shape, dtype=np.uint8 if ph * pw < 256 else np.int32)
     if y.size == 0:
-        return y, (x.shape, winner, pool_size, strides, pads)
+        return y, PoolCache(x.shape, winner, pool_size, strides, pads)
     bits = _BITS[y.dtype]
     take = np.empty(y.shape, dtype=bits)
     scratch = np.empty(y.shape, dtype=bits)
@@ -157,7 +162,7 @@ def maxpool2d_forward(x, pool_size, strides, pads):
         _select_bits(y, window, _mask(better, bits, out=take), scratch)
         np.multiply(better, k, out=step, dtype=step.dtype)
         np.maximum(winner, step, out=winner)       # k exceeds every earlier winner
-    return y, (x.shape, winner, pool_size, strides, pads)
+    return y, PoolCache(x.shape, winner, pool_size, strides, pads)
 
 
 def maxpool2d_backward(dy, cache):
@@ -166,7 +171,7 @@ def maxpool2d_backward(dy, cache):
     dy: (N, OH, OW, C) -> dx: (N, H, W, C). Overlapping windows (stride < pool) add up.
     Each offset adds dy where it won and +0.0 elsewhere (a bit mask, like np.where(.., dy, 0)).
     """
-    x_shape, winner, (ph, pw), (sh, sw), pads = cache
+    x_shape, winner, (ph, pw), (sh, sw), pads = cache   # a PoolCache
     n, h, w, c = x_shape
     top, bottom, left, right = pads
     oh, ow = dy.shape[1:3]
@@ -191,13 +196,13 @@ def dense_forward(x, kernel, bias, relu):
         y += bias
     if relu:
         np.maximum(y, 0, out=y)
-    return y, (x, kernel, bias is not None, y > 0 if relu else None)
+    return y, DenseCache(x, kernel, bias is not None, y > 0 if relu else None)
 
 
 def dense_backward(dy, cache, need_dx):
     """(dx = dz kernel^T or None, dkernel = x^T dz, dbias = sum of dz or None), dz = dy masked
     by the ReLU when the forward applied one."""
-    x, kernel, has_bias, relu_positive = cache
+    x, kernel, has_bias, relu_positive = cache   # a DenseCache
     if relu_positive is not None:
         dy = dy * relu_positive
     dx = dy @ kernel.T if need_dx else None

@@ -1,0 +1,114 @@
+/* The convolution drivers: the forward pass and the backward pass as named steps (frame dy,
+ * kernel gradient, input gradient), each step on the algorithm and the workspace regions the
+ * plan chose (csrc/tmpl_conv_plan.h).
+ * No include guard: a template, included once per dtype by csrc/tmpl_driver.h.
+ */
+
+/* Forward: copy x once into the zero-padded buffer (kept for backward), then one algorithm. */
+static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel,
+                             const DR *bias, int relu, DR *xpad, DR *y, const DN(mc_work) *w)
+{
+    const DN(mc_conv_plan) *plan = w->plan;
+    DN(mc_conv_dims) d;
+    DN(conv_dims)(g, &d);
+    const int F = g->f, C = g->c, threads = plan->threads;
+    const int64_t fpad = DN(round_up)(F, DN_VLEN_MAX);
+    DR *packed_bias = DN(region)(w, plan->packed_bias, fpad * (int64_t)sizeof(DR));
+    const size_t img_in = (size_t)g->h * g->w * C, img_pad = (size_t)(d.hp * d.wp * C);
+    (void)threads;   /* read by the OpenMP pragma only, in builds without OpenMP */
+
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
+#endif
+    for (int n = 0; n < g->n; n++)
+        DN(pad_image)(x + n * img_in, g->h, g->w, C, g->pad_top, g->pad_bottom, g->pad_left,
+                      g->pad_right, xpad + n * img_pad);
+
+    /* bias as whole vectors, zeros past F */
+    for (int64_t j = 0; j < fpad; j++) packed_bias[j] = bias && j < F ? bias[j] : (DR)0;
+
+    if (plan->wino_fwd)
+        DN(forward_winograd)(g, xpad, kernel, bias ? packed_bias : NULL, relu, y, w);
+    else
+        DN(forward_direct)(g, xpad, kernel, bias ? packed_bias : NULL, relu, y, w);
+    return MC_OK;
+}
+
+/* dy (masked by the fused ReLU) into the zero-margined, whole-vector rows of the frame. */
+static void DN(frame_dy)(DN(mc_backward) *b)
+{
+    const mc_conv_geom *g = b->g;
+    const int F = g->f, threads = b->w->plan->threads;
+    const size_t frame_img = (size_t)(b->hd * b->wd * b->fv);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
+#endif
+    for (int n = 0; n < g->n; n++) {
+        DR *fr = b->frame + n * frame_img;
+        memset(fr, 0, frame_img * sizeof(DR));
+        for (int64_t p = 0; p < b->d.oh; p++) {
+            for (int64_t q = 0; q < b->d.ow; q++) {
+                const size_t at = n * b->img_dy + (size_t)((p * b->d.ow + q) * F);
+                DR *o = fr + ((p + b->mt) * b->wd + q + b->ml) * b->fv;
+                if (b->relu_y)
+                    b->isa->relu_mask(o, b->dy + at, b->relu_y + at, F);
+                else
+                    memcpy(o, b->dy + at, (size_t)F * sizeof(DR));
+            }
+        }
+    }
+    b->src = b->frame + (b->mt * b->wd + b->ml) * b->fv;
+    b->src_img = (ptrdiff_t)frame_img;
+    b->src_row = (ptrdiff_t)(b->wd * b->fv);
+    b->src_col = (ptrdiff_t)b->fv;
+}
+
+static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
+                              const DR *dy, const DR *relu_y, DR *dx, DR *dkernel, DR *dbias,
+                              const DN(mc_work) *w)
+{
+    const DN(mc_conv_plan) *plan = w->plan;
+    const int64_t E = (int64_t)sizeof(DR);
+    DN(mc_backward) b;
+    memset(&b, 0, sizeof b);
+    b.g = g;
+    b.isa = &DN(mc_isa_tables)[plan->level];
+    b.w = w;
+    DN(conv_dims)(g, &b.d);
+    b.fpad = DN(round_up)(g->f, DN_VLEN_MAX);
+    b.cpad = DN(round_up)(g->c, DN_VLEN_MAX);
+    b.fv = DN(round_up)(g->f, b.isa->vlen);
+    b.mt = dx ? b.d.mt : 0;
+    b.ml = dx ? b.d.ml : 0;
+    b.hd = dx ? b.d.hd : b.d.oh;
+    b.wd = dx ? b.d.wd : b.d.ow;
+    b.img_dy = (size_t)(b.d.oh * b.d.ow * g->f);
+    b.img_pad = (size_t)(b.d.hp * b.d.wp * g->c);
+    b.dy = dy;
+    b.relu_y = relu_y;
+    b.xpad = xpad;
+    b.src = dy;
+    b.src_img = (ptrdiff_t)b.img_dy;
+    b.src_row = (ptrdiff_t)b.d.ow * g->f;
+    b.src_col = g->f;
+    if (plan->wino_dw || plan->wino_dx) {
+        const int64_t zlen = DN(zeros_len)(g);
+        b.zeros = DN(region)(w, plan->zeros, zlen * E);
+        memset(b.zeros, 0, (size_t)zlen * sizeof(DR));
+    }
+    if (plan->need_frame) {
+        b.frame = DN(region)(w, plan->frame, (int64_t)g->n * b.hd * b.wd * b.fpad * E);
+        DN(frame_dy)(&b);
+    }
+    if (plan->wino_dw)
+        DN(dkernel_winograd)(&b, dkernel, dbias);
+    else
+        DN(dkernel_direct)(&b, dkernel, dbias);
+    if (!dx) return MC_OK;
+    if (plan->wino_dx)
+        DN(dx_winograd)(&b, kernel, dx);
+    else
+        DN(dx_direct)(&b, kernel, dx);
+    return MC_OK;
+}

@@ -1,0 +1,62 @@
+/* Max pooling, vectorised over channels, with the NumPy engine's rules (first maximum wins,
+ * NaN wins and stays, -inf padding).
+ * No include guard: a template, included once per dtype by csrc/tmpl_driver.h.
+ */
+
+static void DN(maxpool_forward)(const mc_pool_geom *g, const DR *x, DR *y, int32_t *argmax,
+                                int64_t oh, int64_t ow, int threads)
+{
+    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
+    const int C = g->c;
+    const int64_t rows = (int64_t)g->n * oh;
+    threads = DN(threads_for)(rows * ow * C * g->pool_h * g->pool_w, threads);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows > 1)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t n = r / oh, p = r % oh;
+        const DR *xi = x + n * (int64_t)g->h * g->w * C;
+        for (int64_t q = 0; q < ow; q++) {
+            DR *yo = y + (r * ow + q) * C;
+            int32_t *ao = argmax + (r * ow + q) * C;
+            for (int i = 0; i < g->pool_h; i++) {
+                for (int j = 0; j < g->pool_w; j++) {
+                    const int64_t hh = p * g->stride_h + i - g->pad_top;
+                    const int64_t ww = q * g->stride_w + j - g->pad_left;
+                    const int first = i == 0 && j == 0;
+                    if (hh < 0 || hh >= g->h || ww < 0 || ww >= g->w) {
+                        /* a padding cell is -inf: it wins only as the first of its window */
+                        if (first)
+                            for (int c = 0; c < C; c++) { yo[c] = -(DR)INFINITY; ao[c] = -1; }
+                        continue;
+                    }
+                    const int32_t base = (int32_t)((hh * g->w + ww) * C);
+                    const DR *xr = xi + base;
+                    if (first) {
+                        for (int c = 0; c < C; c++) { yo[c] = xr[c]; ao[c] = base + c; }
+                        continue;
+                    }
+                    isa->pool_max(yo, ao, xr, base, C);
+                }
+            }
+        }
+    }
+}
+
+static void DN(maxpool_backward)(const mc_pool_geom *g, const DR *dy, const int32_t *argmax,
+                                 DR *dx, int64_t oh, int64_t ow, int threads)
+{
+    const int64_t img_in = (int64_t)g->h * g->w * g->c, img_out = oh * ow * g->c;
+    threads = DN(threads_for)((int64_t)g->n * (img_in + img_out), threads);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
+#endif
+    for (int n = 0; n < g->n; n++) {
+        DR *dxi = dx + n * img_in;
+        const DR *dyi = dy + n * img_out;
+        const int32_t *ai = argmax + n * img_out;
+        memset(dxi, 0, (size_t)img_in * sizeof(DR));
+        for (int64_t k = 0; k < img_out; k++)
+            if (ai[k] >= 0) dxi[ai[k]] += dyi[k];
+    }
+}

@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""Differential fuzz of the C engine against the NumPy engine, through the kernel face.
+
+Random cases over the whole geometry space, in the C engine's automatic algorithm mode:
+
+    convolution  batch 1-9, H and W 1-40, C_in and filters 1-70, kernels 1-7 (non-square too),
+                 strides 1-3, valid and same padding (TensorFlow's rule, pads_2d), bias on/off,
+                 input gradient on/off, fused ReLU (conv2d_relu_forward) on/off
+    max pooling  windows 1-4, strides 1-3, valid and same
+    dense        N 1-9, K and F 1-300, fused ReLU on/off
+    all          float32 and float64, 1-4 threads, every SIMD level the CPU has
+
+The sampling is steered so that every branch of the C engine is reached: stride-1 3x3 kernels
+(Winograd-eligible) often, C_in and filters on both sides of 16 (auto mode's Winograd
+threshold, MC_WINO_MIN_CHANNELS), batch 1 and batch below the thread count. The work of one
+convolution is capped so that thousands of cases run in minutes; the extremes of every axis
+are still drawn, just not all at once.
+
+Every result is compared with the NumPy engine's (the parity tolerances of
+tests/test_c_engine.py: relative to the reference's largest magnitude, 1e-12 for float64 and
+1e-5 for float32). Cases run in batches in child processes; a child writes each case's index
+to a progress file before running it, so a crash (or a hang past --timeout) is reported with
+its geometry and the run goes on with the next case in a fresh child.
+
+    scripts/fuzz_engines.py --cases 3000 --seed 1 --threads 1,2,3,4
+    scripts/fuzz_engines.py --cases 300 --seed 7 --require-coverage     # what CI runs
+
+Prints a summary (cases, crashes, mismatches, branch coverage counts, seconds) and exits 1 on
+any crash, hang or mismatch, and with --require-coverage also when a branch was never reached.
+Thread counts above the CPUs this process may use run on that many (the engine's cap).
+"""
+import argparse
+import collections
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)   # the minicnn next to this script, not an installed one
+
+TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
+WINO_MIN_CHANNELS = 16          # csrc/kernels.c MC_WINO_MIN_CHANNELS
+MAX_CONV_WORK = 60_000_000      # multiply-adds of one convolution pass (keeps cases fast)
+SIMD_LEVELS = ("avx512", "avx2", "sse2")
+
+# The branches every full run must reach (auto mode, with the input gradient).
+REQUIRED_BRANCHES = (
+    "conv fwd=direct dkernel=direct dx=direct",
+    "conv fwd=direct dkernel=direct dx=winograd",
+    "conv fwd=winograd dkernel=direct dx=direct",
+    "conv fwd=winograd dkernel=winograd dx=winograd",
+    "conv batch 1",
+    "conv batch < threads",
+    "conv dx=winograd, batch < threads",
+    "conv fused relu",
+    "conv no dx",
+    "pool",
+    "dense",
+)
+
+
+# ---- the branch the C engine takes (mirrors use_wino / backward_plan in csrc) ----
+
+def conv_branches(case, effective_threads):
+    """Names of the C engine branches a convolution case runs in auto mode."""
+    kh, kw = case["kernel"]
+    pads = case["pads"]
+    eligible = (kh, kw) == (3, 3) and tuple(case["strides"]) == (1, 1) and max(pads) <= 2
+    c, f = case["c"], case["f"]
+    fwd = "winograd" if eligible and c >= WINO_MIN_CHANNELS else "direct"
+    dkernel = "winograd" if eligible and c >= WINO_MIN_CHANNELS and f >= WINO_MIN_CHANNELS else "direct"
+    dx = ("winograd" if eligible and f >= WINO_MIN_CHANNELS else "direct") if case["need_dx"] else "none"
+    names = [f"conv fwd={fwd} dkernel={dkernel} dx={dx}"]
+    if case["n"] == 1:
+        names.append("conv batch 1")
+    if case["n"] < effective_threads:
+        names.append("conv batch < threads")
+        if dx == "winograd":
+            names.append("conv dx=winograd, batch < threads")
+    if case["relu"]:
+        names.append("conv fused relu")
+    if not case["need_dx"]:
+        names.append("conv no dx")
+    return names
+
+
+# ---- sampling ----
+
+def _size(rng, small, large):
+    """Mostly small, sometimes anywhere up to `large`."""
+    return rng.randint(1, small) if rng.random() < 0.7 else rng.randint(1, large)
+
+
+def _channels(rng):
+    """Below or at/above the Winograd threshold, evenly."""
+    return rng.randint(1, WINO_MIN_CHANNELS - 1) if rng.random() < 0.5 else rng.randint(WINO_MIN_CHANNELS, 70)
+
+
+def sample_conv(rng, common):
+    from minicnn.kernels.geometry import output_shape_2d, pads_2d
+    while True:
+        n = 1 if rng.random() < 0.3 else rng.randint(1, 9)
+        h, w = _size(rng, 16, 40), _size(rng, 16, 40)
+        if rng.random() < 0.45:
+            kernel, strides = (3, 3), (1, 1)
+        else:
+            kernel = (rng.randint(1, 7), rng.randint(1, 7))
+            strides = (rng.randint(1, 3), rng.randint(1, 3))
+        padding = rng.choice(["valid", "same"])
+        if padding == "valid" and (kernel[0] > h or kernel[1] > w):
+            padding = "same"
+        c, f = _channels(rng), _channels(rng)
+        oh, ow = output_shape_2d(h, w, kernel, strides, padding)
+        if n * oh * ow * kernel[0] * kernel[1] * c * f <= MAX_CONV_WORK:
+            break
+    return dict(common, op="conv", n=n, h=h, w=w, c=c, f=f, kernel=kernel, strides=strides,
+                padding=padding, pads=pads_2d(h, w, kernel, strides, padding),
+                bias=rng.random() < 0.8, need_dx=rng.random() < 0.75, relu=rng.random() < 0.4)
+
+
+def sample_pool(rng, common):
+    from minicnn.kernels.geometry import pads_2d
+    n, h, w, c = rng.randint(1, 9), _size(rng, 12, 40), _size(rng, 12, 40), rng.randint(1, 70)
+    window = (rng.randint(1, 4), rng.randint(1, 4))
+    strides = (rng.randint(1, 3), rng.randint(1, 3))
+    padding = rng.choice(["valid", "same"])
+    if padding == "valid" and (window[0] > h or window[1] > w):
+        padding = "same"
+    return dict(common, op="pool", n=n, h=h, w=w, c=c, window=window, strides=strides,
+                padding=padding, pads=pads_2d(h, w, window, strides, padding))
+
+
+def sample_dense(rng, common):
+    return dict(common, op="dense", n=rng.randint(1, 9), k=rng.randint(1, 300), f=rng.randint(1, 300),
+                bias=rng.random() < 0.8, need_dx=rng.random() < 0.75, relu=rng.random() < 0.4)
+
+
+def make_cases(count, seed, threads, simd_levels):
+    rng = random.Random(seed)
+    cases = []
+    for index in range(count):
+        common = dict(index=index, seed=rng.randrange(2**31), dtype=rng.choice(["float32", "float64"]),
+                      threads=rng.choice(threads), simd=rng.choice(simd_levels))
+        roll = rng.random()
+        sample = sample_conv if roll < 0.7 else sample_pool if roll < 0.85 else sample_dense
+        cases.append(sample(rng, common))
+    return cases
+
+
+def describe(case):
+    """One line with everything needed to rerun a case by hand."""
+    keys = [k for k in case if k not in ("index", "op")]
+    return f"#{case['index']} {case['op']} " + " ".join(f"{k}={case[k]}" for k in keys)
+
+
+# ---- running one case (in a child) ----
+
+def _compare(name, got, want, dtype):
+    import numpy as np
+    if want is None or got is None:
+        return None if (want is None) == (got is None) else f"{name}: one engine returned None"
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return f"{name}: {got.shape} {got.dtype} != {want.shape} {want.dtype}"
+    tol = TOLERANCE[dtype]
+    scale = max(float(np.max(np.abs(want))), 1.0) if want.size else 1.0
+    if not np.all(np.isfinite(got)) and np.all(np.isfinite(want)):
+        return f"{name}: not finite"
+    err = float(np.max(np.abs(got - want) - tol * np.abs(want))) if want.size else 0.0
+    if err > tol * scale:
+        return f"{name}: max excess error {err:.3g} > {tol * scale:.3g} (scale {scale:.3g})"
+    return None
+
+
+def _on(kernels, engine, compute):
+    kernels.set_backend(engine)
+    return compute()
+
+
+def run_case(case):
+    """(list of mismatch messages, branch names) for one case; the engines must agree."""
+    import numpy as np
+    from minicnn import kernels
+    from minicnn.kernels import c_engine
+
+    dtype = case["dtype"]
+    rng = np.random.default_rng(case["seed"])
+    c_engine.set_num_threads(case["threads"])
+    c_engine.set_simd_level(case["simd"])
+    c_engine.set_algorithm("auto")
+    effective = c_engine.engine_info()["threads"]
+    problems = []
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    if case["op"] == "conv":
+        kh, kw = case["kernel"]
+        x = normal(case["n"], case["h"], case["w"], case["c"])
+        kernel = normal(kh, kw, case["c"], case["f"])
+        bias = normal(case["f"]) if case["bias"] else None
+        forward = kernels.conv2d_relu_forward if case["relu"] else kernels.conv2d_forward
+        args = (x, kernel, bias, tuple(case["strides"]), tuple(case["pads"]))
+        y_ref, cache_ref = _on(kernels, "numpy", lambda: forward(*args))
+        y, cache = _on(kernels, "c", lambda: forward(*args))
+        problems.append(_compare("y", y, y_ref, dtype))
+        dy = normal(*y_ref.shape)
+        if case["relu"]:
+            # where the reference output is within rounding of 0 the engines may disagree on
+            # the ReLU mask, legitimately: no gradient there, so the mask cannot matter
+            scale = max(float(np.max(np.abs(y_ref))), 1.0)
+            dy[np.abs(y_ref) <= 4 * TOLERANCE[dtype] * scale] = 0
+        grads_ref = _on(kernels, "numpy", lambda: kernels.conv2d_backward(dy, cache_ref, case["need_dx"]))
+        grads = _on(kernels, "c", lambda: kernels.conv2d_backward(dy, cache, case["need_dx"]))
+        problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dkernel", "dbias"), grads, grads_ref)]
+        branches = conv_branches(case, effective)
+    elif case["op"] == "pool":
+        x = normal(case["n"], case["h"], case["w"], case["c"])
+        if rng.random() < 0.5:
+            x = np.round(x * 2) / 2   # ties: the first maximum must win on both engines
+        args = (x, tuple(case["window"]), tuple(case["strides"]), tuple(case["pads"]))
+        y_ref, cache_ref = _on(kernels, "numpy", lambda: kernels.maxpool2d_forward(*args))
+        y, cache = _on(kernels, "c", lambda: kernels.maxpool2d_forward(*args))
+        if not np.array_equal(y, y_ref):
+            problems.append("y: pooling outputs differ")
+        dy = normal(*y_ref.shape)
+        dx_ref = _on(kernels, "numpy", lambda: kernels.maxpool2d_backward(dy, cache_ref))
+        dx = _on(kernels, "c", lambda: kernels.maxpool2d_backward(dy, cache))
+        problems.append(_compare("dx", dx, dx_ref, dtype))
+        branches = ["pool"]
+    else:
+        x = normal(case["n"], case["k"])
+        kernel = normal(case["k"], case["f"])
+        bias = normal(case["f"]) if case["bias"] else None
+        y_ref, cache_ref = _on(kernels, "numpy", lambda: kernels.dense_forward(x, kernel, bias, case["relu"]))
+        y, cache = _on(kernels, "c", lambda: kernels.dense_forward(x, kernel, bias, case["relu"]))
+        problems.append(_compare("y", y, y_ref, dtype))
+        dy = normal(*y_ref.shape)
+        if case["relu"]:
+            scale = max(float(np.max(np.abs(y_ref))), 1.0)
+            dy[np.abs(y_ref) <= 4 * TOLERANCE[dtype] * scale] = 0
+        grads_ref = _on(kernels, "numpy", lambda: kernels.dense_backward(dy, cache_ref, case["need_dx"]))
+        grads = _on(kernels, "c", lambda: kernels.dense_backward(dy, cache, case["need_dx"]))
+        problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dkernel", "dbias"), grads, grads_ref)]
+        branches = ["dense"]
+    return [p for p in problems if p], branches
+
+
+def child_main(cases_path, first, stop, progress_path):
+    """Run cases[first:stop] and log `start i` before and `done i {json}` after each one."""
+    from minicnn.kernels import c_engine  # noqa: F401  (fails loudly if the C engine is missing)
+    with open(cases_path) as f:
+        cases = json.load(f)
+    levels = set(c_engine.simd_levels())
+    with open(progress_path, "a", buffering=1) as log:
+        log.write(f"engine {json.dumps(c_engine.engine_info())}\n")
+        for case in cases[first:stop]:
+            log.write(f"start {case['index']}\n")
+            log.flush()
+            os.fsync(log.fileno())
+            if case["simd"] not in levels:
+                case = dict(case, simd=c_engine.simd_levels()[0])
+            problems, branches = run_case(case)
+            log.write(f"done {case['index']} {json.dumps({'problems': problems, 'branches': branches})}\n")
+
+
+# ---- the parent ----
+
+def run_cases(cases, timeout, batch=200, python=sys.executable, echo=None):
+    """Run every case in child processes. Returns {index: result} where a result is
+    {'problems': [...], 'branches': [...]} or {'crash': message}."""
+    results, engines = {}, set()
+    with tempfile.TemporaryDirectory(prefix="minicnn-fuzz-") as tmp:
+        cases_path = os.path.join(tmp, "cases.json")
+        with open(cases_path, "w") as f:
+            json.dump(cases, f)
+        position = 0
+        while position < len(cases):
+            progress = os.path.join(tmp, f"progress-{position}.log")
+            stop = min(position + batch, len(cases))
+            child = [python, os.path.abspath(__file__), "--child", cases_path, str(position), str(stop),
+                     progress]
+            try:
+                proc = subprocess.run(child, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                outcome, tail = proc.returncode, (proc.stderr or "")[-2000:]
+            except subprocess.TimeoutExpired as expired:
+                outcome = "timeout"
+                tail = (expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes)
+                        else expired.stderr or "")[-2000:]
+            started = None
+            if os.path.exists(progress):
+                with open(progress) as f:
+                    for line in f:
+                        word, _, rest = line.rstrip("\n").partition(" ")
+                        index, _, payload = rest.partition(" ")
+                        if word == "engine":
+                            engines.add(rest)
+                        elif word == "start":
+                            started = int(index)
+                        elif word == "done" and payload:
+                            results[int(index)] = json.loads(payload)
+                            started = None
+            if outcome == 0 and started is None:
+                position = stop
+                continue
+            if started is None:
+                # the child died before starting a case (import failure) or after the last one
+                if outcome != 0 and not any(i in results for i in range(position, stop)):
+                    raise RuntimeError(f"fuzz child failed before any case ({outcome}):\n{tail}")
+                position = max([position] + [i + 1 for i in range(position, stop) if i in results])
+                continue
+            why = "timed out" if outcome == "timeout" else f"exit status {outcome}"
+            results[started] = {"crash": f"{why}\n{tail}"}
+            if echo:
+                echo(f"CRASH {describe(cases[started])}: {why}")
+            position = started + 1
+    if echo:
+        for engine in sorted(engines):
+            info = json.loads(engine)
+            echo(f"C engine: {info['compiler_flags']} (openmp {info['openmp']}, up to {info['threads']} threads)")
+    return results
+
+
+def summarize(cases, results, seconds):
+    counts = collections.Counter()
+    crashes, mismatches = [], []
+    for case in cases:
+        result = results.get(case["index"])
+        if result is None:
+            crashes.append((case, "never ran"))
+        elif "crash" in result:
+            crashes.append((case, result["crash"]))
+        else:
+            counts.update(result["branches"])
+            if result["problems"]:
+                mismatches.append((case, result["problems"]))
+    return counts, crashes, mismatches
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=1000, help="number of random cases")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the case generator")
+    parser.add_argument("--threads", default="1,2,3,4", help="thread counts to draw from")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per child batch")
+    parser.add_argument("--batch", type=int, default=200, help="cases per child process")
+    parser.add_argument("--require-coverage", action="store_true",
+                        help="also fail when a required branch was never reached")
+    parser.add_argument("--child", nargs=4, metavar=("CASES", "FIRST", "STOP", "PROGRESS"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(args.child[0], int(args.child[1]), int(args.child[2]), args.child[3])
+        return 0
+
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    if not threads or min(threads) < 1:
+        parser.error(f"--threads must be positive integers, received {args.threads!r}")
+    start = time.perf_counter()
+    cases = make_cases(args.cases, args.seed, threads, SIMD_LEVELS)
+    results = run_cases(cases, args.timeout, args.batch, echo=print)
+    seconds = time.perf_counter() - start
+    counts, crashes, mismatches = summarize(cases, results, seconds)
+
+    print(f"fuzz: {len(cases)} cases (seed {args.seed}, threads {args.threads}) in {seconds:.1f} s")
+    print(f"crashes: {len(crashes)}  mismatches: {len(mismatches)}")
+    print("branch coverage:")
+    for name in sorted(set(counts) | set(REQUIRED_BRANCHES)):
+        print(f"  {counts.get(name, 0):6d}  {name}")
+    for case, why in crashes:
+        print(f"CRASH {describe(case)}\n  {why.strip()}")
+    for case, problems in mismatches:
+        print(f"MISMATCH {describe(case)}\n  " + "\n  ".join(problems))
+    missing = [name for name in REQUIRED_BRANCHES if counts.get(name, 0) == 0]
+    if missing and args.require_coverage:
+        print("never reached: " + ", ".join(missing))
+    failed = crashes or mismatches or (missing and args.require_coverage)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
