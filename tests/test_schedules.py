@@ -231,3 +231,24 @@ def test_save_load_continue_is_bit_identical_to_uninterrupted(tmp_path, name):
     assert {k: part_one.history[k] + part_two.history[k] for k in full.history} == full.history
     # the rates differ from epoch to epoch, and History records them
     assert len(set(full.history["learning_rate"])) > 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda rate: rate.update(class_name="builtins.eval"), "unknown learning rate schedule 'builtins.eval'"),
+    (lambda rate: rate["config"].update(decay_steps=1.5), "decay_steps"),
+    (lambda rate: rate["config"].update(alpha="0.1"), "alpha"),
+    (lambda rate: rate["config"].update(evil="os.system"), "evil"),
+    (lambda rate: rate.update(config=[1, 2]), "must be a mapping"),
+])
+def test_a_damaged_schedule_in_a_file_is_refused_clearly(tmp_path, change, message):
+    from minicnn import io
+
+    model = make_model(AdamW(CosineDecay(1e-3, 100)))
+    model.fit(*data(16), epochs=1, batch_size=8, verbose=0)
+    contents = io.read(model.save(tmp_path / "good.npz"))
+    change(contents.header["compile"]["optimizer"]["config"]["learning_rate"])
+    io.write(tmp_path / "bad.npz", contents.header, contents.arrays)
+    with pytest.raises(minicnn.ModelFileError, match="compile configuration is invalid") as caught:
+        minicnn.load_model(tmp_path / "bad.npz")
+    assert message in str(caught.value)
+    assert minicnn.load_model(tmp_path / "bad.npz", compile=False).get_weights()[0].shape == (3, 3, 1, 3)
