@@ -229,7 +229,9 @@ def test_save_load_continue_is_bit_identical_to_uninterrupted(tmp_path, name):
 
     assert [w.tobytes() for w in resumed.get_weights()] == [w.tobytes() for w in uninterrupted.get_weights()]
     assert {k: part_one.history[k] + part_two.history[k] for k in full.history} == full.history
-    # the rates differ from epoch to epoch, and History records them
+    # History records, per epoch, the rate after its last step (32 training images, 4 steps an epoch)
+    schedule = uninterrupted.optimizer.learning_rate_schedule
+    assert full.history["learning_rate"] == [schedule(4), schedule(8), schedule(12)]
     assert len(set(full.history["learning_rate"])) > 1
 
 
@@ -252,3 +254,15 @@ def test_a_damaged_schedule_in_a_file_is_refused_clearly(tmp_path, change, messa
         minicnn.load_model(tmp_path / "bad.npz")
     assert message in str(caught.value)
     assert minicnn.load_model(tmp_path / "bad.npz", compile=False).get_weights()[0].shape == (3, 3, 1, 3)
+
+
+def test_setting_the_learning_rate():
+    optimizer = SGD(0.1)
+    optimizer.learning_rate = 0.05
+    assert optimizer.learning_rate == 0.05 and optimizer.get_config()["learning_rate"] == 0.05
+    for bad, error in (("fast", TypeError), (-0.1, ValueError), (float("nan"), ValueError), (True, TypeError)):
+        with pytest.raises(error, match="learning_rate"):
+            optimizer.learning_rate = bad
+    assert optimizer.learning_rate == 0.05
+    optimizer.learning_rate = ExponentialDecay(0.1, 10, 0.5)      # a float may become a schedule, as in Keras
+    assert optimizer.get_config()["learning_rate"]["class_name"] == "ExponentialDecay"
