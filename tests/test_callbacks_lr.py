@@ -183,7 +183,7 @@ def test_a_constant_rate_is_not_logged_as_in_keras():
 
 def test_a_rate_changed_by_a_callback_is_saved_and_training_resumes_exactly(tmp_path):
     x, y = data()
-    fit_args = dict(batch_size=8, validation_split=0.25, verbose=0)
+    fit_args = {"batch_size": 8, "validation_split": 0.25, "verbose": 0}
 
     def callbacks():
         return [LearningRateScheduler(decay_from_epoch_one)]

@@ -8,8 +8,12 @@ import pytest
 import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
 from minicnn.optimizers import SGD, Adam, AdamW, RMSprop
-from minicnn.optimizers.schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule,
-                                          PiecewiseConstantDecay)
+from minicnn.optimizers.schedules import (
+    CosineDecay,
+    ExponentialDecay,
+    LearningRateSchedule,
+    PiecewiseConstantDecay,
+)
 
 # Values by hand from Keras 3's learning_rate_schedule.py, in float64.
 EXPONENTIAL = [
