@@ -473,3 +473,15 @@ def _keep_freed_memory_from_environment():
 
 _simd_from_environment()
 _freed_memory_kept = _keep_freed_memory_from_environment()
+
+
+# ---- average pooling, global average pooling, batch normalisation (issue 12) ----
+# These run on the NumPy engine's code for now (same numbers on both engines): their cost is a
+# few passes over the activations, small beside the convolutions around them.
+avgpool2d_forward = numpy_engine.avgpool2d_forward
+avgpool2d_backward = numpy_engine.avgpool2d_backward
+global_avgpool2d_forward = numpy_engine.global_avgpool2d_forward
+global_avgpool2d_backward = numpy_engine.global_avgpool2d_backward
+batchnorm_forward_training = numpy_engine.batchnorm_forward_training
+batchnorm_forward_inference = numpy_engine.batchnorm_forward_inference
+batchnorm_backward = numpy_engine.batchnorm_backward
