@@ -484,3 +484,11 @@ def test_summary_counts_the_moving_statistics_as_non_trainable():
     assert "Non-trainable params: 28" in lines
     assert model.count_params() == 583
     assert any(line.startswith(" batch_normalization") and line.rstrip().endswith(" 24") for line in lines)
+
+
+def test_a_built_layer_with_only_non_trainable_weights_keeps_its_dtype():
+    layer = BatchNormalization(center=False, scale=False)
+    layer.build((3,))
+    assert len(layer.params) == 0 and layer.count_params() == 6
+    with pytest.raises(RuntimeError, match="cannot change dtype"):
+        layer.adopt_dtype("float64")

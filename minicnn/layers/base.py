@@ -121,7 +121,7 @@ class Layer:
 
         Only possible before the layer has parameters.
         """
-        if self.built and self.params and self.dtype != dtype:
+        if self.built and self.count_params() and self.dtype != dtype:   # moving statistics too
             raise RuntimeError(f"{self.describe()}: cannot change dtype after its parameters exist")
         self.dtype = dtype
         if getattr(self, "activation", None) is not None:
