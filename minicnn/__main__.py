@@ -1,11 +1,19 @@
-"""Command line: python -m minicnn predict --model PATH IMAGE...   and   python -m minicnn info"""
+"""Command line: python -m minicnn predict | explain | serve | info
+
+    python -m minicnn predict --model PATH IMAGE...       the top items each picture shows
+    python -m minicnn explain --model PATH IMAGE... --out DIR   Grad-CAM and saliency pictures
+    python -m minicnn serve --model PATH [--host H] [--port P]  the local demo page
+    python -m minicnn info                                 which engine runs
+"""
 import argparse
 import json
 import sys
 
 
 def main(argv=None):
+    from minicnn import explain_cli
     from minicnn.predict import escape_unencodable_output
+    from minicnn.serve import cli as serve_cli
 
     parser = argparse.ArgumentParser(prog="python -m minicnn", description="minicnn from the command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -13,11 +21,17 @@ def main(argv=None):
     predict.add_argument("--model", required=True, help="a model saved by model.save / examples/fashion_mnist.py")
     predict.add_argument("--top", type=int, default=3, help="how many items to list per image")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG photos or drawings")
+    explain_cli.add_arguments(commands.add_parser("explain", help="pictures of why: Grad-CAM and saliency maps"))
+    serve_cli.add_arguments(commands.add_parser("serve", help="the demo page: draw or drop a picture, see the answer"))
     commands.add_parser("info", help="which engine runs, with its build flags and threads")
     escape_unencodable_output()
     args = parser.parse_args(argv)
     if args.command == "predict" and args.top < 1:
         parser.error("--top must be at least 1")
+    if args.command == "explain":
+        return explain_cli.run(args)
+    if args.command == "serve":
+        return serve_cli.run(args)
 
     import minicnn
 

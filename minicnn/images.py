@@ -27,7 +27,7 @@ import stat
 
 import numpy as np
 
-__all__ = ["SIZE", "ITEM_THRESHOLD", "prepare_image", "load_image", "load_images"]
+__all__ = ["SIZE", "ITEM_THRESHOLD", "prepare_image", "load_image", "load_images", "read_pixels"]
 
 SIZE = 28
 # Fraction of the item's contrast above the background that counts as item when cropping:
@@ -301,6 +301,19 @@ def _open_regular(path):
 _ORIENTATION_TAG = 0x0112
 _UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
             6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+def read_pixels(file):
+    """The pixels of the picture in an open binary `file` (a path's file or io.BytesIO), decoded
+    as load_image decodes them: upright, at most 1024 px a side, in a dtype and layout that
+    prepare_image takes. For callers that hold the bytes rather than a path (the demo page).
+
+    Raises ImportError without Pillow, and Pillow's errors for bytes it cannot decode.
+    """
+    image_module = _pillow()
+    if image_module is None:
+        raise ImportError(f"reading pictures needs Pillow: {_INSTALL_HINT}")
+    return _decode(image_module, file)
 
 
 def _decode(image_module, file):

@@ -110,7 +110,7 @@ def decode_image(body):
                            f"{MAX_IMAGE_PIXELS:,} pixels", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         # The same decoding as minicnn.images.load_image (JPEG at reduced scale, EXIF
         # orientation), so the page and `python -m minicnn predict` see the same 28x28 picture.
-        pixels = images._decode(Image, io.BytesIO(body))
+        pixels = images.read_pixels(io.BytesIO(body))
     except BadImage:
         raise
     except UnidentifiedImageError:
