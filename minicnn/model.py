@@ -155,7 +155,7 @@ class Sequential(Trainer):
         NaN/inf, overflow of the layer's dtype: see Layer.checked_weights); nothing is written
         unless all pass."""
         weights = list(weights)
-        counts = [len([key for key in layer.weight_names if key in layer.params]) for layer in self.layers]
+        counts = [len(layer.named_weights()) for layer in self.layers]
         if len(weights) != sum(counts):
             raise ValueError(f"Sequential '{shorten(self.name)}': expected {sum(counts)} weight arrays, "
                              f"received {len(weights)}")
@@ -166,8 +166,7 @@ class Sequential(Trainer):
                 plan.append((layer, layer.checked_weights(weights[position:position + count])))
             position += count
         for layer, checked in plan:
-            for key, value in checked:
-                layer.params[key][...] = value
+            layer.write_weights(checked)
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)

@@ -75,8 +75,8 @@ def save_weights(model, filepath, overwrite=True):
 def nonfinite_state(model, include_optimizer=True):
     """Names of the weights (and, with include_optimizer, optimizer states) that hold NaN or
     inf, e.g. ['dense/kernel']; empty when the model can be saved and loaded back."""
-    names = [f"{shorten(layer.name)}/{key}" for layer in model.layers for key in layer.weight_names
-             if key in layer.params and not np.isfinite(layer.params[key]).all()]
+    names = [f"{shorten(layer.name)}/{key}" for layer in model.layers for key, array in layer.named_weights()
+             if not np.isfinite(array).all()]
     if include_optimizer and model.compiled and model.optimizer.built:
         names += [f"{shorten(layer)}/{param} (optimizer state '{slot}')"
                   for (layer, param, slot), value in sorted(model.optimizer.get_state()["slots"].items())
@@ -102,12 +102,10 @@ def _weights_section(model, who, include_optimizer):
               "model": model.get_config(), "weights": []}
     arrays = {}
     for layer in model.layers:
-        for key in layer.weight_names:
-            if key not in layer.params:
-                continue
+        for key, array in layer.named_weights():
             entry = f"weight_{len(arrays):04d}"
-            arrays[entry] = layer.params[key]
-            header["weights"].append({"entry": entry, "layer": layer.name, "param": key, **_spec(layer.params[key])})
+            arrays[entry] = array
+            header["weights"].append({"entry": entry, "layer": layer.name, "param": key, **_spec(array)})
     return header, arrays
 
 
@@ -200,15 +198,15 @@ def _build_model(config):
 
 def _set_weights(model, contents, strict_names):
     specs = contents.header["weights"]
-    expected = [(layer, key) for layer in model.layers for key in layer.weight_names if key in layer.params]
+    expected = [(layer, key, array) for layer in model.layers for key, array in layer.named_weights()]
     if len(specs) != len(expected):
         raise ValueError(f"the file has {len(specs)} weight arrays, the model needs {len(expected)}")
-    for spec, (layer, key) in zip(specs, expected):
+    for spec, (layer, key, array) in zip(specs, expected):
         if strict_names and (spec["layer"], spec["param"]) != (layer.name, key):
             raise ValueError(f"weight {quote(spec['entry'])} belongs to {quote(spec['layer'])}/{quote(spec['param'])}, "
                              f"expected {quote(layer.name)}/{key}")
-        if tuple(spec["shape"]) != layer.params[key].shape:
-            raise ValueError(f"{layer.describe()} expects '{key}' of shape {layer.params[key].shape}, "
+        if tuple(spec["shape"]) != array.shape:
+            raise ValueError(f"{layer.describe()} expects '{key}' of shape {array.shape}, "
                              f"the file has {tuple(spec['shape'])}")
     model.set_weights([contents.arrays[spec["entry"]] for spec in specs])
 

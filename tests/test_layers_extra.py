@@ -243,8 +243,8 @@ def test_moving_statistics_are_never_touched_by_the_optimizer():
         model.train_on_batch(x, y)
         bn = model.layers[0]
         # Only the layer's own update: 0.5 * initial + 0.5 * the batch's statistics.
-        np.testing.assert_allclose(bn.params["moving_mean"], 0.5 * x.mean(axis=0), rtol=1e-6)
-        np.testing.assert_allclose(bn.params["moving_variance"], 0.5 + 0.5 * x.var(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(bn.state["moving_mean"], 0.5 * x.mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(bn.state["moving_variance"], 0.5 + 0.5 * x.var(axis=0), rtol=1e-6)
         assert not np.array_equal(bn.params["gamma"], np.ones(3, np.float32)), "gamma was not trained"
 
 
@@ -462,11 +462,11 @@ def test_model_files_keep_the_moving_statistics_and_predictions(tmp_path):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     x, y = toy_data()
     model.fit(x, y, epochs=2, batch_size=16, verbose=0)
-    moving = model.layers[3].params["moving_variance"].copy()
+    moving = model.layers[3].state["moving_variance"].copy()
     assert not np.array_equal(moving, np.ones_like(moving)), "the moving statistics never moved"
     model.save(tmp_path / "m.npz")
     loaded = minicnn.load_model(tmp_path / "m.npz")
-    np.testing.assert_array_equal(loaded.layers[3].params["moving_variance"], moving)
+    np.testing.assert_array_equal(loaded.layers[3].state["moving_variance"], moving)
     assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), model.get_weights()))
     assert [layer.get_config() for layer in loaded.layers] == [layer.get_config() for layer in model.layers]
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))

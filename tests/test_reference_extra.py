@@ -50,8 +50,8 @@ def test_batch_normalization_training_matches_torch(backend, kind, case):
     y = layer.forward(x, training=True)
     dx = layer.backward(dy)
     for actual, name in ((y, "y"), (dx, "dx"), (layer.grads["gamma"], "dgamma"), (layer.grads["beta"], "dbeta"),
-                         (layer.params["moving_mean"], "new_moving_mean"),
-                         (layer.params["moving_variance"], "new_moving_variance")):
+                         (layer.state["moving_mean"], "new_moving_mean"),
+                         (layer.state["moving_variance"], "new_moving_variance")):
         assert_shape(actual, a[name], name)
         assert_close(actual, a[name], name)
     assert np.array_equal(dy, a["dy"]) and np.array_equal(x, a["x"])
@@ -64,7 +64,7 @@ def test_batch_normalization_inference_matches_torch(backend, kind, case):
     y = layer.forward(a["x"].copy(), training=False)
     assert_shape(y, a["y"], "y")
     assert_close(y, a["y"], "y")
-    np.testing.assert_array_equal(layer.params["moving_variance"], a["moving_variance"])
+    np.testing.assert_array_equal(layer.state["moving_variance"], a["moving_variance"])
 
 
 @pytest.mark.parametrize("kind, case", cases("dropout"))

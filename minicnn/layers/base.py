@@ -10,11 +10,10 @@ Layout: images are NHWC (batch, height, width, channels); conv kernels are (KH, 
                              mutates dy
     get_weights()/set_weights(list)   Keras order (kernel, bias) and shapes
 
-Non-trainable weights (BatchNormalization's moving statistics) live in `params` too, a Weights
-mapping: looked up by name (params["moving_mean"], "moving_mean" in params) they are there, so
-get/set_weights and model files carry them; iterated (for key in params, items(), values(),
-len) only the trainable ones appear, so optimizers, which update every key they iterate, and
-`grads`, which has the iterated keys, never see them.
+Weights come in two dicts, as Keras' trainable_weights and non_trainable_weights: `params`
+holds what optimizers update from `grads` (same keys), `state` what only the layer itself
+updates (BatchNormalization's moving statistics). `named_weights()` lists both in Keras' order
+(`weight_names`), which is what get/set_weights and model files carry.
 
 dtype in = dtype out: a layer computes in its dtype ('float32' by default, see
 minicnn.set_floatx) and refuses input of another float type instead of silently casting.
@@ -50,32 +49,6 @@ def unique_name(class_name):
     return base if n == 0 else f"{base}_{n}"
 
 
-class Weights(dict):
-    """A layer's weights by name; iteration gives the trainable ones only (see the module's
-    docstring). `non_trainable` names the others, which only the layer itself updates."""
-
-    def __init__(self, trainable=(), non_trainable=()):
-        super().__init__(trainable)
-        non_trainable = dict(non_trainable)
-        super().update(non_trainable)
-        self.non_trainable = tuple(non_trainable)
-
-    def __iter__(self):
-        return (key for key in dict.__iter__(self) if key not in self.non_trainable)
-
-    def __len__(self):
-        return dict.__len__(self) - len(self.non_trainable)
-
-    def keys(self):
-        return list(self)
-
-    def values(self):
-        return [self[key] for key in self]
-
-    def items(self):
-        return [(key, self[key]) for key in self]
-
-
 class Layer:
     """Base class: bookkeeping shared by all layers; the maths lives in subclasses."""
 
@@ -89,7 +62,8 @@ class Layer:
         self.dtype = standardize_dtype(dtype, who)
         self.dtype_was_given = dtype is not None
         self.trainable = check_bool(trainable, self.describe(), "trainable")
-        self.params = {}
+        self.params = {}   # trainable weights by name; optimizers update them from grads
+        self.state = {}    # non-trainable weights by name; only the layer updates them
         self.grads = {}
         self.built = False
         self.input_shape = None
@@ -159,21 +133,34 @@ class Layer:
     # -- weights ----------------------------------------------------------------------------
     weight_names = ()
 
+    def named_weights(self):
+        """[(name, array)] of every weight, trainable (params) or not (state), in Keras' order
+        (weight_names, e.g. kernel, bias; gamma, beta, moving_mean, moving_variance)."""
+        return [(key, self.params[key] if key in self.params else self.state[key])
+                for key in self.weight_names if key in self.params or key in self.state]
+
     def get_weights(self):
-        """Copies of the parameters in Keras' order (e.g. [kernel, bias])."""
-        return [self.params[key].copy() for key in self.weight_names if key in self.params]
+        """Copies of the weights in Keras' order (e.g. [kernel, bias])."""
+        return [array.copy() for _, array in self.named_weights()]
 
     def set_weights(self, weights):
-        """Overwrite the parameters in place (Keras order and shapes); the arrays are copied.
+        """Overwrite the weights in place (Keras order and shapes); the arrays are copied.
         Every array is checked before any is written (see checked_weights)."""
-        for key, value in self.checked_weights(weights):
-            self.params[key][...] = value  # in place: optimizers and models keep their references
+        self.write_weights(self.checked_weights(weights))
+
+    def write_weights(self, checked):
+        """Copy checked_weights' result into the weights, in place: optimizers and models keep
+        their references to the arrays."""
+        targets = dict(self.named_weights())
+        for key, value in checked:
+            targets[key][...] = value
 
     def checked_weights(self, weights):
         """[(key, array in the layer's dtype)] for `weights`, or ValueError naming the layer and
         the weight: a wrong count or shape, NaN or inf, or a value that overflows the layer's
         dtype (1e300 becomes inf in float32, and every prediction NaN). Writes nothing."""
-        keys = [key for key in self.weight_names if key in self.params]
+        named = dict(self.named_weights())
+        keys = list(named)
         if not self.built:
             raise RuntimeError(f"{self.describe()}: set_weights before the layer is built")
         weights = list(weights)
@@ -183,7 +170,7 @@ class Layer:
             )
         checked = []
         for key, value in zip(keys, weights):
-            target = self.params[key]
+            target = named[key]
             value = np.asarray(value)
             if value.shape != target.shape:
                 raise ValueError(
@@ -212,7 +199,7 @@ class Layer:
 
     def count_non_trainable_params(self):
         """Elements of the weights no optimizer updates (e.g. BatchNormalization's moving statistics)."""
-        return int(sum(self.params[key].size for key in getattr(self.params, "non_trainable", ())))
+        return int(sum(p.size for p in self.state.values()))
 
     # -- description ------------------------------------------------------------------------
     @classmethod

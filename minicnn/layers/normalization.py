@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import check_bool, quote
-from .base import REGISTRY, Layer, Weights
+from .base import REGISTRY, Layer
 
 
 def _real_number(value, who, what):
@@ -65,8 +65,9 @@ class BatchNormalization(Layer):
             trainable["gamma"] = np.ones((features,), dtype=self.dtype)
         if self.center:
             trainable["beta"] = np.zeros((features,), dtype=self.dtype)
-        self.params = Weights(trainable, {"moving_mean": np.zeros((features,), dtype=self.dtype),
-                                          "moving_variance": np.ones((features,), dtype=self.dtype)})
+        self.params = trainable
+        self.state = {"moving_mean": np.zeros((features,), dtype=self.dtype),
+                      "moving_variance": np.ones((features,), dtype=self.dtype)}
         self.grads = {key: None for key in self.params}
         return input_shape
 
@@ -85,15 +86,15 @@ class BatchNormalization(Layer):
         return array
 
     def _forward(self, x, training):
-        params = self.params
+        params, state = self.params, self.state
         y, mean, var, cache = kernels.batchnorm_forward(
-            self._columns(x), params.get("gamma"), params.get("beta"), params["moving_mean"],
-            params["moving_variance"], self.epsilon, bool(training))
+            self._columns(x), params.get("gamma"), params.get("beta"), state["moving_mean"],
+            state["moving_variance"], self.epsilon, bool(training))
         if training:
             keep = x.dtype.type(self.momentum)
             take = x.dtype.type(1.0 - self.momentum)
             for key, batch in (("moving_mean", mean), ("moving_variance", var)):
-                moving = params[key]
+                moving = state[key]
                 moving[...] = moving * keep + batch * take   # in place: set_weights' arrays stay
         self._cache = cache
         self._x_shape = x.shape
