@@ -162,6 +162,7 @@ static const mc_isa_f64 mc_isa_tables_f64[3] = {
 static int mc_best = -1;
 static int mc_level = MC_SIMD_BASELINE;
 static int mc_threads_requested = 0;
+static int mc_threads_beyond_cpus = 0;   /* tests only: see mc_allow_threads_beyond_cpus */
 static int mc_algorithm = MC_ALGO_AUTO;
 
 static int mc_detect(void)
@@ -241,7 +242,7 @@ static int mc_threads_now(void)
 #ifdef _OPENMP
     int threads = mc_threads_requested > 0 ? mc_threads_requested : omp_get_max_threads();
     const int procs = omp_get_num_procs();
-    if (procs >= 1 && threads > procs) threads = procs;
+    if (!mc_threads_beyond_cpus && procs >= 1 && threads > procs) threads = procs;
     if (threads > MC_MAX_PARTS) threads = MC_MAX_PARTS;
     return threads < 1 ? 1 : threads;
 #else
@@ -261,6 +262,8 @@ int mc_set_algorithm(int algorithm)
 int mc_get_algorithm(void) { return mc_algorithm; }
 
 void mc_set_num_threads(int threads) { mc_threads_requested = threads > 0 ? threads : 0; }
+
+void mc_allow_threads_beyond_cpus(int allow) { mc_threads_beyond_cpus = allow != 0; }
 
 int mc_keep_freed_memory(int64_t trim_bytes)
 {

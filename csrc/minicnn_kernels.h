@@ -63,6 +63,9 @@ int mc_max_threads(void);                 /* threads a call uses: capped at the 
 int mc_set_algorithm(int algorithm);      /* returns the algorithm in force */
 int mc_get_algorithm(void);
 void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default; capped as above */
+/* Tests and the fuzz: allow != 0 lifts the cap at the CPUs (not the one at 64), so that 3 and 4
+ * threads run on a 2-core machine (taking turns) and every thread count is exercised. */
+void mc_allow_threads_beyond_cpus(int allow);
 /* glibc only: keep up to trim_bytes of freed memory and serve blocks up to 32 MiB from the heap,
  * so that arrays freed and reallocated every batch are not page-faulted in again.
  * Returns 1 when applied, 0 where the C library has no such knobs. */

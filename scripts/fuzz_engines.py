@@ -26,11 +26,12 @@ to a progress file before running it, so a crash (or a hang past --timeout) is r
 its geometry and the run goes on with the next case in a fresh child.
 
     scripts/fuzz_engines.py --cases 3000 --seed 1 --threads 1,2,3,4
-    scripts/fuzz_engines.py --cases 300 --seed 7 --require-coverage     # what CI runs
+    scripts/fuzz_engines.py --cases 1500 --seed 2026 --threads 1,2,3,4 --require-coverage  # CI
 
 Prints a summary (cases, crashes, mismatches, branch coverage counts, seconds) and exits 1 on
 any crash, hang or mismatch, and with --require-coverage also when a branch was never reached.
-Thread counts above the CPUs this process may use run on that many (the engine's cap).
+Every thread count runs as asked, also above the CPUs of this machine (the threads then take
+turns): c_engine.set_num_threads(n, beyond_cpus=True) lifts the engine's cap at the CPUs.
 """
 import argparse
 import collections
@@ -43,8 +44,12 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)   # the minicnn next to this script, not an installed one
+# The minicnn under test: the folder named by MINICNN_HOME (a fuzz passes the folder of the
+# minicnn it imported to its children, so that after a plain `pip install .` the installed
+# package is tested, not the source folder beside this script), else this checkout's.
+MINICNN_HOME = os.environ.get("MINICNN_HOME") or REPO
+if MINICNN_HOME not in sys.path:
+    sys.path.insert(0, MINICNN_HOME)
 
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 WINO_MIN_CHANNELS = 16          # csrc/kernels.c MC_WINO_MIN_CHANNELS
@@ -214,7 +219,7 @@ def run_case(case):
 
     dtype = case["dtype"]
     rng = np.random.default_rng(case["seed"])
-    c_engine.set_num_threads(case["threads"])
+    c_engine.set_num_threads(case["threads"], beyond_cpus=True)
     c_engine.set_simd_level(case["simd"])
     c_engine.set_algorithm("auto")
     effective = c_engine.engine_info()["threads"]
@@ -325,6 +330,11 @@ def child_main(cases_path, first, stop, progress_path):
 def run_cases(cases, timeout, batch=200, python=sys.executable, echo=None):
     """Run every case in child processes. Returns {index: result} where a result is
     {'problems': [...], 'branches': [...]} or {'crash': message}."""
+    import minicnn
+
+    # the children test the minicnn this process imported (see MINICNN_HOME above)
+    home = os.path.dirname(os.path.dirname(os.path.abspath(minicnn.__file__)))
+    child_env = {**os.environ, "MINICNN_HOME": home}
     results, engines = {}, set()
     with tempfile.TemporaryDirectory(prefix="minicnn-fuzz-") as tmp:
         cases_path = os.path.join(tmp, "cases.json")
@@ -337,7 +347,8 @@ def run_cases(cases, timeout, batch=200, python=sys.executable, echo=None):
             child = [python, os.path.abspath(__file__), "--child", cases_path, str(position), str(stop),
                      progress]
             try:
-                proc = subprocess.run(child, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                proc = subprocess.run(child, capture_output=True, text=True, timeout=timeout, cwd=home,
+                                      env=child_env)
                 outcome, tail = proc.returncode, (proc.stderr or "")[-2000:]
             except subprocess.TimeoutExpired as expired:
                 outcome = "timeout"

@@ -4,8 +4,6 @@ file names the terminal cannot encode. Every run is a subprocess with a time-out
 fails the test instead of stalling the suite."""
 import os
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,19 +12,18 @@ import pytest
 
 import minicnn
 from minicnn import Dense, Flatten, Sequential
+from processes import run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30   # seconds; a healthy run takes about one
 INVALID = "the model produced invalid output for this image"
 LOGITS_NOTE = "note: the model outputs logits (its last layer has no softmax); applying softmax"
 
 
-def run_cli(*args, env=None, cwd=ROOT):
-    """Run `python -m minicnn ARGS` (bytes arguments allowed); returns the CompletedProcess
-    with stdout and stderr as bytes (names need not be valid UTF-8)."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "minicnn", *args], capture_output=True,
-                          cwd=cwd, env=environment, timeout=TIMEOUT)
+def run_cli(*args, env=None):
+    """Run `python -m minicnn ARGS` (bytes arguments allowed) in a child importing the minicnn
+    under test (tests/processes.py); returns the CompletedProcess with stdout and stderr as
+    bytes (names need not be valid UTF-8)."""
+    return run_python(["-m", "minicnn", *args], capture_output=True, env=env or {}, timeout=TIMEOUT)
 
 
 def drawing(path):

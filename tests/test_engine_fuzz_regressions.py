@@ -4,7 +4,7 @@ The backward pass took the Winograd input gradient's per-thread workspace from r
 the direct kernel gradient had set up, for min(threads, batch) threads: with dx on Winograd,
 dkernel direct (auto mode, C_in < 16 <= filters) and a batch smaller than the thread count, the
 second thread's buffer was NULL or stale. Now every per-thread region comes from one workspace
-plan that covers every thread (csrc/tmpl_driver.h, "the workspace plan").
+plan that covers every thread (csrc/tmpl_conv_plan.h).
 
 Every geometry of the report is rerun here in auto mode on every SIMD level, in float32 and
 float64, with 1-4 threads, fused ReLU on and off, against the NumPy engine (the parity
@@ -16,8 +16,6 @@ use run on that many (the engine's cap), so on a two-core machine 3 and 4 run as
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -25,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import processes
 from minicnn import kernels
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,8 +87,9 @@ def test_reported_geometries_match_numpy_engine_without_crashing(shape, filters)
 
 
 def run_python(code, **env):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=300, cwd=REPO_ROOT, env={**os.environ, **env})
+    """`python -c code` in a child importing the minicnn under test (tests/processes.py)."""
+    return processes.run_python(["-c", textwrap.dedent(code)], capture_output=True, text=True,
+                                timeout=300, env=env)
 
 
 @requires_c
@@ -140,7 +140,7 @@ def test_workspace_query_sizes_exactly_what_the_call_lays_out(shape, filters):
             return (ffi.from_buffer("double[]", a), a.size) if a is not None else (ffi.NULL, 0)
 
         for need_dx, relu, threads in itertools.product((True, False), (True, False), (1, 2, 4)):
-            c_engine.set_num_threads(threads)
+            c_engine.set_num_threads(threads, beyond_cpus=True)
             size = lib.mc_conv2d_backward_workspace(geometry, 8, int(need_dx), int(relu))
             assert size > 0, size
             for work_len, expected in ((size, 0), (size - 1, 2)):

@@ -439,12 +439,16 @@ def algorithm():
     return {v: k for k, v in _ALGORITHMS.items()}[lib.mc_get_algorithm()]
 
 
-def set_num_threads(threads):
+def set_num_threads(threads, beyond_cpus=False):
     """Threads for the C kernels; None or 0 restores the default (OMP_NUM_THREADS or all cores).
 
     Capped, like the default, at the CPUs this process may run on (its affinity mask) and at
     64: more threads would only wait for each other, and each one costs workspace.
+    beyond_cpus=True lifts the cap at the CPUs (not the one at 64) until the next call: for
+    tests and scripts/fuzz_engines.py, which must run 3 and 4 threads even on a 2-core machine
+    (the threads then take turns on the cores).
     engine_info()["threads"] reports the number a call really uses."""
+    lib.mc_allow_threads_beyond_cpus(int(bool(beyond_cpus)))
     lib.mc_set_num_threads(int(threads or 0))
 
 
