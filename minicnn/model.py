@@ -9,7 +9,7 @@ minicnn.training.trainer.Trainer; the summary table is minicnn.summary's.
 """
 import numpy as np
 
-from . import saving, summary
+from . import onnx_export, saving, summary
 from .errors import check_str, quote, shorten
 from .layers import REGISTRY as LAYERS
 from .layers.activations import Softmax, ends_in_softmax
@@ -195,6 +195,15 @@ class Sequential(Trainer):
         """Read weights written by save_weights or save into this (built) model, in layer order;
         every shape is checked before any weight is written."""
         saving.load_weights(self, filepath)
+
+    def export(self, filepath, format="onnx", overwrite=True):
+        """Write the model for another runtime; returns the path written. format="onnx": an
+        ONNX graph with input "input" (batch, H, W, C) float32 (the batch axis dynamic) and
+        output "output", computing what predict computes (see minicnn.onnx_export). Needs the
+        onnx package (pip install "minicnn[onnx]")."""
+        if format != "onnx":
+            raise ValueError(f"Sequential '{shorten(self.name)}': export format must be 'onnx', received {quote(format)}")
+        return onnx_export.export_onnx(self, filepath, overwrite=overwrite)
 
     def get_config(self):
         """JSON-ready architecture: the model name, each layer's class and config, the input shape."""
