@@ -103,7 +103,8 @@ _REQUIRED_VALUES = {
 }
 # Arguments with no effect on what a model computes or learns in minicnn: names, bookkeeping,
 # initial values (the file's weights replace them), and keys whose null means "off".
-_IGNORED = {"name", "trainable", "dtype", "kernel_initializer", "bias_initializer", "seed"}
+# (batch_input_shape: tf.keras' first layer carries the input shape itself, read separately.)
+_IGNORED = {"name", "trainable", "dtype", "kernel_initializer", "bias_initializer", "seed", "batch_input_shape"}
 
 
 def _snake_case(class_name):
@@ -168,6 +169,8 @@ def _layer_from_keras(entry, position):
         raise ValueError(f"{described}: dtype {quote(dtype)} is not supported (minicnn computes in float32 or float64)")
     arguments = {key: config[key] for key in _ARGUMENTS[class_name] if key in config}
     arguments["name"] = config.get("name")
+    if isinstance(config.get("trainable"), bool):
+        arguments["trainable"] = config["trainable"]
     if dtype is not None:
         arguments["dtype"] = dtype
     if class_name in ("Conv2D", "Dense"):   # named always, so that build_model replaces them by zeros
@@ -205,6 +208,9 @@ def minicnn_config_from_keras(config):
         input_config = entries[0].get("config") or {}
         input_shape = input_config.get("batch_shape", input_config.get("batch_input_shape"))
         entries = entries[1:]
+    elif entries and isinstance(entries[0], dict) and isinstance(entries[0].get("config"), dict) \
+            and "batch_input_shape" in entries[0]["config"]:
+        input_shape = entries[0]["config"]["batch_input_shape"]
     layers, classes = [], []
     for position, entry in enumerate(entries):
         layer, class_name = _layer_from_keras(entry, position)
@@ -415,11 +421,13 @@ def _read_entry(archive, name, limit):
     """An archive entry's bytes; a missing entry, or one that inflates past `limit`, is refused
     without inflating more than limit + 1 bytes (the sizes in a zip's directory are not trusted)."""
     path = archive.filename
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
+    entries = [info for info in archive.infolist() if info.filename == name]
+    if not entries:
         listed = ", ".join(quote(n) for n in archive.namelist()[:8]) or "nothing"
-        raise ModelFileError(path, f"is not a Keras .keras archive: it has no '{name}' (it holds {listed})") from None
+        raise ModelFileError(path, f"is not a Keras .keras archive: it has no '{name}' (it holds {listed})")
+    if len(entries) > 1:   # which one a reader takes differs between readers: refuse to guess
+        raise ModelFileError(path, f"holds {len(entries)} entries named '{name}'")
+    info = entries[0]
     if info.file_size > limit:
         raise ModelFileError(path, f"entry '{name}' declares {info.file_size} bytes, more than the {limit} allowed")
     with archive.open(info) as member:

@@ -8,6 +8,7 @@ Tolerance: 1e-5 absolute on probabilities / outputs; the measured differences ar
 import io as bytes_io
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -105,7 +106,8 @@ def keras_layer(class_name, **config):
 
 def write_archive(path, layers, weights=None, input_shape=(4, 4, 1), model_class="Sequential", extra=()):
     config = {"module": "keras", "class_name": model_class, "registered_name": None,
-              "config": {"name": "crafted", "layers": [keras_layer("InputLayer", batch_shape=[None, *input_shape])] + layers}}
+              "config": {"name": "crafted", "layers": layers if input_shape is None else
+                         [keras_layer("InputLayer", batch_shape=[None, *input_shape])] + layers}}
     buffer = bytes_io.BytesIO()
     with h5py.File(buffer, "w") as h5:
         h5.create_group("layers")
@@ -113,7 +115,8 @@ def write_archive(path, layers, weights=None, input_shape=(4, 4, 1), model_class
             group = h5.create_group(f"layers/{key}/vars")
             for index, array in enumerate(arrays):
                 group.create_dataset(str(index), data=array)
-    with zipfile.ZipFile(path, "w") as archive:
+    with zipfile.ZipFile(path, "w") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "Duplicate name": what a hostile archive may do
         archive.writestr("metadata.json", "{}")
         archive.writestr("config.json", json.dumps(config))
         archive.writestr("model.weights.h5", buffer.getvalue())
@@ -154,6 +157,15 @@ def test_layers_and_arguments_minicnn_lacks_are_refused_by_name(layer, message, 
     with pytest.raises(ModelFileError, match=message) as error:
         minicnn.load_model(path)
     assert str(path) in str(error.value) and error.value.__cause__ is None
+
+
+def test_an_input_shape_on_the_first_layer_and_frozen_layers_are_read(tmp_path):
+    # no InputLayer: the first layer carries the input shape, as tf.keras writes it
+    path = write_archive(tmp_path / "tf.keras", [keras_layer("Flatten", batch_input_shape=[None, 4, 4, 1]),
+                                                 keras_layer("Dense", units=2, trainable=False)], DENSE_WEIGHTS,
+                         input_shape=None)
+    model = minicnn.load_model(path)
+    assert model.input_shape == (4, 4, 1) and model.layers[1].trainable is False
 
 
 def test_functional_models_are_refused(tmp_path):
@@ -238,6 +250,12 @@ def test_foreign_and_truncated_archives_raise(content, message, tmp_path):
     weights.write_bytes(content)
     with pytest.raises(ModelFileError, match="not an HDF5 file"):
         Sequential([Dense(2, input_shape=(3,))]).load_weights(weights)
+
+
+def test_an_archive_with_two_configs_is_refused(tmp_path):
+    path = write_archive(tmp_path / "two.keras", [keras_layer("Flatten")], extra=[("config.json", "{}")])
+    with pytest.raises(ModelFileError, match="holds 2 entries named 'config.json'"):
+        minicnn.load_model(path)
 
 
 def test_an_archive_without_config_names_what_it_holds(tmp_path):
@@ -348,3 +366,19 @@ def test_weights_files_move_both_ways(keras, make_keras, make_minicnn, tmp_path)
     with_random_biases(model)
     keras_model.load_weights(model.save_weights(tmp_path / "m.weights.h5"))
     np.testing.assert_allclose(keras_predict(keras_model, x), model.predict(x, verbose=0), rtol=0, atol=TOLERANCE)
+
+
+def test_a_compiled_and_trained_keras_model_loads_for_fine_tuning(keras, tmp_path):
+    """The archive then also holds compile_config and the optimizer's variables; minicnn reads
+    the architecture and weights, and the model trains on (compile it again, as the README says)."""
+    keras_model = randomized(keras_every_layer_model(keras))
+    keras_model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = images(16, (10, 12, 3)), np.arange(16) % 6
+    keras_model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    keras_model.save(tmp_path / "trained.keras")
+    model = minicnn.load_model(tmp_path / "trained.keras")
+    np.testing.assert_allclose(model.predict(x, verbose=0), keras_predict(keras_model, x), rtol=0, atol=TOLERANCE)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < before
