@@ -319,8 +319,11 @@ def keras_every_layer_model(keras):
 
 
 def randomized(keras_model):
+    """Keras' own (Glorot) kernels, so that the softmax does not saturate and hide differences,
+    with random biases so that a lost bias shows."""
     rng = np.random.default_rng(3)
-    keras_model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in keras_model.get_weights()])
+    keras_model.set_weights([w if w.ndim > 1 else rng.normal(0, 0.3, w.shape).astype(np.float32)
+                             for w in keras_model.get_weights()])
     return keras_model
 
 
