@@ -14,7 +14,8 @@ transposes. TensorFlow's asymmetric "same" padding becomes explicit pads (from t
 own kernels.pads_2d geometry). Layers that only act in training export their inference
 behaviour.
 
-One small function per layer class (CONVERTERS); a layer class without one is refused by name.
+One small function per layer class (CONVERTERS, keyed by the name minicnn.layers.REGISTRY gives
+the class); a layer class without one is refused by name.
 The `onnx` package builds the graph (onnx.helper, onnx.numpy_helper): pip install "minicnn[onnx]".
 """
 import os
@@ -125,6 +126,51 @@ def _max_pooling2d(layer, graph):
               strides=list(layer.strides), pads=_pads(layer))
 
 
+def _average_pooling2d(layer, graph):
+    # count_include_pad=0: a border window averages only its cells inside the image (TensorFlow's "same").
+    graph.to_layout("NCHW", 4)
+    graph.add("AveragePool", name=layer.name, kernel_shape=list(layer.pool_size),
+              strides=list(layer.strides), pads=_pads(layer), count_include_pad=0)
+
+
+def _global_average_pooling2d(layer, graph):
+    graph.to_layout("NCHW", 4)
+    graph.add("GlobalAveragePool", name=layer.name)          # (N, C, 1, 1)
+    if not layer.keepdims:
+        graph.add("Flatten", name=f"{layer.name}_squeeze", axis=1)
+
+
+def _batch_normalization(layer, graph):
+    """Inference: the moving statistics. ONNX's BatchNormalization normalises axis 1, which is
+    where NCHW keeps the channels and (N, F) its features; any other axis becomes y = x * a + b
+    with a, b broadcast along that axis."""
+    rank = _rank(layer)
+    features = layer.params["moving_mean"].shape[0]
+    gamma = layer.params["gamma"] if layer.scale else np.ones(features, layer.dtype)
+    beta = layer.params["beta"] if layer.center else np.zeros(features, layer.dtype)
+    mean, variance = layer.params["moving_mean"], layer.params["moving_variance"]
+    axis = layer.axis % rank
+    if rank == 4 and axis == 3:
+        graph.to_layout("NCHW", 4)
+    if graph.channel_axis_of(axis, rank) == 1:
+        graph.add("BatchNormalization", [graph.constant(f"{layer.name}_{key}", value) for key, value in
+                                         (("gamma", gamma), ("beta", beta), ("moving_mean", mean),
+                                          ("moving_variance", variance))],
+                  name=layer.name, epsilon=float(layer.epsilon))
+        return
+    position = graph.channel_axis_of(axis, rank)
+    shape = (features,) + (1,) * (rank - 1 - position)   # broadcasts along `position`
+    scale = gamma.astype(np.float64) / np.sqrt(variance.astype(np.float64) + layer.epsilon)
+    shift = beta - mean * scale
+    graph.add("Mul", [graph.constant(f"{layer.name}_scale", scale.reshape(shape))], name=f"{layer.name}_scale")
+    graph.add("Add", [graph.constant(f"{layer.name}_shift", shift.reshape(shape))], name=f"{layer.name}_shift")
+
+
+def _inference_identity(layer, graph):
+    """Dropout and the augmentation layers act only when training."""
+    graph.add("Identity", name=layer.name)
+
+
 def _flatten(layer, graph):
     graph.to_layout("NHWC", _rank(layer))   # minicnn flattens in (H, W, C) order
     graph.add("Flatten", name=layer.name, axis=1)
@@ -161,6 +207,12 @@ CONVERTERS = {
     "ReLU": _relu,
     "Softmax": _softmax,
     "Linear": _linear,
+    "AveragePooling2D": _average_pooling2d,
+    "GlobalAveragePooling2D": _global_average_pooling2d,
+    "BatchNormalization": _batch_normalization,
+    "Dropout": _inference_identity,
+    "RandomFlip": _inference_identity,
+    "RandomTranslation": _inference_identity,
 }
 
 
