@@ -42,6 +42,7 @@ import zipfile
 
 from . import initializers, io
 from .errors import ModelFileError, quote, shorten
+from .layers import REGISTRY as LAYERS
 from .version import __version__
 
 CONFIG_ENTRY = "config.json"
@@ -76,13 +77,13 @@ def is_keras_weights(path):
 # -- Keras config <-> minicnn config -----------------------------------------------------------
 
 # Keras layer class -> minicnn layer class (Activation is decided by its 'activation' argument).
-KERAS_TO_MINICNN = {
-    "Conv2D": "Conv2D", "MaxPooling2D": "MaxPooling2D", "Flatten": "Flatten", "Dense": "Dense",
-    "ReLU": "ReLU", "Softmax": "Softmax", "Activation": None,
-}
+# A class counts only once minicnn has it (minicnn.layers.REGISTRY), so the issue-12 layers are
+# read and written from the day they land.
+_SAME_NAMES = ("Conv2D", "MaxPooling2D", "Flatten", "Dense", "ReLU", "Softmax", "AveragePooling2D",
+               "GlobalAveragePooling2D", "BatchNormalization", "Dropout", "RandomFlip", "RandomTranslation")
+KERAS_TO_MINICNN = {**{name: name for name in _SAME_NAMES if name in LAYERS}, "Activation": None}
 _ACTIVATION_LAYERS = {"relu": "ReLU", "softmax": "Softmax", "linear": "Linear"}
-MINICNN_TO_KERAS = {"Conv2D": "Conv2D", "MaxPooling2D": "MaxPooling2D", "Flatten": "Flatten", "Dense": "Dense",
-                    "ReLU": "ReLU", "Softmax": "Softmax", "Linear": "Activation"}
+MINICNN_TO_KERAS = {**{name: name for name in _SAME_NAMES if name in LAYERS}, "Linear": "Activation"}
 
 # Arguments minicnn takes as they are.
 _ARGUMENTS = {
@@ -91,6 +92,12 @@ _ARGUMENTS = {
     "MaxPooling2D": ("pool_size", "strides", "padding"),
     "Softmax": ("axis",),
     "Flatten": (), "ReLU": (), "Activation": (),
+    "AveragePooling2D": ("pool_size", "strides", "padding"),
+    "GlobalAveragePooling2D": ("keepdims",),
+    "BatchNormalization": ("axis", "momentum", "epsilon", "center", "scale"),
+    "Dropout": ("rate", "seed"),
+    "RandomFlip": ("mode", "seed"),
+    "RandomTranslation": ("height_factor", "width_factor", "fill_mode", "interpolation", "seed", "fill_value"),
 }
 # Arguments whose value must be the one given here (anything else computes something else).
 _REQUIRED_VALUES = {
@@ -100,11 +107,17 @@ _REQUIRED_VALUES = {
     "max_value": (None,),
     "negative_slope": (0, 0.0),
     "threshold": (0, 0.0),
+    "noise_shape": (None,),
+    "synchronized": (False, None),
+    "renorm": (False, None),
 }
 # Arguments with no effect on what a model computes or learns in minicnn: names, bookkeeping,
 # initial values (the file's weights replace them), and keys whose null means "off".
 # (batch_input_shape: tf.keras' first layer carries the input shape itself, read separately.)
-_IGNORED = {"name", "trainable", "dtype", "kernel_initializer", "bias_initializer", "seed", "batch_input_shape"}
+# (renorm_momentum: unused while renorm is False, which _REQUIRED_VALUES makes sure of.)
+_IGNORED = {"name", "trainable", "dtype", "kernel_initializer", "bias_initializer", "seed", "batch_input_shape",
+            "beta_initializer", "gamma_initializer", "moving_mean_initializer", "moving_variance_initializer",
+            "renorm_momentum"}
 
 
 def _snake_case(class_name):
@@ -220,6 +233,7 @@ def minicnn_config_from_keras(config):
         raise ValueError("the Sequential model has no layers")
     if not isinstance(input_shape, list) or len(input_shape) < 2 or input_shape[0] is not None:
         raise ValueError(f"the model's input shape {quote(input_shape)} is not (None, ...) with known sizes")
+    layers[0]["config"]["input_shape"] = input_shape[1:]   # where a minicnn user writes it
     name = model_config.get("name")
     return ({"name": name if isinstance(name, str) else None, "layers": layers,
              "build_input_shape": list(input_shape[1:])}, classes)
@@ -251,7 +265,8 @@ def _layer_to_keras(layer, class_name, config):
     for key in ("kernel_initializer", "bias_initializer"):
         if key in config:
             keras_config[key] = _keras_initializer(config[key])
-    if keras_class in ("Conv2D", "MaxPooling2D", "Flatten"):
+    if keras_class in ("Conv2D", "MaxPooling2D", "Flatten", "AveragePooling2D", "GlobalAveragePooling2D",
+                       "RandomFlip", "RandomTranslation"):
         keras_config["data_format"] = "channels_last"
     return {"module": "keras.layers", "class_name": keras_class, "config": keras_config, "registered_name": None,
             "build_config": {"input_shape": [None, *layer.input_shape]}}

@@ -50,11 +50,26 @@ def every_layer():
     ], name="every_layer")
 
 
+def issue_12():
+    """The layers of issue 12 (their inference behaviour). 9x9 images keep "same" average
+    pooling symmetric: Keras' torch backend counts asymmetric zero padding in its averages."""
+    return keras.Sequential([
+        keras.Input((9, 9, 2)),
+        L.RandomFlip("horizontal"), L.RandomTranslation(0.2, 0.1, fill_mode="constant", interpolation="nearest"),
+        L.Conv2D(4, 3, padding="same"), L.BatchNormalization(), L.ReLU(),
+        L.AveragePooling2D((3, 3), strides=2, padding="same"), L.Dropout(0.5),
+        L.BatchNormalization(axis=1, scale=False), L.GlobalAveragePooling2D(),
+        L.Dense(3), L.BatchNormalization(center=False, epsilon=0.01), L.Softmax(),
+    ], name="issue_12")
+
+
 def main():
     rng = np.random.default_rng(2026)
-    for make in (seed, every_layer):
+    for make in (seed, every_layer, issue_12):
         model = make()
-        model.set_weights([rng.normal(0, 0.4, w.shape).astype(np.float32) for w in model.get_weights()])
+        # vectors (biases, batch-normalisation statistics) positive, so every variance is valid
+        model.set_weights([rng.normal(0, 0.4, w.shape).astype(np.float32) if w.ndim > 1
+                           else rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in model.get_weights()])
         x = rng.uniform(-1, 1, (4, *model.input_shape[1:])).astype(np.float32)
         name = make.__name__
         model.save(HERE / f"{name}.keras")
