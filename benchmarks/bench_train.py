@@ -37,7 +37,9 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
+# Run from a checkout without installing; MINICNN_HOME points at another checkout instead
+# (benchmarks/compare_checkouts.py times an older version with this same script).
+sys.path.insert(0, os.environ.get("MINICNN_HOME") or os.path.dirname(HERE))
 
 import minicnn  # noqa: E402
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential  # noqa: E402
@@ -139,11 +141,16 @@ def make_runner(engine, row, batch, images):
     return torch_runner(engine.split("-", 1)[1], row, batch, x, y)
 
 
-def available_engines():
+def available_engines(wanted=None):
     engines = ["minicnn-c"] if "c" in minicnn.kernels.available_backends() else []
     engines.append("minicnn-numpy")
     if torch is not None:
         engines += ["torch-nchw", "torch-channels_last"]
+    if wanted:
+        missing = sorted(set(wanted) - set(engines))
+        if missing:
+            raise SystemExit(f"--engines: {', '.join(missing)} cannot run here (available: {', '.join(engines)})")
+        engines = [engine for engine in engines if engine in wanted]
     return engines
 
 
@@ -184,7 +191,7 @@ def child(engine, row, batch, args):
 
 
 def measure(args):
-    engines = available_engines()
+    engines = available_engines(args.engines)
     runners = {(engine, row, batch): make_runner(engine, row, batch, images_per_row(row, batch, args))
                for engine in engines for row, batch in ROWS}
     for run in runners.values():  # warm-up: workspaces, thread pools, caches
@@ -210,6 +217,8 @@ def main(argv=None):
     parser.add_argument("--infer-batches", type=int, default=2, help="batches of 1000 per timed inference block")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--engines", nargs="+", choices=ENGINES, metavar="ENGINE",
+                        help=f"time only these engines (default: all that run here; {', '.join(ENGINES)})")
     parser.add_argument("--child", nargs=3, metavar=("ENGINE", "ROW", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 

@@ -1,5 +1,5 @@
-/* minicnn's C engine: convolution, max pooling, dense layers and the Adam / SGD updates,
- * float32 and float64.
+/* minicnn's C engine: convolution, max and average pooling, batch normalisation, dense layers
+ * and the Adam / SGD updates, float32 and float64.
  *
  * Layout (as in Keras): images x (N, H, W, C) and kernels (KH, KW, C, F), all C-contiguous.
  * Output size: OH = 1 + (H + pad_top + pad_bottom - KH) / stride_h, OW likewise.
@@ -151,6 +151,54 @@ int mc_maxpool2d_backward_f32(const mc_pool_geom *g, const float *dy, int64_t dy
 int mc_maxpool2d_backward_f64(const mc_pool_geom *g, const double *dy, int64_t dy_len,
                               const int32_t *argmax, int64_t argmax_len,
                               double *dx, int64_t dx_len);
+/* Average pooling: each window averages its cells inside the image (padding neither summed
+ * nor counted); every pad must be smaller than the window. dx = 0, then every output's
+ * dy / count is added to each cell its window averaged. */
+int mc_avgpool2d_forward_f32(const mc_pool_geom *g, const float *x, int64_t x_len,
+                             float *y, int64_t y_len);
+int mc_avgpool2d_forward_f64(const mc_pool_geom *g, const double *x, int64_t x_len,
+                             double *y, int64_t y_len);
+int mc_avgpool2d_backward_f32(const mc_pool_geom *g, const float *dy, int64_t dy_len,
+                              float *dx, int64_t dx_len);
+int mc_avgpool2d_backward_f64(const mc_pool_geom *g, const double *dy, int64_t dy_len,
+                              double *dx, int64_t dx_len);
+/* Batch normalisation of x (m, c), one column per feature; gamma and beta may be NULL (length 0).
+ * Training: mean and the biased var of each column, inv_std = 1 / sqrt(var + epsilon),
+ * x_hat = (x - mean) * inv_std, y = x_hat * gamma + beta. Inference: the same with the given
+ * mean and var. Backward: dbeta = sum dy, dgamma = sum dy * x_hat (both always written) and,
+ * when dx is not NULL, dx = (dy - dbeta / m - x_hat * dgamma / m) * gamma * inv_std. */
+int mc_batchnorm_forward_training_f32(int64_t m, int c, const float *x, int64_t x_len,
+                                      const float *gamma, int64_t gamma_len, const float *beta,
+                                      int64_t beta_len, double epsilon, float *y, int64_t y_len,
+                                      float *mean, int64_t mean_len, float *var, int64_t var_len,
+                                      float *x_hat, int64_t x_hat_len, float *inv_std,
+                                      int64_t inv_std_len);
+int mc_batchnorm_forward_training_f64(int64_t m, int c, const double *x, int64_t x_len,
+                                      const double *gamma, int64_t gamma_len, const double *beta,
+                                      int64_t beta_len, double epsilon, double *y, int64_t y_len,
+                                      double *mean, int64_t mean_len, double *var, int64_t var_len,
+                                      double *x_hat, int64_t x_hat_len, double *inv_std,
+                                      int64_t inv_std_len);
+int mc_batchnorm_forward_inference_f32(int64_t m, int c, const float *x, int64_t x_len,
+                                       const float *gamma, int64_t gamma_len, const float *beta,
+                                       int64_t beta_len, const float *mean, int64_t mean_len,
+                                       const float *var, int64_t var_len, double epsilon,
+                                       float *y, int64_t y_len);
+int mc_batchnorm_forward_inference_f64(int64_t m, int c, const double *x, int64_t x_len,
+                                       const double *gamma, int64_t gamma_len, const double *beta,
+                                       int64_t beta_len, const double *mean, int64_t mean_len,
+                                       const double *var, int64_t var_len, double epsilon,
+                                       double *y, int64_t y_len);
+int mc_batchnorm_backward_f32(int64_t m, int c, const float *dy, int64_t dy_len,
+                              const float *x_hat, int64_t x_hat_len, const float *inv_std,
+                              int64_t inv_std_len, const float *gamma, int64_t gamma_len,
+                              float *dx, int64_t dx_len, float *dgamma, int64_t dgamma_len,
+                              float *dbeta, int64_t dbeta_len);
+int mc_batchnorm_backward_f64(int64_t m, int c, const double *dy, int64_t dy_len,
+                              const double *x_hat, int64_t x_hat_len, const double *inv_std,
+                              int64_t inv_std_len, const double *gamma, int64_t gamma_len,
+                              double *dx, int64_t dx_len, double *dgamma, int64_t dgamma_len,
+                              double *dbeta, int64_t dbeta_len);
 /* Optimizer updates, in place on n elements, Keras' rules with each coefficient rounded once to
  * the dtype and every operation rounded on its own in the NumPy optimizer's order (so the
  * results equal minicnn/training/optimizers.py's):

@@ -11,6 +11,8 @@
  *   tmpl_conv.h         the convolution drivers: forward, and backward as named steps
  *   tmpl_dense.h        dense products on the same microkernels
  *   tmpl_pool.h         max pooling
+ *   tmpl_avgpool.h      average pooling with its entry points
+ *   tmpl_batchnorm.h    batch normalisation with its entry points
  *   tmpl_entry.h        the public entry points (checks, then run)
  *   tmpl_optim.h        the Adam and SGD updates with their entry points
  *
@@ -29,6 +31,8 @@
 #include "tmpl_conv.h"
 #include "tmpl_dense.h"
 #include "tmpl_pool.h"
+#include "tmpl_avgpool.h"
+#include "tmpl_batchnorm.h"
 #include "tmpl_entry.h"
 #include "tmpl_optim.h"
 

@@ -1,5 +1,24 @@
 """Keras' spelling: minicnn.callbacks.Callback, History, EarlyStopping, ModelCheckpoint,
-TerminateOnNaN (defined in minicnn/training/callbacks.py)."""
-from .training.callbacks import Callback, EarlyStopping, History, ModelCheckpoint, ProgressLogger, TerminateOnNaN
+TerminateOnNaN, LearningRateScheduler, ReduceLROnPlateau (defined in
+minicnn/training/callbacks.py)."""
+from .training.callbacks import (
+                                 Callback,
+                                 EarlyStopping,
+                                 History,
+                                 LearningRateScheduler,
+                                 ModelCheckpoint,
+                                 ProgressLogger,
+                                 ReduceLROnPlateau,
+                                 TerminateOnNaN,
+)
 
-__all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "TerminateOnNaN", "ProgressLogger"]
+__all__ = [
+                                 "Callback",
+                                 "EarlyStopping",
+                                 "History",
+                                 "LearningRateScheduler",
+                                 "ModelCheckpoint",
+                                 "ProgressLogger",
+                                 "ReduceLROnPlateau",
+                                 "TerminateOnNaN",
+]

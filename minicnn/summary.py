@@ -28,7 +28,8 @@ def print_summary(model, line_length=65, print_fn=print):
         lines.append(row(*cells))
         lines.append("=" * width if index == len(rows) - 1 else "")
     total = model.count_params()
-    trainable = sum(layer.count_params() for layer in model.layers if layer.trainable)
+    trainable = sum(layer.count_params() - layer.count_non_trainable_params()
+                    for layer in model.layers if layer.trainable)
     lines += [f"Total params: {total:,}", f"Trainable params: {trainable:,}",
               f"Non-trainable params: {total - trainable:,}", "_" * width]
     for line in lines:

@@ -7,6 +7,9 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
                  strides 1-3, valid and same padding (TensorFlow's rule, pads_2d), bias on/off,
                  input gradient on/off, fused ReLU (conv2d_relu_forward) on/off
     max pooling  windows 1-4, strides 1-3, valid and same
+    avg pooling  windows 1-5, strides 1-3, valid and same (only the cells inside are averaged)
+    batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
+                 inference, gamma and beta each on/off
     dense        N 1-9, K and F 1-300, fused ReLU on/off
     all          float32 and float64, 1-4 threads, every SIMD level the CPU has
 
@@ -60,6 +63,9 @@ REQUIRED_BRANCHES = (
     "conv fused relu",
     "conv no dx",
     "pool",
+    "avgpool",
+    "batchnorm training",
+    "batchnorm inference",
     "dense",
 )
 
@@ -135,6 +141,24 @@ def sample_pool(rng, common):
                 padding=padding, pads=pads_2d(h, w, window, strides, padding))
 
 
+def sample_avgpool(rng, common):
+    from minicnn.kernels.geometry import pads_2d
+    n, h, w, c = rng.randint(1, 9), _size(rng, 12, 40), _size(rng, 12, 40), rng.randint(1, 70)
+    window = (rng.randint(1, 5), rng.randint(1, 5))
+    strides = (rng.randint(1, 3), rng.randint(1, 3))
+    padding = rng.choice(["valid", "same"])
+    if padding == "valid" and (window[0] > h or window[1] > w):
+        padding = "same"
+    return dict(common, op="avgpool", n=n, h=h, w=w, c=c, window=window, strides=strides,
+                padding=padding, pads=pads_2d(h, w, window, strides, padding))
+
+
+def sample_batchnorm(rng, common):
+    return dict(common, op="batchnorm", m=_size(rng, 40, 600), c=rng.randint(1, 70),
+                training=rng.random() < 0.7, need_dx=rng.random() < 0.8,
+                center=rng.random() < 0.8, scale=rng.random() < 0.8)
+
+
 def sample_dense(rng, common):
     return dict(common, op="dense", n=rng.randint(1, 9), k=rng.randint(1, 300), f=rng.randint(1, 300),
                 bias=rng.random() < 0.8, need_dx=rng.random() < 0.75, relu=rng.random() < 0.4)
@@ -147,7 +171,8 @@ def make_cases(count, seed, threads, simd_levels):
         common = dict(index=index, seed=rng.randrange(2**31), dtype=rng.choice(["float32", "float64"]),
                       threads=rng.choice(threads), simd=rng.choice(simd_levels))
         roll = rng.random()
-        sample = sample_conv if roll < 0.7 else sample_pool if roll < 0.85 else sample_dense
+        sample = (sample_conv if roll < 0.65 else sample_pool if roll < 0.77 else
+                  sample_avgpool if roll < 0.85 else sample_batchnorm if roll < 0.92 else sample_dense)
         cases.append(sample(rng, common))
     return cases
 
@@ -232,6 +257,33 @@ def run_case(case):
         dx = _on(kernels, "c", lambda: kernels.maxpool2d_backward(dy, cache))
         problems.append(_compare("dx", dx, dx_ref, dtype))
         branches = ["pool"]
+    elif case["op"] == "avgpool":
+        x = normal(case["n"], case["h"], case["w"], case["c"])
+        args = (x, tuple(case["window"]), tuple(case["strides"]), tuple(case["pads"]))
+        y_ref, cache_ref = _on(kernels, "numpy", lambda: kernels.avgpool2d_forward(*args))
+        y, cache = _on(kernels, "c", lambda: kernels.avgpool2d_forward(*args))
+        problems.append(_compare("y", y, y_ref, dtype))
+        dy = normal(*y_ref.shape)
+        dx_ref = _on(kernels, "numpy", lambda: kernels.avgpool2d_backward(dy, cache_ref))
+        dx = _on(kernels, "c", lambda: kernels.avgpool2d_backward(dy, cache))
+        problems.append(_compare("dx", dx, dx_ref, dtype))
+        branches = ["avgpool"]
+    elif case["op"] == "batchnorm":
+        m, c = case["m"], case["c"]
+        x = normal(m, c) * 3 + 1
+        gamma = normal(c) if case["scale"] else None
+        beta = normal(c) if case["center"] else None
+        mean, var = normal(c), np.abs(normal(c)) + 0.1
+        args = (x, gamma, beta, mean, var, 1e-3, case["training"])
+        ref = _on(kernels, "numpy", lambda: kernels.batchnorm_forward(*args))
+        got = _on(kernels, "c", lambda: kernels.batchnorm_forward(*args))
+        problems += [_compare(k, g, r, dtype) for k, g, r in zip(("y", "mean", "var"), got[:3], ref[:3])]
+        if case["training"]:
+            dy = normal(m, c)
+            grads_ref = _on(kernels, "numpy", lambda: kernels.batchnorm_backward(dy, ref[3], case["need_dx"]))
+            grads = _on(kernels, "c", lambda: kernels.batchnorm_backward(dy, got[3], case["need_dx"]))
+            problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dgamma", "dbeta"), grads, grads_ref)]
+        branches = ["batchnorm training" if case["training"] else "batchnorm inference"]
     else:
         x = normal(case["n"], case["k"])
         kernel = normal(case["k"], case["f"])

@@ -121,3 +121,78 @@ def same_pads(size, kernel, stride):
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
+
+
+def avgpool2d(x, pool_size, strides, pads):
+    """Mean of each window's cells inside the image (padding neither summed nor counted)."""
+    n, h, w, c = x.shape
+    ph, pw = pool_size
+    sh, sw = strides
+    top, bottom, left, right = pads
+    oh = (h + top + bottom - ph) // sh + 1
+    ow = (w + left + right - pw) // sw + 1
+    y = np.zeros((n, oh, ow, c))
+    for b in range(n):
+        for p in range(oh):
+            for q in range(ow):
+                for ch in range(c):
+                    cells = [x[b, p * sh + i - top, q * sw + j - left, ch]
+                             for i in range(ph) for j in range(pw)
+                             if 0 <= p * sh + i - top < h and 0 <= q * sw + j - left < w]
+                    y[b, p, q, ch] = sum(cells) / len(cells)
+    return y
+
+
+def avgpool2d_backward(dy, x_shape, pool_size, strides, pads):
+    n, h, w, c = x_shape
+    ph, pw = pool_size
+    sh, sw = strides
+    top, _, left, _ = pads
+    dx = np.zeros(x_shape)
+    _, oh, ow, _ = dy.shape
+    for b in range(n):
+        for p in range(oh):
+            for q in range(ow):
+                inside = [(p * sh + i - top, q * sw + j - left) for i in range(ph) for j in range(pw)
+                          if 0 <= p * sh + i - top < h and 0 <= q * sw + j - left < w]
+                for ch in range(c):
+                    for r, s in inside:
+                        dx[b, r, s, ch] += dy[b, p, q, ch] / len(inside)
+    return dx
+
+
+def batchnorm(x, gamma, beta, epsilon, mean=None, variance=None):
+    """x: (M, C). Batch statistics (biased variance) unless mean and variance are given.
+    Returns (y, mean, variance)."""
+    m, c = x.shape
+    y = np.zeros((m, c))
+    means, variances = np.zeros(c), np.zeros(c)
+    for ch in range(c):
+        column = [x[i, ch] for i in range(m)]
+        mu = sum(column) / m if mean is None else mean[ch]
+        var = sum((v - mu) ** 2 for v in column) / m if variance is None else variance[ch]
+        means[ch], variances[ch] = mu, var
+        for i in range(m):
+            y[i, ch] = gamma[ch] * (x[i, ch] - mu) / np.sqrt(var + epsilon) + beta[ch]
+    return y, means, variances
+
+
+def batchnorm_backward(dy, x, gamma, epsilon):
+    """(dx, dgamma, dbeta) of batchnorm with batch statistics, by the chain rule written out
+    element by element: through x_hat, the variance and the mean."""
+    m, c = x.shape
+    dx = np.zeros((m, c))
+    dgamma, dbeta = np.zeros(c), np.zeros(c)
+    for ch in range(c):
+        mu = sum(x[i, ch] for i in range(m)) / m
+        var = sum((x[i, ch] - mu) ** 2 for i in range(m)) / m
+        std = np.sqrt(var + epsilon)
+        x_hat = [(x[i, ch] - mu) / std for i in range(m)]
+        dx_hat = [dy[i, ch] * gamma[ch] for i in range(m)]
+        dvar = sum(dx_hat[i] * (x[i, ch] - mu) * -0.5 * std ** -3 for i in range(m))
+        dmu = sum(-dx_hat[i] / std for i in range(m)) + dvar * sum(-2 * (x[i, ch] - mu) for i in range(m)) / m
+        for i in range(m):
+            dx[i, ch] = dx_hat[i] / std + dvar * 2 * (x[i, ch] - mu) / m + dmu / m
+            dgamma[ch] += dy[i, ch] * x_hat[i]
+            dbeta[ch] += dy[i, ch]
+    return dx, dgamma, dbeta

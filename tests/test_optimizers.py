@@ -7,7 +7,9 @@ import pytest
 
 import minicnn
 from minicnn import Dense, Sequential
-from minicnn.optimizers import SGD, Adam, RMSprop
+from minicnn import kernels
+from minicnn.optimizers import SGD, Adam, AdamW, RMSprop
+from minicnn.optimizers.schedules import PiecewiseConstantDecay
 
 
 def make_model(dtype="float64", units=3, inputs=4, seed=0):
@@ -76,6 +78,90 @@ def test_adam_matches_the_written_out_rule_for_several_steps(dtype, tolerance):
     assert optimizer.iterations == 6
 
 
+def reference_adamw(params, grads_per_step, rates, weight_decay, b1, b2, eps):
+    """Keras 3's AdamW written out plainly, float64: each step first decays every parameter with
+    that step's learning rate (p - p * wd * lr), then Keras' Adam update with the same rate."""
+    params = [p.astype(np.float64).copy() for p in params]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t, (grads, lr) in enumerate(zip(grads_per_step, rates), start=1):
+        lr_t = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        for i, g in enumerate(grads):
+            params[i] = params[i] - params[i] * weight_decay * lr
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            params[i] = params[i] - lr_t * m[i] / (np.sqrt(v[i]) + eps)
+    return params
+
+
+def test_adamw_first_step_by_hand():
+    # p = 1, g = 2, lr = 0.1, wd = 0.5: decay p = 1 - 1 * 0.5 * 0.1 = 0.95, then Adam's first
+    # step of 0.09999984189 (test_adam_first_step_by_hand): 0.85000015811
+    model = make_model(units=1, inputs=1)
+    layer = model.layers[0]
+    layer.params["kernel"][...] = 1.0
+    layer.params["bias"][...] = 0.0
+    layer.grads["kernel"] = np.array([[2.0]])
+    layer.grads["bias"] = np.array([0.0])
+    AdamW(learning_rate=0.1, weight_decay=0.5).apply(model)
+    assert layer.params["kernel"][0, 0] == pytest.approx(0.95 - 0.09999984189, abs=1e-11)
+    assert layer.params["bias"][0] == 0.0
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_adamw_matches_the_written_out_rule(dtype, tolerance, scheduled):
+    rng = np.random.default_rng(1)
+    model = make_model(dtype)
+    start = params_of(model)
+    schedule = PiecewiseConstantDecay([1, 3], [0.02, 0.01, 0.005])
+    optimizer = AdamW(learning_rate=schedule if scheduled else 0.02, weight_decay=0.3,
+                      beta_1=0.8, beta_2=0.99, epsilon=1e-7)
+    history, rates = [], []
+    for step in range(6):
+        set_grads(model, rng)
+        history.append([g.astype(np.float64) for layer in model.layers for g in layer.grads.values()])
+        rates.append(schedule(step) if scheduled else 0.02)
+        optimizer.apply(model)
+    expected = reference_adamw(start, history, rates, 0.3, 0.8, 0.99, 1e-7)
+    for got, want in zip(params_of(model), expected):
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+
+
+def test_adamw_without_decay_is_adam_bit_for_bit():
+    results = []
+    for optimizer in (Adam(0.01), AdamW(0.01, weight_decay=0.0)):
+        rng = np.random.default_rng(2)
+        model = make_model("float32", units=6, inputs=9)
+        for _ in range(5):
+            set_grads(model, rng)
+            optimizer.apply(model)
+        results.append([p.tobytes() for p in params_of(model)])
+    assert results[0] == results[1]
+
+
+def test_adamw_is_bit_identical_on_both_engines():
+    if "c" not in kernels.available_backends():
+        pytest.skip(f"C engine not built here: {kernels.backend_info().get('c_engine_error')}")
+    previous = kernels.get_backend()
+    results = {}
+    try:
+        for engine in ("numpy", "c"):
+            minicnn.set_backend(engine)
+            rng = np.random.default_rng(4)
+            model = make_model("float32", units=40, inputs=33)
+            optimizer = AdamW(PiecewiseConstantDecay([2], [3e-3, 1e-3]), weight_decay=0.05)
+            for _ in range(5):
+                set_grads(model, rng)
+                optimizer.apply(model)
+            results[engine] = [p.tobytes() for p in params_of(model)] + \
+                              [a.tobytes() for a in optimizer.get_state()["slots"].values()]
+    finally:
+        minicnn.set_backend(previous)
+    assert results["numpy"] == results["c"]
+
+
 def test_sgd_plain_momentum_and_nesterov_by_hand():
     # One parameter p0 = 1, gradients 1 then 3, lr 0.1, momentum 0.5.
     # plain:    p = 1 - 0.1 - 0.3 = 0.6
@@ -138,6 +224,23 @@ def test_adam_matches_torch_with_epsilon_translated():
                       before_torch_step=translate_epsilon)
 
 
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_adamw_matches_torch_with_epsilon_translated(scheduled):
+    torch = pytest.importorskip("torch")
+    wd, b1, b2, eps = 0.1, 0.9, 0.999, 1e-7
+    schedule = PiecewiseConstantDecay([2, 5], [0.02, 0.01, 0.004])
+
+    # Keras' epsilon as in the Adam test; a schedule's rate goes into torch's param group by hand
+    def translate(optimizer, t):
+        optimizer.param_groups[0]["eps"] = eps / math.sqrt(1 - b2 ** t)
+        optimizer.param_groups[0]["lr"] = schedule(t - 1) if scheduled else 0.02
+
+    run_against_torch(lambda: AdamW(schedule if scheduled else 0.02, weight_decay=wd, beta_1=b1, beta_2=b2,
+                                    epsilon=eps),
+                      lambda ts: torch.optim.AdamW(ts, lr=0.02, betas=(b1, b2), eps=eps, weight_decay=wd),
+                      before_torch_step=translate)
+
+
 @pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
 def test_sgd_matches_torch(momentum, nesterov):
     torch = pytest.importorskip("torch")
@@ -153,11 +256,12 @@ def test_rmsprop_matches_torch():
 
 # -- in place, no allocation, state ---------------------------------------------------------------
 
-def test_update_is_in_place_and_allocates_no_parameter_sized_memory():
+@pytest.mark.parametrize("make_optimizer", [Adam, lambda: AdamW(PiecewiseConstantDecay([1], [1e-3, 1e-4]))])
+def test_update_is_in_place_and_allocates_no_parameter_sized_memory(make_optimizer):
     rng = np.random.default_rng(0)
     model = make_model("float32", units=400, inputs=500)       # kernel: 800 kB
     arrays_before = [p for layer in model.layers for p in layer.params.values()]
-    optimizer = Adam()
+    optimizer = make_optimizer()
     set_grads(model, rng)
     optimizer.apply(model)   # the first step builds the state
     set_grads(model, rng)
@@ -167,7 +271,7 @@ def test_update_is_in_place_and_allocates_no_parameter_sized_memory():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 16_000, f"an Adam step allocated {peak} bytes (params are 800 kB)"
+    assert peak < 16_000, f"an {type(optimizer).__name__} step allocated {peak} bytes (params are 800 kB)"
     arrays_after = [p for layer in model.layers for p in layer.params.values()]
     assert all(a is b for a, b in zip(arrays_before, arrays_after))
 
@@ -239,15 +343,23 @@ def test_get_by_keras_name_with_keras_defaults():
     assert type(minicnn.optimizers.get("rmsprop")) is RMSprop
     restored = minicnn.optimizers.deserialize(minicnn.optimizers.serialize(Adam(0.02, beta_1=0.5)))
     assert restored.get_config() == Adam(0.02, beta_1=0.5).get_config()
+    adamw = minicnn.optimizers.get("adamw")
+    assert (type(adamw), adamw.learning_rate, adamw.weight_decay, adamw.beta_1, adamw.beta_2, adamw.epsilon) == \
+        (AdamW, 0.001, 0.004, 0.9, 0.999, 1e-7)
+    restored = minicnn.optimizers.deserialize(minicnn.optimizers.serialize(AdamW(0.02, weight_decay=0.1)))
+    assert type(restored) is AdamW and restored.get_config() == AdamW(0.02, weight_decay=0.1).get_config()
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: minicnn.optimizers.get("adamw"), "unknown optimizer"),
+    (lambda: minicnn.optimizers.get("adamax"), "unknown optimizer"),
     (lambda: Adam(learning_rate=-1), "learning_rate"),
     (lambda: Adam(learning_rate="fast"), "learning_rate"),
     (lambda: Adam(beta_1=1.0), "beta_1"),
     (lambda: SGD(momentum=-0.1), "momentum"),
     (lambda: Adam(epsilon=0), "epsilon"),
+    (lambda: AdamW(weight_decay=-0.1), "weight_decay"),
+    (lambda: AdamW(weight_decay="0.1"), "weight_decay"),
+    (lambda: SGD(learning_rate=float("inf")), "learning_rate"),
     (lambda: minicnn.optimizers.deserialize({"class_name": "os.system", "config": {}}), "unknown optimizer"),
 ])
 def test_bad_arguments_are_refused(make, message):

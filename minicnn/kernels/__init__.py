@@ -341,3 +341,4 @@ def optimizer_sgd_update(param, grad, velocity, learning_rate, momentum, nestero
 
 
 _select_from_environment()
+from .extra_ops import *  # noqa: E402,F401,F403  (average pooling, batch normalisation: issue 12)

@@ -473,3 +473,109 @@ def _keep_freed_memory_from_environment():
 
 _simd_from_environment()
 _freed_memory_kept = _keep_freed_memory_from_environment()
+
+
+
+# ---- average pooling, global average pooling, batch normalisation (issue 12) ----
+
+AvgPoolCache = namedtuple("AvgPoolCache", "x_shape pool_size strides pads")
+BatchNormCache = namedtuple("BatchNormCache", "x_hat inv_std gamma has_beta")
+
+
+def avgpool2d_forward(x, pool_size, strides, pads):
+    """x (N, H, W, C) -> y (N, OH, OW, C): each window's mean over its cells inside the image."""
+    who = "avgpool2d_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    n, h, w, c = x.shape
+    pool_size, strides = tuple(int(p) for p in pool_size), tuple(int(s) for s in strides)
+    pads = tuple(int(p) for p in pads)
+    oh, ow = window_output_shape(h, w, pool_size, strides, pads)
+    y = np.empty((n, oh, ow, c), dtype=dtype)
+    _call("mc_avgpool2d_forward" + sfx, _pool_geometry(x.shape, pool_size, strides, pads),
+          _In("x", x, dtype, x.size), _Out("y", y, dtype, y.size))
+    return y, AvgPoolCache(x.shape, pool_size, strides, pads)
+
+
+def avgpool2d_backward(dy, cache):
+    """dy (N, OH, OW, C) -> dx (N, H, W, C): each output's dy / count to every cell it averaged."""
+    who = "avgpool2d_backward"
+    x_shape, pool_size, strides, pads = cache   # an AvgPoolCache
+    dtype = dy.dtype
+    sfx = _suffix(dtype, who)
+    dy = _contiguous(dy, dtype, "dy", who)
+    dx = np.empty(x_shape, dtype=dtype)
+    _call("mc_avgpool2d_backward" + sfx, _pool_geometry(x_shape, pool_size, strides, pads),
+          _In("dy", dy, dtype, dy.size), _Out("dx", dx, dtype, dx.size))
+    return dx
+
+
+def global_avgpool2d_forward(x):
+    """x (N, H, W, C) -> y (N, C): average pooling with one window as large as the image."""
+    y, cache = avgpool2d_forward(x, x.shape[1:3], (1, 1), (0, 0, 0, 0))
+    return y.reshape(x.shape[0], x.shape[3]), cache
+
+
+def global_avgpool2d_backward(dy, cache):
+    """dy (N, C) -> dx (N, H, W, C), every pixel receiving dy / (H * W)."""
+    return avgpool2d_backward(np.ascontiguousarray(dy).reshape(dy.shape[0], 1, 1, dy.shape[1]), cache)
+
+
+def _vector(value, dtype, name, who, size):
+    return None if value is None else _In(name, _contiguous(value, dtype, name, who), dtype, size)
+
+
+def batchnorm_forward_training(x, gamma, beta, epsilon):
+    """x (M, C) -> (y (M, C), batch mean (C,), biased batch variance (C,), cache)."""
+    who = "batchnorm_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    m, c = x.shape
+    y, x_hat = np.empty_like(x), np.empty_like(x)
+    mean, var, inv_std = (np.empty(c, dtype=dtype) for _ in range(3))
+    gamma = None if gamma is None else _contiguous(gamma, dtype, "gamma", who)
+    _call("mc_batchnorm_forward_training" + sfx, m, c, _In("x", x, dtype, x.size),
+          _In("gamma", gamma, dtype, c, optional=True),
+          _In("beta", None if beta is None else _contiguous(beta, dtype, "beta", who), dtype, c, optional=True),
+          float(epsilon), _Out("y", y, dtype, y.size), _Out("mean", mean, dtype, c),
+          _Out("var", var, dtype, c), _Out("x_hat", x_hat, dtype, x.size),
+          _Out("inv_std", inv_std, dtype, c))
+    return y, mean, var, BatchNormCache(x_hat, inv_std, gamma, beta is not None)
+
+
+def batchnorm_forward_inference(x, gamma, beta, mean, var, epsilon):
+    """y = (x - mean) / sqrt(var + epsilon) * gamma + beta; x (M, C), the rest (C,) or None."""
+    who = "batchnorm_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    m, c = x.shape
+    y = np.empty_like(x)
+    optional = {name: None if v is None else _contiguous(v, dtype, name, who)
+                for name, v in (("gamma", gamma), ("beta", beta))}
+    _call("mc_batchnorm_forward_inference" + sfx, m, c, _In("x", x, dtype, x.size),
+          _In("gamma", optional["gamma"], dtype, c, optional=True),
+          _In("beta", optional["beta"], dtype, c, optional=True),
+          _In("mean", _contiguous(mean, dtype, "mean", who), dtype, c),
+          _In("var", _contiguous(var, dtype, "var", who), dtype, c),
+          float(epsilon), _Out("y", y, dtype, y.size))
+    return y
+
+
+def batchnorm_backward(dy, cache, need_dx=True):
+    """(dx (M, C) or None, dgamma (C,) or None, dbeta (C,) or None) for dy (M, C)."""
+    who = "batchnorm_backward"
+    x_hat, inv_std, gamma, has_beta = cache   # a BatchNormCache
+    dtype = dy.dtype
+    sfx = _suffix(dtype, who)
+    dy = _contiguous(dy, dtype, "dy", who)
+    m, c = dy.shape
+    dx = np.empty_like(dy) if need_dx else None
+    dgamma, dbeta = np.empty(c, dtype=dtype), np.empty(c, dtype=dtype)
+    _call("mc_batchnorm_backward" + sfx, m, c, _In("dy", dy, dtype, dy.size),
+          _In("x_hat", x_hat, dtype, x_hat.size), _In("inv_std", inv_std, dtype, c),
+          _In("gamma", gamma, dtype, c, optional=True), _Out("dx", dx, dtype, dy.size, optional=True),
+          _Out("dgamma", dgamma, dtype, c), _Out("dbeta", dbeta, dtype, c))
+    return dx, dgamma if gamma is not None else None, dbeta if has_beta else None

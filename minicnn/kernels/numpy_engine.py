@@ -250,3 +250,105 @@ def sgd_update(param, grad, velocity, learning_rate, momentum, nesterov, scratch
         param += scratch                           # p += momentum * v - lr * g
     else:
         param += velocity
+
+
+# ---- average pooling, global average pooling, batch normalisation (issue 12) ----
+
+AvgPoolCache = namedtuple("AvgPoolCache", "x_shape pool_size strides pads counts")
+BatchNormCache = namedtuple("BatchNormCache", "x_hat inv_std gamma has_beta")
+
+
+def _window_counts(size, window, stride, pad_before, out):
+    """How many of each window's cells along one axis lie inside the input: (out,) ints."""
+    start = np.arange(out) * stride - pad_before
+    return np.minimum(start + window, size) - np.maximum(start, 0)
+
+
+def avgpool2d_forward(x, pool_size, strides, pads):
+    """y[n, p, q, c] = mean of the window at (p*sh, q*sw) over its cells INSIDE the image.
+
+    x: (N, H, W, C) -> y: (N, OH, OW, C). Padding cells are neither summed nor counted
+    (TensorFlow's "same", PyTorch's count_include_pad=False). One pass per window offset.
+    """
+    ph, pw = pool_size
+    sh, sw = strides
+    xp = _pad(x, pads)
+    oh, ow = window_output_shape(x.shape[1], x.shape[2], pool_size, strides, pads)
+    total = np.zeros((x.shape[0], oh, ow, x.shape[3]), dtype=x.dtype)
+    for i in range(ph):
+        for j in range(pw):
+            total += xp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :]
+    counts = np.multiply.outer(_window_counts(x.shape[1], ph, sh, pads[0], oh),
+                               _window_counts(x.shape[2], pw, sw, pads[2], ow)).astype(x.dtype)
+    total /= counts[:, :, None]
+    return total, AvgPoolCache(x.shape, pool_size, strides, pads, counts)
+
+
+def avgpool2d_backward(dy, cache):
+    """Each window's dy / count, added to every cell of the window inside the image.
+
+    dy: (N, OH, OW, C) -> dx: (N, H, W, C)."""
+    x_shape, (ph, pw), (sh, sw), pads, counts = cache   # an AvgPoolCache
+    n, h, w, c = x_shape
+    top, bottom, left, right = pads
+    oh, ow = dy.shape[1:3]
+    share = dy / counts[:, :, None]
+    dxp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=dy.dtype)
+    for i in range(ph):
+        for j in range(pw):
+            dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw, :] += share
+    return dxp[:, top:top + h, left:left + w, :]
+
+
+def global_avgpool2d_forward(x):
+    """x: (N, H, W, C) -> (y: (N, C) the mean over H and W, cache: x's shape)."""
+    return x.mean(axis=(1, 2), dtype=x.dtype), x.shape
+
+
+def global_avgpool2d_backward(dy, x_shape):
+    """dy: (N, C) -> dx: (N, H, W, C), every pixel receiving dy / (H * W)."""
+    n, h, w, c = x_shape
+    share = dy / dy.dtype.type(h * w)
+    return np.broadcast_to(share[:, None, None, :], x_shape).copy()
+
+
+def batchnorm_forward_training(x, gamma, beta, epsilon):
+    """Normalise each column of x: (M, C) by its batch mean and biased variance.
+
+    y = gamma * (x - mean) / sqrt(var + epsilon) + beta  (gamma, beta: (C,) or None).
+    Returns (y, mean (C,), var (C,), cache)."""
+    mean = x.mean(axis=0, dtype=x.dtype)
+    centered = x - mean
+    var = np.mean(centered * centered, axis=0, dtype=x.dtype)
+    inv_std = 1 / np.sqrt(var + x.dtype.type(epsilon))
+    x_hat = centered * inv_std
+    y = x_hat * gamma if gamma is not None else x_hat.copy()
+    if beta is not None:
+        y += beta
+    return y, mean, var, BatchNormCache(x_hat, inv_std, gamma, beta is not None)
+
+
+def batchnorm_forward_inference(x, gamma, beta, mean, var, epsilon):
+    """y = gamma * (x - mean) / sqrt(var + epsilon) + beta with given statistics; x: (M, C)."""
+    inv_std = 1 / np.sqrt(var + x.dtype.type(epsilon))
+    scale = inv_std * gamma if gamma is not None else inv_std
+    y = (x - mean) * scale
+    if beta is not None:
+        y += beta
+    return y
+
+
+def batchnorm_backward(dy, cache, need_dx=True):
+    """Gradients of batchnorm_forward_training for dy: (M, C):
+    (dx (M, C) or None, dgamma (C,) or None, dbeta (C,) or None), with the batch statistics'
+    own dependence on x included:
+        dx = gamma * inv_std / M * (M dy - sum(dy) - x_hat * sum(dy * x_hat))."""
+    x_hat, inv_std, gamma, has_beta = cache   # a BatchNormCache
+    m = dy.shape[0]
+    dbeta = dy.sum(axis=0)
+    dgamma = np.sum(dy * x_hat, axis=0)
+    dx = None
+    if need_dx:
+        scale = inv_std if gamma is None else gamma * inv_std
+        dx = (dy - dbeta / dy.dtype.type(m) - x_hat * (dgamma / dy.dtype.type(m))) * scale
+    return dx, dgamma if gamma is not None else None, dbeta if has_beta else None

@@ -10,6 +10,12 @@ Layout: images are NHWC (batch, height, width, channels); conv kernels are (KH, 
                              mutates dy
     get_weights()/set_weights(list)   Keras order (kernel, bias) and shapes
 
+Non-trainable weights (BatchNormalization's moving statistics) live in `params` too, a Weights
+mapping: looked up by name (params["moving_mean"], "moving_mean" in params) they are there, so
+get/set_weights and model files carry them; iterated (for key in params, items(), values(),
+len) only the trainable ones appear, so optimizers, which update every key they iterate, and
+`grads`, which has the iterated keys, never see them.
+
 dtype in = dtype out: a layer computes in its dtype ('float32' by default, see
 minicnn.set_floatx) and refuses input of another float type instead of silently casting.
 """
@@ -42,6 +48,32 @@ def unique_name(class_name):
     base = _snake_case(class_name)
     n = next(_name_counters[base])
     return base if n == 0 else f"{base}_{n}"
+
+
+class Weights(dict):
+    """A layer's weights by name; iteration gives the trainable ones only (see the module's
+    docstring). `non_trainable` names the others, which only the layer itself updates."""
+
+    def __init__(self, trainable=(), non_trainable=()):
+        super().__init__(trainable)
+        non_trainable = dict(non_trainable)
+        super().update(non_trainable)
+        self.non_trainable = tuple(non_trainable)
+
+    def __iter__(self):
+        return (key for key in dict.__iter__(self) if key not in self.non_trainable)
+
+    def __len__(self):
+        return dict.__len__(self) - len(self.non_trainable)
+
+    def keys(self):
+        return list(self)
+
+    def values(self):
+        return [self[key] for key in self]
+
+    def items(self):
+        return [(key, self[key]) for key in self]
 
 
 class Layer:
@@ -89,7 +121,7 @@ class Layer:
 
         Only possible before the layer has parameters.
         """
-        if self.built and self.params and self.dtype != dtype:
+        if self.built and self.count_params() and self.dtype != dtype:   # moving statistics too
             raise RuntimeError(f"{self.describe()}: cannot change dtype after its parameters exist")
         self.dtype = dtype
         if getattr(self, "activation", None) is not None:
@@ -175,7 +207,12 @@ class Layer:
         return checked
 
     def count_params(self):
-        return int(sum(p.size for p in self.params.values()))
+        """Every weight's elements, trainable or not (Keras' "Total params" share)."""
+        return int(sum(p.size for p in self.params.values())) + self.count_non_trainable_params()
+
+    def count_non_trainable_params(self):
+        """Elements of the weights no optimizer updates (e.g. BatchNormalization's moving statistics)."""
+        return int(sum(self.params[key].size for key in getattr(self.params, "non_trainable", ())))
 
     # -- description ------------------------------------------------------------------------
     @classmethod

@@ -2,10 +2,11 @@
 checks and batching of user data. The model (minicnn/model.py) drives them; layers know
 nothing of them.
 
-    minicnn.optimizers.Adam, SGD, RMSprop
+    minicnn.optimizers.Adam, AdamW, SGD, RMSprop; minicnn.optimizers.schedules
     minicnn.losses.SparseCategoricalCrossentropy, CategoricalCrossentropy
-    minicnn.callbacks.Callback, History, EarlyStopping, ModelCheckpoint, TerminateOnNaN
+    minicnn.callbacks.Callback, History, EarlyStopping, ModelCheckpoint, TerminateOnNaN,
+        LearningRateScheduler, ReduceLROnPlateau
 """
-from . import callbacks, data, losses, metrics, optimizers, trainer
+from . import callbacks, data, losses, metrics, optimizers, schedules, trainer
 
-__all__ = ["callbacks", "data", "losses", "metrics", "optimizers", "trainer"]
+__all__ = ["callbacks", "data", "losses", "metrics", "optimizers", "schedules", "trainer"]

@@ -11,6 +11,7 @@ called by the defaults). `self.model` is the model being trained, `self.params` 
 batch. Batch hooks cost time on every step, so fit only calls those of callbacks that override
 them.
 """
+import inspect
 import math
 import os
 import sys
@@ -19,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import NonFiniteStateError, check_bool, check_int, quote
+from ..errors import NonFiniteStateError, check_bool, check_int, check_str, quote
 
 
 class Callback:
@@ -144,7 +145,15 @@ def _tqdm():
 
 
 def _format_logs(logs):
-    return " - ".join(f"{key}: {value:.4f}" for key, value in logs.items())
+    return " - ".join(f"{key}: {_format_value(key, value)}" for key, value in logs.items())
+
+
+def _format_value(key, value):
+    # A learning rate is often 1e-4 or less: Keras' progress bar rule (4 decimals above 1e-3,
+    # else scientific) keeps it readable; other values keep 4 decimals.
+    if key == "learning_rate" and abs(value) <= 1e-3:
+        return f"{value:.4e}"
+    return f"{value:.4f}"
 
 
 class ProgressLogger(Callback):
@@ -160,6 +169,7 @@ class ProgressLogger(Callback):
         self.verbose = verbose
         self.refresh_every = refresh_every
         self.file = file
+        self.shows_learning_rate = False   # fit sets it when the rate can change during training
         self._bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -177,6 +187,8 @@ class ProgressLogger(Callback):
     def advance(self, steps_done, running_logs):
         """Called by fit every `refresh_every` steps (and at the end) with the running values."""
         if self._bar is not None:
+            if self.shows_learning_rate:
+                running_logs = {**running_logs, "learning_rate": self.model.optimizer.learning_rate}
             self._bar.set_postfix_str(_format_logs(running_logs), refresh=False)
             self._bar.update(steps_done - self._bar.n)
 
@@ -382,3 +394,147 @@ class TerminateOnNaN(Callback):
         if loss is not None and not math.isfinite(loss):
             print(f"Batch {batch}: Invalid loss, terminating training")
             self.model.stop_training = True
+
+
+def _optimizer_of(callback, who):
+    optimizer = getattr(callback.model, "optimizer", None)
+    if optimizer is None or not hasattr(optimizer, "learning_rate"):
+        raise ValueError(f"{who}: the model has no optimizer with a learning_rate; compile it first")
+    return optimizer
+
+
+class LearningRateScheduler(Callback):
+    """Set the optimizer's learning rate at the beginning of every epoch (Keras'
+    LearningRateScheduler): lr = schedule(epoch, lr), epoch counted from 0 and lr the current
+    rate (a schedule that takes one argument is called schedule(epoch), Keras' old form). The
+    result must be a float (Python or NumPy), finite and >= 0. The optimizer's learning_rate
+    must be a float, not a schedule object (setting it would be refused). The rate each epoch
+    ended with is logged as 'learning_rate'; the rate set last is part of the optimizer's
+    config, so it is saved with the model.
+    """
+
+    changes_learning_rate = True
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be a function (epoch, lr) -> lr, "
+                            f"received {quote(schedule)}")
+        self.schedule = schedule
+        self.verbose = check_int(verbose, "LearningRateScheduler", "verbose")
+        self._takes_rate = _accepts_two_arguments(schedule)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = _optimizer_of(self, "LearningRateScheduler")
+        if self._takes_rate:
+            learning_rate = self.schedule(epoch, float(optimizer.learning_rate))
+        else:
+            learning_rate = self.schedule(epoch)
+        if not isinstance(learning_rate, (float, np.floating)):
+            raise ValueError(f"LearningRateScheduler: the output of the schedule function should be a "
+                             f"float; epoch {epoch} gave {quote(learning_rate)} ({type(learning_rate).__name__})")
+        optimizer.learning_rate = float(learning_rate)   # the optimizer checks finite and >= 0
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(learning_rate)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(_optimizer_of(self, "LearningRateScheduler").learning_rate)
+
+
+def _accepts_two_arguments(function):
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):      # builtins without a signature: the (epoch, lr) form
+        return True
+    try:
+        signature.bind(0, 0.0)
+    except TypeError:
+        return False
+    return True
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by `factor` when `monitor` has stopped improving (Keras'
+    ReduceLROnPlateau, the same logic step for step).
+
+    At each epoch end: while in cooldown the cooldown counter counts down and `wait` stays 0.
+    A value better than the best so far by more than min_delta (lower for mode 'min', higher
+    for 'max'; 'auto' is 'max' when the name contains 'acc') becomes the best and resets
+    `wait`. Otherwise, outside cooldown, `wait` grows; when it reaches `patience` and the rate
+    is above min_lr, the rate becomes max(rate * factor, min_lr), the cooldown starts
+    (`cooldown` epochs) and `wait` restarts. The optimizer's learning_rate must be a float, not
+    a schedule object. The rate is logged as 'learning_rate' (before any reduction, as Keras);
+    the reduced rate is part of the optimizer's config, so a saved model keeps it.
+    """
+
+    changes_learning_rate = True
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        super().__init__()
+        who = "ReduceLROnPlateau"
+        self.monitor = check_str(monitor, who, "monitor")
+        self.factor = _number(factor, who, "factor")
+        if not 0.0 <= self.factor < 1.0:
+            raise ValueError(f"{who}: factor must be in [0, 1) (new_lr = lr * factor), received {quote(factor)}")
+        self.patience = check_int(patience, who, "patience")
+        self.verbose = check_int(verbose, who, "verbose")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"{who}: mode must be 'auto', 'min' or 'max', received {quote(mode)}")
+        self.mode = mode
+        self.min_delta = _number(min_delta, who, "min_delta")
+        self.cooldown = check_int(cooldown, who, "cooldown")
+        self.min_lr = _number(min_lr, who, "min_lr")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0) or not math.isfinite(self.min_delta):
+            raise ValueError(f"{who}: min_lr must be finite and >= 0 and min_delta finite, received "
+                             f"min_lr={quote(min_lr)}, min_delta={quote(min_delta)}")
+        self._reset()
+
+    def _reset(self):
+        # Keras: 'auto' means 'max' only when the monitored name contains "acc"
+        self._maximize = self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor)
+        self.best = -math.inf if self._maximize else math.inf
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def _improves(self, current):
+        if self._maximize:
+            return current > self.best + self.min_delta
+        return current < self.best - self.min_delta
+
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        optimizer = _optimizer_of(self, "ReduceLROnPlateau")
+        logs["learning_rate"] = float(optimizer.learning_rate)
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(
+                f"ReduceLROnPlateau: learning rate reduction is conditioned on '{self.monitor}', which is "
+                f"not among the logs {sorted(logs)}; give fit validation data for val_ values",
+                RuntimeWarning, stacklevel=2,
+            )
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improves(current):
+            self.best = current
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_lr = float(optimizer.learning_rate)
+                if old_lr > np.float32(self.min_lr):
+                    new_lr = max(old_lr * self.factor, self.min_lr)
+                    optimizer.learning_rate = new_lr
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0

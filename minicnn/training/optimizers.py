@@ -15,6 +15,13 @@ ufuncs. The same seed gives bit-identical parameters.
     opt = Adam(learning_rate=1e-3)
     opt.apply(model)              # one step from the grads the last backward left in the layers
     state = opt.get_state()       # {'iterations': ..., 'slots': {(layer, key, slot): array}}
+
+learning_rate is a float or a schedule (minicnn.optimizers.schedules, Keras' classes). A
+schedule is evaluated once per step at `iterations` before that step's increment, as Keras
+does; `opt.learning_rate` reads the rate the NEXT step will use (a float either way), and
+setting it replaces a float rate (what LearningRateScheduler and ReduceLROnPlateau do) but is
+refused while the rate is a schedule, as in Keras. get_config() holds the current float rate or
+the schedule's description, so a saved model resumes with the same rates.
 """
 import math
 
@@ -23,6 +30,7 @@ import numpy as np
 from .. import kernels
 from ..errors import check_bool, check_int, check_str, quote, shorten
 from ..registry import Registry
+from . import schedules
 
 REGISTRY = Registry("optimizer")
 
@@ -37,8 +45,10 @@ class Optimizer:
     def __init__(self, learning_rate=0.001, name=None):
         who = type(self).__name__
         self.name = check_str(name, who, "name") if name is not None else who.lower()
-        self.learning_rate = _positive_float(learning_rate, who, "learning_rate")
         self.iterations = 0          # steps taken; Keras' optimizer.iterations
+        self._schedule = None        # a LearningRateSchedule, or None for a float rate
+        self._learning_rate = None   # the float rate when there is no schedule
+        self.learning_rate = learning_rate
         self._variables = None       # [(layer, key)] in update order, once built
         self._slots = {}             # (layer name, key) -> {slot name: array}
         self._scratch = {}           # dtype -> 1-D buffer as large as the largest param
@@ -71,13 +81,55 @@ class Optimizer:
     def built(self):
         return self._variables is not None
 
+    # -- the learning rate ------------------------------------------------------------------
+    @property
+    def learning_rate(self):
+        """The rate the next step uses: the float, or the schedule's value at `iterations`."""
+        if self._schedule is None:
+            return self._learning_rate
+        return self._scheduled_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        who = type(self).__name__
+        if isinstance(value, schedules.LearningRateSchedule):
+            self._schedule, self._learning_rate = value, None
+            return
+        if self._schedule is not None:
+            raise TypeError(
+                f"{who}: this optimizer's learning_rate is a schedule ({type(self._schedule).__name__}), "
+                f"so it cannot be set to {quote(value)}; create the optimizer with a float learning_rate "
+                f"to change its rate during training (LearningRateScheduler, ReduceLROnPlateau)"
+            )
+        if callable(value):
+            raise TypeError(f"{who}: learning_rate must be a float or a minicnn.optimizers.schedules."
+                            f"LearningRateSchedule, received the callable {quote(value)}")
+        self._learning_rate = _learning_rate(value, who)
+
+    @property
+    def learning_rate_schedule(self):
+        """The schedule the rate comes from, or None for a float rate."""
+        return self._schedule
+
+    def _scheduled_rate(self):
+        rate = self._schedule(self.iterations)
+        if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(rate) or rate < 0:
+            raise ValueError(
+                f"{type(self).__name__}: the learning rate schedule {type(self._schedule).__name__} gave "
+                f"{quote(rate)} at step {self.iterations}; expected a finite number >= 0"
+            )
+        return float(rate)
+
     # -- the step ---------------------------------------------------------------------------
     def apply(self, model):
         """One update of every trainable parameter from the gradients its layer holds now."""
         if self._variables is None:
             self.build(model)
+        # Keras' order: the rate of this step comes from iterations before the increment.
+        learning_rate = self._learning_rate if self._schedule is None else self._scheduled_rate()
         self.iterations += 1
-        coefficients = self._step_coefficients()
+        coefficients = self._step_coefficients(learning_rate)
         for layer, key in self._variables:
             param = layer.params[key]
             grad = layer.grads[key]
@@ -91,18 +143,26 @@ class Optimizer:
             self._update(param, grad, self._slots[(layer.name, key)],
                          scratch[:param.size].reshape(param.shape), coefficients)
 
-    def _step_coefficients(self):
-        return self.learning_rate
+    def _step_coefficients(self, learning_rate):
+        """What `_update` needs for every parameter of this step, computed once (iterations has
+        already been incremented: it is the step's 1-based t)."""
+        return learning_rate
 
     def _update(self, param, grad, slots, scratch, coefficients):
         raise NotImplementedError
 
     # -- saving -----------------------------------------------------------------------------
     def get_config(self):
-        return {"name": self.name, "learning_rate": self.learning_rate}
+        rate = self._learning_rate if self._schedule is None else schedules.serialize(self._schedule)
+        return {"name": self.name, "learning_rate": rate}
 
     @classmethod
     def from_config(cls, config):
+        """Inverse of get_config; a learning_rate given as {'class_name', 'config'} is rebuilt
+        from minicnn's registered schedules only."""
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"])
         return cls(**config)
 
     def get_state(self):
@@ -142,7 +202,11 @@ class Optimizer:
         self.iterations = int(iterations)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={quote(v)}" for k, v in self.get_config().items() if k != "name")
+        config = self.get_config()
+        if self._schedule is not None:
+            config["learning_rate"] = self._schedule
+        args = ", ".join(f"{k}={v!r}" if k == "learning_rate" else f"{k}={quote(v)}"
+                         for k, v in config.items() if k != "name")
         return f"{type(self).__name__}({args})"
 
 
@@ -207,9 +271,9 @@ class Adam(Optimizer):
         self.beta_2 = float(beta_2)
         self.epsilon = _positive_float(epsilon, "Adam", "epsilon")
 
-    def _step_coefficients(self):
+    def _step_coefficients(self, learning_rate):
         t = self.iterations
-        return self.learning_rate * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
+        return learning_rate * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
 
     def _update(self, param, grad, slots, scratch, lr_t):
         # the kernel face's in-place step: one pass in C on the C engine; the NumPy engine's
@@ -219,6 +283,44 @@ class Adam(Optimizer):
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+@REGISTRY.register("adamw")
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), exactly as Keras 3 computes it:
+    before each step's Adam update (the Adam class above, epsilon included), every trainable
+    parameter decays with the step's CURRENT learning rate (a schedule's value at this step):
+
+        p = p - p * weight_decay * learning_rate          (Keras' _apply_weight_decay)
+        then Adam's update of p from the same gradient
+
+    The decay is three in-place NumPy operations in that order (the same roundings on every
+    engine); the Adam part runs through the kernel face as Adam does. PyTorch's AdamW computes
+    p *= 1 - lr * weight_decay (the same value up to rounding) and adds its eps after the bias
+    correction (see Adam). Biases decay too, as in Keras without exclude_from_weight_decay.
+    """
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 name=None):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, name)
+        self.weight_decay = _float(weight_decay, "AdamW", "weight_decay")
+        if self.weight_decay < 0:
+            raise ValueError(f"AdamW: weight_decay must be >= 0, received {quote(weight_decay)}")
+
+    def _step_coefficients(self, learning_rate):
+        return learning_rate, super()._step_coefficients(learning_rate)
+
+    def _update(self, param, grad, slots, scratch, coefficients):
+        learning_rate, lr_t = coefficients
+        np.multiply(param, self.weight_decay, out=scratch)
+        scratch *= learning_rate
+        param -= scratch                                  # p = p - p * wd * lr, Keras' order
+        super()._update(param, grad, slots, scratch, lr_t)
+
+    def get_config(self):
+        config = super().get_config()
+        return {"name": config.pop("name"), "learning_rate": config.pop("learning_rate"),
+                "weight_decay": self.weight_decay, **config}
 
 
 @REGISTRY.register("rmsprop")
@@ -258,7 +360,8 @@ class RMSprop(Optimizer):
 
 
 def get(identifier):
-    """An Optimizer from 'adam' / 'sgd' / 'rmsprop' (Keras' defaults), a class, or an instance."""
+    """An Optimizer from 'adam' / 'adamw' / 'sgd' / 'rmsprop' (Keras' defaults), a class, or an
+    instance."""
     return REGISTRY.get(identifier, Optimizer, "compile",
                         hint=" or an instance such as minicnn.optimizers.Adam(learning_rate=1e-3)")
 
@@ -296,6 +399,14 @@ def _float(value, who, what):
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{who}: {what} must be finite, received {quote(value)}")
+    return value
+
+
+def _learning_rate(value, who):
+    """A float learning rate: finite and >= 0 (0 freezes training, as in Keras)."""
+    value = _float(value, who, "learning_rate")
+    if value < 0:
+        raise ValueError(f"{who}: learning_rate must be >= 0, received {quote(value)}")
     return value
 
 

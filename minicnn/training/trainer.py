@@ -85,6 +85,9 @@ class Trainer:
         (seed, k), so fit(epochs=1) twice equals fit(epochs=2), and a saved model continues with
         the order an uninterrupted run would have used.
         verbose: 0 silent, 1 (or 'auto') a progress bar per epoch, 2 one line per epoch.
+        History and the progress show 'learning_rate' (the rate after the epoch's last step:
+        the rate the next step would use) when the optimizer's rate is a schedule or a callback
+        such as LearningRateScheduler or ReduceLROnPlateau changes it.
         A batch whose loss is NaN or inf stops training before its update reaches the weights,
         with a RuntimeWarning that also says when an earlier update had already overflowed
         (non-finite weights behind a finite loss); ModelCheckpoint skips such an epoch.
@@ -124,6 +127,12 @@ class Trainer:
         self.history = history
         self.stop_training = False
         self.optimizer.build(self)
+        # The rate is logged (History, progress) when it can change: a schedule, or a callback
+        # that sets it (Keras 3 logs it in those callbacks only; a constant rate is not logged).
+        log_learning_rate = (self.optimizer.learning_rate_schedule is not None
+                             or any(getattr(c, "changes_learning_rate", False) for c in callbacks or []))
+        if progress is not None:
+            progress.shows_learning_rate = log_learning_rate
         callback_list.on_train_begin()
         logs = {}
         for epoch in range(int(initial_epoch), int(epochs)):
@@ -134,6 +143,8 @@ class Trainer:
             if x_val is not None:
                 val_logs = self._evaluate_arrays(x_val, targets_val, validation_batch_size)
                 logs.update({"val_" + key: value for key, value in val_logs.items()})
+            if log_learning_rate:
+                logs["learning_rate"] = self.optimizer.learning_rate
             callback_list.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break

@@ -11,6 +11,9 @@ is float64 and in minicnn's layouts, so tests need neither torch nor any layout 
                bias, dbias              (units,)
     Softmax    x, y, dy, dx             (N, K)                softmax over the last axis
     CE         logits, dlogits, probs   (N, K); labels (N,) int64; loss 0-d (mean over the batch)
+    BN         x, dy, y, dx             (N, units) or (N, H, W, C); normalised along "axis"
+               gamma, beta, moving_*    (F,) with F the size of that axis; dgamma, dbeta too
+    GAP        y, dy                    (N, C)
 
 File layout (readable with ``np.load(path, allow_pickle=False)``; no pickled objects anywhere):
 
@@ -48,6 +51,11 @@ FILES = {
     "softmax": "softmax.npz",
     "softmax_crossentropy": "softmax_crossentropy.npz",
     "model": "model.npz",
+    "avgpool2d": "avgpool2d.npz",
+    "global_avgpool2d": "global_avgpool2d.npz",
+    "batchnorm_training": "batchnorm_training.npz",
+    "batchnorm_inference": "batchnorm_inference.npz",
+    "dropout": "dropout.npz",
 }
 
 # The arrays a case is computed from (given to torch) and the arrays torch computed.
@@ -61,6 +69,11 @@ INPUTS = {
     "softmax_crossentropy": ["logits", "labels"],
     "model": ["x", "labels", "conv1.kernel", "conv1.bias", "conv2.kernel", "conv2.bias",
               "dense1.kernel", "dense1.bias", "dense2.kernel", "dense2.bias"],
+    "avgpool2d": ["x", "dy"],
+    "global_avgpool2d": ["x", "dy"],
+    "batchnorm_training": ["x", "dy", "gamma", "beta", "moving_mean", "moving_variance"],
+    "batchnorm_inference": ["x", "gamma", "beta", "moving_mean", "moving_variance"],
+    "dropout": ["x"],
 }
 OUTPUTS = {
     "conv2d": ["y", "dx", "dkernel", "dbias?"],
@@ -72,6 +85,13 @@ OUTPUTS = {
     "model": ["logits", "loss", "dlogits", "dx", "conv1.dkernel", "conv1.dbias",
               "conv2.dkernel", "conv2.dbias", "dense1.dkernel", "dense1.dbias",
               "dense2.dkernel", "dense2.dbias"],
+    "avgpool2d": ["y", "dx"],
+    "global_avgpool2d": ["y", "dx"],
+    # new_moving_*: the moving statistics after the step, by Keras' rule (see make_fixtures.py)
+    "batchnorm_training": ["y", "dx", "dgamma", "dbeta", "new_moving_mean", "new_moving_variance"],
+    "batchnorm_inference": ["y"],
+    # torch's dropout output y for x: its kept cells are x * 1/(1 - rate), the rest 0
+    "dropout": ["y"],
 }
 
 # Hyperparameters that are also stored as arrays next to the data, per kind.
@@ -79,6 +99,7 @@ _GEOMETRY = {
     "conv2d": ("kernel_size", "strides", "padding"),
     "maxpool2d": ("pool_size", "strides", "padding"),
     "maxpool2d_ties": ("pool_size", "strides", "padding"),
+    "avgpool2d": ("pool_size", "strides", "padding"),
 }
 
 

@@ -183,6 +183,47 @@ def _model_grid():
     ]
 
 
+def _avgpool_grid():
+    return [
+        _pool("p2x2_s2_valid_even", 1, (6, 6, 2), (2, 2), (2, 2), "valid"),
+        _pool("p3x3_s2_valid_odd", 3, (7, 5, 3), (3, 3), (2, 2), "valid"),
+        _pool("p2x3_s1x2_valid", 1, (6, 7, 2), (2, 3), (1, 2), "valid"),
+        _pool("p3x3_s3_valid_leftover", 2, (8, 7, 1), (3, 3), (3, 3), "valid"),
+        _pool("p2x2_s2_same_odd", 1, (7, 5, 3), (2, 2), (2, 2), "same"),
+        _pool("p3x3_s1_same", 3, (5, 5, 2), (3, 3), (1, 1), "same"),
+        _pool("p3x3_s2_same_even_pad_after", 1, (6, 6, 1), (3, 3), (2, 2), "same"),
+        _pool("p2x3_s1x2_same", 2, (5, 8, 2), (2, 3), (1, 2), "same"),
+        _pool("p3x2_s3x1_same", 1, (7, 6, 2), (3, 2), (3, 1), "same"),
+        # A window larger than the image: every border window averages fewer cells.
+        _pool("p4x4_s1_same_window_over_image", 1, (3, 3, 2), (4, 4), (1, 1), "same"),
+    ]
+
+
+def _global_avgpool_grid():
+    def gap(name, batch, hwc):
+        return {"name": name, "batch": batch, "input_shape": list(hwc)}
+    return [gap("n1_1x1x1", 1, (1, 1, 1)), gap("n3_5x7x4", 3, (5, 7, 4)), gap("n2_6x3x1", 2, (6, 3, 1))]
+
+
+def _bn(name, batch, shape, axis, momentum=0.99, epsilon=1e-3):
+    return {"name": name, "batch": batch, "input_shape": list(shape), "axis": axis,
+            "momentum": momentum, "epsilon": epsilon}
+
+
+def _batchnorm_grid():
+    return [
+        _bn("dense_n8_u5", 8, (5,), -1),
+        _bn("dense_n2_u3_momentum_0_5", 2, (3,), 1, momentum=0.5),
+        _bn("nhwc_n3_4x5x6", 3, (4, 5, 6), -1, momentum=0.9),
+        _bn("nhwc_n1_3x3x2_eps_1e-5", 1, (3, 3, 2), 3, epsilon=1e-5),
+        _bn("images_axis1_n2_4x3x2", 2, (4, 3, 2), 1, momentum=0.8),
+    ]
+
+
+def _dropout_grid():
+    return [{"name": "rate_%g" % rate, "rate": rate, "shape": [40, 50]} for rate in (0.1, 0.3, 0.5, 0.75)]
+
+
 GRID = {
     "conv2d": _conv_grid,
     "maxpool2d": _pool_grid,
@@ -191,6 +232,11 @@ GRID = {
     "softmax": _softmax_grid,
     "softmax_crossentropy": _crossentropy_grid,
     "model": _model_grid,
+    "avgpool2d": _avgpool_grid,
+    "global_avgpool2d": _global_avgpool_grid,
+    "batchnorm_training": _batchnorm_grid,
+    "batchnorm_inference": _batchnorm_grid,
+    "dropout": _dropout_grid,
 }
 
 
@@ -290,6 +336,29 @@ def _model_inputs(kind, params):
     }
 
 
+def _global_avgpool_inputs(kind, params):
+    rng = _rng(kind, params)
+    n, (h, w, c) = params["batch"], params["input_shape"]
+    return {"x": rng.standard_normal((n, h, w, c)), "dy": rng.standard_normal((n, c))}
+
+
+def _batchnorm_inputs(kind, params):
+    rng = _rng(kind, params)
+    shape = (params["batch"],) + tuple(params["input_shape"])
+    features = shape[params["axis"]]
+    inputs = {"x": 3.0 * rng.standard_normal(shape) + 0.5,
+              "gamma": 1.0 + 0.5 * rng.standard_normal(features), "beta": rng.standard_normal(features),
+              "moving_mean": rng.standard_normal(features),
+              "moving_variance": 0.5 + rng.random(features)}
+    if kind == "batchnorm_training":
+        inputs["dy"] = rng.standard_normal(shape)
+    return inputs
+
+
+def _dropout_inputs(kind, params):
+    return {"x": 1.0 + _rng(kind, params).random(tuple(params["shape"]))}
+
+
 MAKE_INPUTS = {
     "conv2d": _conv_inputs,
     "maxpool2d": _pool_inputs,
@@ -298,6 +367,11 @@ MAKE_INPUTS = {
     "softmax": _softmax_inputs,
     "softmax_crossentropy": _crossentropy_inputs,
     "model": _model_inputs,
+    "avgpool2d": _pool_inputs,
+    "global_avgpool2d": _global_avgpool_inputs,
+    "batchnorm_training": _batchnorm_inputs,
+    "batchnorm_inference": _batchnorm_inputs,
+    "dropout": _dropout_inputs,
 }
 
 
@@ -418,6 +492,74 @@ def compute_model(params, inputs):
     return out
 
 
+def torch_avgpool2d_nhwc(x, pool_size, strides, padding):
+    """x (N, H, W, C) -> y (N, OH, OW, C), each window averaging only its cells INSIDE the image.
+
+    TensorFlow's "same" padding can be asymmetric, which avg_pool2d's own padding cannot express,
+    and avg_pool2d(count_include_pad=False) on an F.pad-ed input would count the pad cells as
+    inside. So: window sums of the zero-padded input (divisor_override=1), divided by the window
+    sums of a zero-padded map of ones, i.e. how many cells of each window are inside.
+    """
+    x_nchw = x.permute(0, 3, 1, 2)
+    ones = torch.ones_like(x_nchw[:1, :1])
+    options = dict(kernel_size=tuple(pool_size), stride=tuple(strides), divisor_override=1)
+    sums = F.avg_pool2d(_pad_nchw(x_nchw, pool_size, strides, padding, 0.0), **options)
+    counts = F.avg_pool2d(_pad_nchw(ones, pool_size, strides, padding, 0.0), **options)
+    return (sums / counts).permute(0, 2, 3, 1)
+
+
+def compute_avgpool2d(params, inputs):
+    x = _leaf(inputs["x"])
+    y = torch_avgpool2d_nhwc(x, params["pool_size"], params["strides"], params["padding"])
+    (dx,) = _grads(y, [x], inputs["dy"])
+    return {"y": y.detach().numpy().copy(), "dx": dx}
+
+
+def compute_global_avgpool2d(params, inputs):
+    x = _leaf(inputs["x"])
+    y = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 1).flatten(1)
+    (dx,) = _grads(y, [x], inputs["dy"])
+    return {"y": y.detach().numpy().copy(), "dx": dx}
+
+
+def _torch_batchnorm(params, inputs, training):
+    """torch's F.batch_norm with the feature axis moved to torch's channel position (1).
+
+    Keras' momentum k is torch's 1 - k. torch's running_var takes the UNBIASED batch variance
+    (divided by M - 1), Keras' moving_variance the biased one (divided by M) that both use to
+    normalise. From torch's updated running_var r = k v + (1 - k) var_unbiased, Keras' value is
+    k v + (1 - k) var_unbiased (M - 1) / M = k v + (r - k v) (M - 1) / M."""
+    axis, k = params["axis"], params["momentum"]
+    x, gamma, beta = _leaf(inputs["x"]), _leaf(inputs["gamma"]), _leaf(inputs["beta"])
+    running_mean = torch.tensor(inputs["moving_mean"], dtype=DTYPE)
+    running_var = torch.tensor(inputs["moving_variance"], dtype=DTYPE)
+    moved = x.movedim(axis, 1)
+    y = F.batch_norm(moved, running_mean, running_var, gamma, beta, training=training,
+                     momentum=1.0 - k, eps=params["epsilon"]).movedim(1, axis)
+    out = {"y": y.detach().numpy().copy()}
+    if training:
+        m = x.numel() // x.shape[axis]
+        v = inputs["moving_variance"]
+        out["new_moving_mean"] = running_mean.numpy().copy()
+        out["new_moving_variance"] = k * v + (running_var.numpy() - k * v) * (m - 1) / m
+        out["dx"], out["dgamma"], out["dbeta"] = _grads(y, [x, gamma, beta], inputs["dy"])
+    return out
+
+
+def compute_batchnorm_training(params, inputs):
+    return _torch_batchnorm(params, inputs, True)
+
+
+def compute_batchnorm_inference(params, inputs):
+    return _torch_batchnorm(params, inputs, False)
+
+
+def compute_dropout(params, inputs):
+    torch.manual_seed(zlib.crc32(params["name"].encode()))
+    y = F.dropout(torch.tensor(inputs["x"], dtype=DTYPE), p=params["rate"], training=True)
+    return {"y": y.numpy().copy()}
+
+
 COMPUTE = {
     "conv2d": compute_conv2d,
     "maxpool2d": compute_maxpool2d,
@@ -426,6 +568,11 @@ COMPUTE = {
     "softmax": compute_softmax,
     "softmax_crossentropy": compute_softmax_crossentropy,
     "model": compute_model,
+    "avgpool2d": compute_avgpool2d,
+    "global_avgpool2d": compute_global_avgpool2d,
+    "batchnorm_training": compute_batchnorm_training,
+    "batchnorm_inference": compute_batchnorm_inference,
+    "dropout": compute_dropout,
 }
 
 
@@ -607,6 +754,96 @@ def naive_model(params, arrays):
     return out
 
 
+def naive_avgpool2d(params, arrays):
+    """Each window's mean over its cells inside the image; its gradient shared among them."""
+    x, dy = arrays["x"], arrays["dy"]
+    ph, pw = params["pool_size"]
+    sh, sw = params["strides"]
+    xp, (top, left), (oh, ow) = _naive_padded(x, params, (ph, pw), np.nan)   # NaN marks padding
+    inside = ~np.isnan(xp)
+    y = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+    dxp = np.zeros_like(xp)
+    for n in range(x.shape[0]):
+        for i in range(oh):
+            for j in range(ow):
+                for c in range(x.shape[3]):
+                    cells = inside[n, i * sh:i * sh + ph, j * sw:j * sw + pw, c]
+                    window = xp[n, i * sh:i * sh + ph, j * sw:j * sw + pw, c]
+                    y[n, i, j, c] = window[cells].sum() / cells.sum()
+                    dxp[n, i * sh:i * sh + ph, j * sw:j * sw + pw, c] += cells * (dy[n, i, j, c] / cells.sum())
+    return {"y": y, "dx": dxp[:, top:top + x.shape[1], left:left + x.shape[2], :]}
+
+
+def naive_global_avgpool2d(params, arrays):
+    x, dy = arrays["x"], arrays["dy"]
+    n, h, w, c = x.shape
+    y = np.zeros((n, c))
+    dx = np.zeros_like(x)
+    for b in range(n):
+        for ch in range(c):
+            y[b, ch] = sum(x[b, i, j, ch] for i in range(h) for j in range(w)) / (h * w)
+            dx[b, :, :, ch] = dy[b, ch] / (h * w)
+    return {"y": y, "dx": dx}
+
+
+def _naive_batchnorm(params, arrays, training):
+    """Keras' batch normalisation written out per feature; the gradient by the chain rule
+    through the normalised values, the batch variance and the batch mean."""
+    axis, k, eps = params["axis"], params["momentum"], params["epsilon"]
+    x = np.moveaxis(arrays["x"], axis, -1)
+    columns = x.reshape(-1, x.shape[-1])
+    m, features = columns.shape
+    gamma, beta = arrays["gamma"], arrays["beta"]
+    y = np.zeros_like(columns)
+    out = {"new_moving_mean": np.zeros(features), "new_moving_variance": np.zeros(features)}
+    if training:
+        dy = np.moveaxis(arrays["dy"], axis, -1).reshape(-1, features)
+        dx = np.zeros_like(columns)
+        out["dgamma"], out["dbeta"] = np.zeros(features), np.zeros(features)
+    for f in range(features):
+        col = columns[:, f]
+        if training:
+            mean = sum(col) / m
+            var = sum((v - mean) ** 2 for v in col) / m
+        else:
+            mean, var = arrays["moving_mean"][f], arrays["moving_variance"][f]
+        std = math.sqrt(var + eps)
+        y[:, f] = gamma[f] * (col - mean) / std + beta[f]
+        if training:
+            out["new_moving_mean"][f] = k * arrays["moving_mean"][f] + (1 - k) * mean
+            out["new_moving_variance"][f] = k * arrays["moving_variance"][f] + (1 - k) * var
+            g = dy[:, f] * gamma[f]                                   # d loss / d x_hat
+            dvar = sum(g * (col - mean)) * -0.5 * std ** -3
+            dmean = -sum(g) / std + dvar * -2 * sum(col - mean) / m
+            dx[:, f] = g / std + dvar * 2 * (col - mean) / m + dmean / m
+            out["dgamma"][f] = sum(dy[:, f] * (col - mean) / std)
+            out["dbeta"][f] = sum(dy[:, f])
+    out["y"] = np.moveaxis(y.reshape(x.shape), -1, axis)
+    if not training:
+        return {"y": out["y"]}
+    out["dx"] = np.moveaxis(dx.reshape(x.shape), -1, axis)
+    return out
+
+
+def naive_batchnorm_training(params, arrays):
+    return _naive_batchnorm(params, arrays, True)
+
+
+def naive_batchnorm_inference(params, arrays):
+    return _naive_batchnorm(params, arrays, False)
+
+
+def naive_dropout(params, arrays):
+    """Not the mask (torch's generator draws it) but the scaling: the cells torch kept must be
+    exactly x / (1 - rate) and the fraction kept within 5 standard deviations of 1 - rate."""
+    x, y, rate = arrays["x"], arrays["y"], params["rate"]
+    kept = y != 0
+    spread = 5 * math.sqrt(rate * (1 - rate) / x.size)
+    if abs(kept.mean() - (1 - rate)) > spread:
+        raise ValueError("dropout %s: torch kept %.4f of the cells" % (params["name"], kept.mean()))
+    return {"y": np.where(kept, x * (1.0 / (1.0 - rate)), 0.0)}
+
+
 NAIVE = {
     "conv2d": naive_conv2d,
     "maxpool2d": naive_maxpool2d,
@@ -615,6 +852,11 @@ NAIVE = {
     "softmax": naive_softmax,
     "softmax_crossentropy": naive_softmax_crossentropy,
     "model": naive_model,
+    "avgpool2d": naive_avgpool2d,
+    "global_avgpool2d": naive_global_avgpool2d,
+    "batchnorm_training": naive_batchnorm_training,
+    "batchnorm_inference": naive_batchnorm_inference,
+    "dropout": naive_dropout,
 }
 
 

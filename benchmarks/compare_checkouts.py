@@ -1,0 +1,57 @@
+"""Is a change slower? Time two (or more) checkouts of minicnn side by side in one run.
+
+    python benchmarks/compare_checkouts.py --rounds 7 ../minicnn-before .
+    python benchmarks/compare_checkouts.py --engines minicnn-c minicnn-numpy -- OLD NEW
+
+Each round runs this repository's bench_train.py once per checkout (one timed sweep, no memory
+measurement), in a fresh process importing that checkout's minicnn (MINICNN_HOME), alternating
+the order every round so that a slow spell of this shared machine hits every checkout alike.
+Every checkout must have its C engine built in place (`python setup.py build_ext --inplace`).
+Prints, per row and engine, the median images/s of each checkout and its ratio to the first.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_train.py")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkouts", nargs="+", help="folders holding minicnn/ (the first is the reference)")
+    parser.add_argument("--rounds", type=int, default=5, help="sweeps per checkout (median)")
+    parser.add_argument("--engines", nargs="+", default=["minicnn-c"], help="bench_train.py's engines")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    samples = {}
+    for round_index in range(args.rounds):
+        order = args.checkouts if round_index % 2 == 0 else args.checkouts[::-1]
+        for checkout in order:
+            with tempfile.TemporaryDirectory() as scratch:
+                out = os.path.join(scratch, "figures.json")
+                subprocess.run([sys.executable, BENCH, "--rounds", "1", "--no-memory", "--threads", str(args.threads),
+                                "--json", out, "--engines", *args.engines],
+                               check=True, stdout=subprocess.DEVNULL,
+                               env={**os.environ, "MINICNN_HOME": os.path.abspath(checkout)})
+                with open(out) as handle:
+                    figures = json.load(handle)["figures"]
+            for figure in figures:
+                key = (figure["row"], figure["engine"])
+                samples.setdefault(key, {}).setdefault(checkout, []).append(figure["images_per_s"])
+        print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    print(f"images/s, medians of {args.rounds} rounds; ratio = checkout / {args.checkouts[0]}")
+    print("| row | engine | " + " | ".join(args.checkouts) + " | ratio |")
+    print("|---|---|" + "---:|" * (len(args.checkouts) + 1))
+    for (row, engine), per_checkout in samples.items():
+        medians = [statistics.median(per_checkout[c]) for c in args.checkouts]
+        ratios = ", ".join(f"{m / medians[0]:.3f}" for m in medians[1:])
+        print(f"| {row} | {engine} | " + " | ".join(f"{m:,.0f}" for m in medians) + f" | {ratios} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

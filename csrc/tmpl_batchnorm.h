@@ -1,0 +1,166 @@
+/* Batch normalisation of an (m, c) matrix, one column per feature, and its entry points;
+ * vectorised over the c features of a row (contiguous). The NumPy engine's order of
+ * operations: column sums taken row after row, mean = sum / m, the biased variance as the
+ * mean of the squared centred values, inv_std = 1 / sqrt(var + epsilon).
+ * The statistics are one pass each on one thread (memory-bound); the elementwise passes run
+ * over row blocks on the engine's threads, with no scratch memory.
+ * No include guard: a template, included once per dtype by csrc/tmpl_driver.h.
+ */
+#define DN_BN_ROWS 64   /* rows per parallel block */
+
+static int DN(bn_check)(int64_t m, int c)
+{
+    int64_t total;
+    if (m < 1 || m > MC_LEN_MAX || c < 1 || c > MC_DIM_MAX || !mc_product(&total, m, c, 1, 1))
+        return MC_ERR_GEOMETRY;
+    return MC_OK;
+}
+
+/* Statistics and x_hat; y = x_hat * gamma + beta (either may be NULL). */
+static void DN(bn_forward_training)(int64_t m, int c, const DR *x, const DR *gamma, const DR *beta,
+                                    DR epsilon, DR *y, DR *mean, DR *var, DR *x_hat, DR *inv_std,
+                                    int threads)
+{
+    for (int j = 0; j < c; j++) mean[j] = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int j = 0; j < c; j++) mean[j] += x[i * c + j];
+    for (int j = 0; j < c; j++) { mean[j] /= (DR)m; var[j] = 0; }
+    for (int64_t i = 0; i < m; i++)
+        for (int j = 0; j < c; j++) {
+            const DR centred = x[i * c + j] - mean[j];
+            var[j] += centred * centred;
+        }
+    for (int j = 0; j < c; j++) {
+        var[j] /= (DR)m;
+        inv_std[j] = (DR)1 / (DR)sqrt(var[j] + epsilon);
+    }
+    const int64_t blocks = (m + DN_BN_ROWS - 1) / DN_BN_ROWS;
+    threads = DN(threads_for)(m * c * 4, threads);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
+#endif
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t end = (b + 1) * DN_BN_ROWS < m ? (b + 1) * DN_BN_ROWS : m;
+        for (int64_t i = b * DN_BN_ROWS; i < end; i++) {
+            const DR *xr = x + i * c;
+            DR *hr = x_hat + i * c, *yr = y + i * c;
+            for (int j = 0; j < c; j++) {
+                hr[j] = (xr[j] - mean[j]) * inv_std[j];
+                yr[j] = gamma ? hr[j] * gamma[j] : hr[j];
+            }
+            if (beta)
+                for (int j = 0; j < c; j++) yr[j] += beta[j];
+        }
+    }
+}
+
+/* y = (x - mean) * (inv_std * gamma) + beta with given statistics. */
+static void DN(bn_forward_inference)(int64_t m, int c, const DR *x, const DR *gamma, const DR *beta,
+                                     const DR *mean, const DR *var, DR epsilon, DR *y, int threads)
+{
+    const int64_t blocks = (m + DN_BN_ROWS - 1) / DN_BN_ROWS;
+    threads = DN(threads_for)(m * c * 3, threads);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
+#endif
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t end = (b + 1) * DN_BN_ROWS < m ? (b + 1) * DN_BN_ROWS : m;
+        for (int64_t i = b * DN_BN_ROWS; i < end; i++) {
+            const DR *xr = x + i * c;
+            DR *yr = y + i * c;
+            for (int j = 0; j < c; j++) {
+                const DR inv_std = (DR)1 / (DR)sqrt(var[j] + epsilon);
+                yr[j] = (xr[j] - mean[j]) * (gamma ? inv_std * gamma[j] : inv_std);
+            }
+            if (beta)
+                for (int j = 0; j < c; j++) yr[j] += beta[j];
+        }
+    }
+}
+
+/* dbeta = column sums of dy, dgamma = column sums of dy * x_hat, and (dx non-NULL)
+ * dx = (dy - dbeta / m - x_hat * (dgamma / m)) * (gamma * inv_std). dgamma and dbeta are
+ * always computed (dx needs both); the wrapper drops what the layer does not have. */
+static void DN(bn_backward)(int64_t m, int c, const DR *dy, const DR *x_hat, const DR *inv_std,
+                            const DR *gamma, DR *dx, DR *dgamma, DR *dbeta, int threads)
+{
+    for (int j = 0; j < c; j++) { dgamma[j] = 0; dbeta[j] = 0; }
+    for (int64_t i = 0; i < m; i++)
+        for (int j = 0; j < c; j++) {
+            dbeta[j] += dy[i * c + j];
+            dgamma[j] += dy[i * c + j] * x_hat[i * c + j];
+        }
+    if (!dx) return;
+    const DR rows = (DR)m;
+    const int64_t blocks = (m + DN_BN_ROWS - 1) / DN_BN_ROWS;
+    threads = DN(threads_for)(m * c * 4, threads);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
+#endif
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t end = (b + 1) * DN_BN_ROWS < m ? (b + 1) * DN_BN_ROWS : m;
+        for (int64_t i = b * DN_BN_ROWS; i < end; i++)
+            for (int j = 0; j < c; j++) {
+                const DR scale = gamma ? gamma[j] * inv_std[j] : inv_std[j];
+                dx[i * c + j] = (dy[i * c + j] - dbeta[j] / rows - x_hat[i * c + j] * (dgamma[j] / rows)) * scale;
+            }
+    }
+}
+
+int DN(mc_batchnorm_forward_training)(int64_t m, int c, const DR *x, int64_t x_len, const DR *gamma,
+                                      int64_t gamma_len, const DR *beta, int64_t beta_len,
+                                      double epsilon, DR *y, int64_t y_len, DR *mean, int64_t mean_len,
+                                      DR *var, int64_t var_len, DR *x_hat, int64_t x_hat_len,
+                                      DR *inv_std, int64_t inv_std_len)
+{
+    int err = DN(bn_check)(m, c);
+    if (err) return err;
+    if (!(epsilon > 0)) return MC_ERR_GEOMETRY;
+    mc_init();
+    if (!x || !y || !mean || !var || !x_hat || !inv_std) return MC_ERR_NULL;
+    if (x_len != m * c || y_len != m * c || x_hat_len != m * c || mean_len != c || var_len != c ||
+        inv_std_len != c || (gamma ? gamma_len != c : gamma_len != 0) ||
+        (beta ? beta_len != c : beta_len != 0))
+        return MC_ERR_SIZE;
+    DN(bn_forward_training)(m, c, x, gamma, beta, (DR)epsilon, y, mean, var, x_hat, inv_std,
+                            mc_threads_now());
+    return MC_OK;
+}
+
+int DN(mc_batchnorm_forward_inference)(int64_t m, int c, const DR *x, int64_t x_len, const DR *gamma,
+                                       int64_t gamma_len, const DR *beta, int64_t beta_len,
+                                       const DR *mean, int64_t mean_len, const DR *var, int64_t var_len,
+                                       double epsilon, DR *y, int64_t y_len)
+{
+    int err = DN(bn_check)(m, c);
+    if (err) return err;
+    if (!(epsilon > 0)) return MC_ERR_GEOMETRY;
+    mc_init();
+    if (!x || !y || !mean || !var) return MC_ERR_NULL;
+    if (x_len != m * c || y_len != m * c || mean_len != c || var_len != c ||
+        (gamma ? gamma_len != c : gamma_len != 0) || (beta ? beta_len != c : beta_len != 0))
+        return MC_ERR_SIZE;
+    DN(bn_forward_inference)(m, c, x, gamma, beta, mean, var, (DR)epsilon, y, mc_threads_now());
+    return MC_OK;
+}
+
+int DN(mc_batchnorm_backward)(int64_t m, int c, const DR *dy, int64_t dy_len, const DR *x_hat,
+                              int64_t x_hat_len, const DR *inv_std, int64_t inv_std_len,
+                              const DR *gamma, int64_t gamma_len, DR *dx, int64_t dx_len,
+                              DR *dgamma, int64_t dgamma_len, DR *dbeta, int64_t dbeta_len)
+{
+    int err = DN(bn_check)(m, c);
+    if (err) return err;
+    mc_init();
+    if (!dy || !x_hat || !inv_std || !dgamma || !dbeta) return MC_ERR_NULL;
+    if (dy_len != m * c || x_hat_len != m * c || inv_std_len != c || dgamma_len != c ||
+        dbeta_len != c || (gamma ? gamma_len != c : gamma_len != 0) ||
+        (dx ? dx_len != m * c : dx_len != 0))
+        return MC_ERR_SIZE;
+    DN(bn_backward)(m, c, dy, x_hat, inv_std, gamma, dx, dgamma, dbeta, mc_threads_now());
+    return MC_OK;
+}
+#undef DN_BN_ROWS

@@ -1,0 +1,69 @@
+"""Dropout."""
+import math
+
+import numpy as np
+
+from .. import seeding
+from ..errors import quote
+from .base import REGISTRY, Layer
+
+
+def check_seed(seed, who):
+    """None (draw from minicnn's generator, which set_seed reseeds) or a non-negative int."""
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise ValueError(f"{who}: seed must be None or a non-negative integer, received {quote(seed)}")
+    return None if seed is None else int(seed)
+
+
+class RandomLayer(Layer):
+    """A layer that draws random numbers: from its own generator when given seed=, else from
+    minicnn's (minicnn.set_seed makes runs repeatable)."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = check_seed(seed, self.describe())
+        self._own_generator = None if self.seed is None else np.random.default_rng(self.seed)
+
+    def _generator(self):
+        return self._own_generator if self._own_generator is not None else seeding.generator()
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@REGISTRY.register()
+class Dropout(RandomLayer):
+    """Inverted dropout: when training, each element is zeroed with probability `rate` and the
+    kept ones are multiplied by 1 / (1 - rate), so the expected output equals the input; when
+    not training, the identity. Any input shape (N, ...); dx = dy * the same mask.
+    """
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        who = self.describe()
+        if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(rate) or not 0 <= rate < 1:
+            raise ValueError(f"{who}: rate must be a number in [0, 1), received {quote(rate)}")
+        if noise_shape is not None:
+            raise ValueError(f"{who}: noise_shape is not supported (only None), received {quote(noise_shape)}")
+        self.rate = float(rate)
+        self._multiplier = None
+
+    def _forward(self, x, training):
+        if not training or self.rate == 0.0:
+            self._multiplier = 1 if training else None
+            return x
+        keep = self._generator().random(x.shape) >= self.rate
+        # Kept cells are multiplied by exactly 1/(1 - rate) rounded to the dtype.
+        self._multiplier = keep * x.dtype.type(1.0 / (1.0 - self.rate))
+        return x * self._multiplier
+
+    def _backward(self, dy, need_input_gradient=True):
+        if self._multiplier is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        self._check_grad_array(dy, dy.shape[:1] + self.input_shape)
+        return dy * self._multiplier if need_input_gradient else None
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}

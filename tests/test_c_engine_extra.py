@@ -1,0 +1,181 @@
+"""The C engine's average pooling and batch normalisation against the NumPy engine, and their
+C entry points' own checks.
+
+Parity tolerances as test_c_engine.py: float64 within 1e-12 and float32 within 1e-5 of the
+largest magnitude of the NumPy engine's array. Every case runs at every SIMD level the CPU
+supports and on 1 to 4 threads (the larger cases are above the C engine's threshold for
+waking a second thread, 2^17 operations).
+"""
+import numpy as np
+import pytest
+
+from minicnn import kernels
+from minicnn.kernels import numpy_engine
+from minicnn.kernels.geometry import pads_2d
+
+C_BUILT = "c" in kernels.available_backends()
+pytestmark = pytest.mark.skipif(not C_BUILT, reason=f"C engine not built here: "
+                                f"{kernels.backend_info().get('c_engine_error')}")
+if C_BUILT:
+    from minicnn.kernels import c_engine
+    from minicnn._kernels import ffi, lib
+    SIMD_LEVELS = c_engine.simd_levels()
+else:
+    SIMD_LEVELS = ["unbuilt"]
+
+TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+@pytest.fixture(params=[(level, threads) for level in SIMD_LEVELS for threads in (1, 2, 3, 4)],
+                ids=lambda p: f"{p[0]}-{p[1]}threads")
+def c_settings(request):
+    level, threads = request.param
+    c_engine.set_simd_level(level)
+    c_engine.set_num_threads(threads)
+    try:
+        yield request.param
+    finally:
+        c_engine.set_simd_level(SIMD_LEVELS[0])
+        c_engine.set_num_threads(None)
+
+
+def assert_parity(actual, expected, dtype, what):
+    assert actual.dtype == expected.dtype == dtype and actual.shape == expected.shape, what
+    scale = max(float(np.max(np.abs(expected))), 1e-30) if expected.size else 1.0
+    error = float(np.max(np.abs(actual.astype(np.float64) - expected))) / scale if expected.size else 0.0
+    assert error <= TOLERANCE[dtype], f"{what}: scaled error {error:.3g}"
+
+
+AVG_CASES = [   # (input shape, pool_size, strides, padding)
+    ((1, 1, 1, 1), (1, 1), (1, 1), "valid"),
+    ((1, 5, 5, 3), (2, 2), (2, 2), "valid"),
+    ((3, 7, 6, 5), (3, 3), (2, 2), "same"),
+    ((2, 9, 8, 17), (2, 3), (1, 2), "same"),
+    ((1, 6, 7, 33), (3, 2), (3, 1), "valid"),
+    ((2, 5, 5, 4), (5, 5), (1, 1), "same"),          # windows larger than the image's rest
+    ((1, 4, 3, 2), (4, 3), (3, 3), "valid"),         # one window: the whole image
+    ((4, 40, 40, 16), (3, 3), (1, 1), "same"),       # large enough for several threads
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, pool_size, strides, padding", AVG_CASES, ids=str)
+def test_average_pooling_c_matches_numpy(c_settings, shape, pool_size, strides, padding, dtype):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    pads = pads_2d(shape[1], shape[2], pool_size, strides, padding)
+    y_numpy, cache_numpy = numpy_engine.avgpool2d_forward(x, pool_size, strides, pads)
+    y_c, cache_c = c_engine.avgpool2d_forward(x, pool_size, strides, pads)
+    assert_parity(y_c, y_numpy, dtype, "y")
+    dy = rng.standard_normal(y_numpy.shape).astype(dtype)
+    assert_parity(c_engine.avgpool2d_backward(dy, cache_c), numpy_engine.avgpool2d_backward(dy, cache_numpy),
+                  dtype, "dx")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 7, 9), (16, 32, 32, 8)], ids=str)
+def test_global_average_pooling_c_matches_numpy(c_settings, shape, dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    y_numpy, cache_numpy = numpy_engine.global_avgpool2d_forward(x)
+    y_c, cache_c = c_engine.global_avgpool2d_forward(x)
+    assert_parity(y_c, y_numpy, dtype, "y")
+    dy = rng.standard_normal(y_numpy.shape).astype(dtype)
+    assert_parity(c_engine.global_avgpool2d_backward(dy, cache_c),
+                  numpy_engine.global_avgpool2d_backward(dy, cache_numpy), dtype, "dx")
+
+
+BN_SHAPES = [(1, 1), (2, 3), (7, 5), (64, 17), (129, 33), (8192, 16)]   # (M, C); the last is threaded
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("center, scale", [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+def test_batch_normalization_c_matches_numpy(c_settings, shape, center, scale, dtype):
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    c = shape[1]
+    gamma = rng.standard_normal(c).astype(dtype) if scale else None
+    beta = rng.standard_normal(c).astype(dtype) if center else None
+    expected = numpy_engine.batchnorm_forward_training(x, gamma, beta, 1e-3)
+    got = c_engine.batchnorm_forward_training(x, gamma, beta, 1e-3)
+    for name, a, b in zip(("y", "mean", "var"), got[:3], expected[:3]):
+        assert_parity(a, b, dtype, name)
+    dy = rng.standard_normal(shape).astype(dtype)
+    for need_dx in (True, False):
+        got_grads = c_engine.batchnorm_backward(dy, got[3], need_dx)
+        expected_grads = numpy_engine.batchnorm_backward(dy, expected[3], need_dx)
+        for name, a, b in zip(("dx", "dgamma", "dbeta"), got_grads, expected_grads):
+            assert (a is None) == (b is None), name
+            if b is not None:
+                assert_parity(a, b, dtype, name)
+    mean, var = rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.1).astype(dtype)
+    assert_parity(c_engine.batchnorm_forward_inference(x, gamma, beta, mean, var, 1e-3),
+                  numpy_engine.batchnorm_forward_inference(x, gamma, beta, mean, var, 1e-3), dtype, "y")
+
+
+def test_layers_run_these_operators_in_c():
+    """The face dispatches to the C functions (not to a NumPy fallback) on the C engine."""
+    previous = kernels.get_backend()
+    kernels.set_backend("c")
+    try:
+        x = np.ones((1, 4, 4, 2))
+        _, cache = kernels.avgpool2d_forward(x, (2, 2), (2, 2), (0, 0, 0, 0))
+        assert type(cache.engine_cache) is c_engine.AvgPoolCache
+        _, _, _, cache = kernels.batchnorm_forward(x.reshape(-1, 2), None, None, None, None, 1e-3, True)
+        assert type(cache.engine_cache) is c_engine.BatchNormCache
+    finally:
+        kernels.set_backend(previous)
+
+
+def _p(array):
+    return ffi.from_buffer("double[]", array, require_writable=True)
+
+
+def test_average_pooling_entry_points_check_every_length_and_the_pads():
+    x, y, dx = np.zeros(2 * 5 * 4 * 3), np.zeros(2 * 3 * 2 * 3), np.zeros(2 * 5 * 4 * 3)
+    geometry = ffi.new("mc_pool_geom *", dict(n=2, h=5, w=4, c=3, pool_h=2, pool_w=2, stride_h=2,
+                                              stride_w=2, pad_top=0, pad_bottom=1, pad_left=0, pad_right=0))
+    assert lib.mc_avgpool2d_forward_f64(geometry, _p(x), x.size, _p(y), y.size) == lib.MC_OK
+    assert lib.mc_avgpool2d_forward_f64(geometry, _p(x), x.size - 1, _p(y), y.size) == lib.MC_ERR_SIZE
+    y[:] = 7.0
+    assert lib.mc_avgpool2d_forward_f64(geometry, _p(x), x.size, _p(y), y.size + 1) == lib.MC_ERR_SIZE
+    assert (y == 7.0).all(), "a refused call wrote"
+    assert lib.mc_avgpool2d_backward_f64(geometry, _p(y), y.size, _p(dx), dx.size - 1) == lib.MC_ERR_SIZE
+    assert lib.mc_avgpool2d_backward_f64(geometry, ffi.NULL, y.size, _p(dx), dx.size) == lib.MC_ERR_NULL
+    geometry.pad_bottom = 2   # a window of padding alone: nothing to average
+    assert lib.mc_avgpool2d_forward_f64(geometry, _p(x), x.size, _p(y), y.size) == lib.MC_ERR_GEOMETRY
+    geometry.pad_bottom, geometry.stride_h = 1, 0
+    assert lib.mc_avgpool2d_forward_f64(geometry, _p(x), x.size, _p(y), y.size) == lib.MC_ERR_GEOMETRY
+
+
+def test_batch_normalization_entry_points_check_every_length():
+    m, c = 6, 4
+    x, y, x_hat = np.zeros(m * c), np.zeros(m * c), np.zeros(m * c)
+    vectors = [np.zeros(c) for _ in range(5)]
+    gamma, beta, mean, var, inv_std = vectors
+
+    def training(x_len=m * c, gamma_len=c, y_len=m * c, mean_len=c, x_hat_len=m * c, epsilon=1e-3, rows=m):
+        return lib.mc_batchnorm_forward_training_f64(rows, c, _p(x), x_len, _p(gamma), gamma_len, _p(beta), c,
+                                                     epsilon, _p(y), y_len, _p(mean), mean_len, _p(var), c,
+                                                     _p(x_hat), x_hat_len, _p(inv_std), c)
+
+    assert training() == lib.MC_OK
+    for change in (dict(x_len=m * c - 1), dict(gamma_len=c + 1), dict(y_len=0), dict(mean_len=c - 1),
+                   dict(x_hat_len=m * c + 1)):
+        y[:] = 5.0
+        assert training(**change) == lib.MC_ERR_SIZE, change
+        assert (y == 5.0).all(), "a refused call wrote"
+    assert training(rows=0, x_len=0, y_len=0, x_hat_len=0) == lib.MC_ERR_GEOMETRY
+    assert training(epsilon=0.0) == lib.MC_ERR_GEOMETRY
+    assert lib.mc_batchnorm_forward_inference_f64(m, c, _p(x), m * c, ffi.NULL, 0, ffi.NULL, 0, _p(mean), c,
+                                                  _p(var), c - 1, 1e-3, _p(y), m * c) == lib.MC_ERR_SIZE
+    assert lib.mc_batchnorm_forward_inference_f64(m, c, _p(x), m * c, ffi.NULL, 3, ffi.NULL, 0, _p(mean), c,
+                                                  _p(var), c, 1e-3, _p(y), m * c) == lib.MC_ERR_SIZE
+    dgamma, dbeta = np.zeros(c), np.zeros(c)
+    assert lib.mc_batchnorm_backward_f64(m, c, _p(y), m * c, _p(x_hat), m * c, _p(inv_std), c, ffi.NULL, 0,
+                                         ffi.NULL, 0, _p(dgamma), c, _p(dbeta), c) == lib.MC_OK
+    assert lib.mc_batchnorm_backward_f64(m, c, _p(y), m * c, _p(x_hat), m * c, _p(inv_std), c, ffi.NULL, 0,
+                                         _p(x), m * c - 1, _p(dgamma), c, _p(dbeta), c) == lib.MC_ERR_SIZE
+    assert lib.mc_batchnorm_backward_f64(m, c, _p(y), m * c, _p(x_hat), m * c, _p(inv_std), c, ffi.NULL, 0,
+                                         ffi.NULL, 0, ffi.NULL, c, _p(dbeta), c) == lib.MC_ERR_NULL
