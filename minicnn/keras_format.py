@@ -42,7 +42,6 @@ import zipfile
 
 from . import initializers, io
 from .errors import ModelFileError, quote, shorten
-from .layers import REGISTRY as LAYERS
 from .version import __version__
 
 CONFIG_ENTRY = "config.json"
@@ -77,13 +76,11 @@ def is_keras_weights(path):
 # -- Keras config <-> minicnn config -----------------------------------------------------------
 
 # Keras layer class -> minicnn layer class (Activation is decided by its 'activation' argument).
-# A class counts only once minicnn has it (minicnn.layers.REGISTRY), so the issue-12 layers are
-# read and written from the day they land.
 _SAME_NAMES = ("Conv2D", "MaxPooling2D", "Flatten", "Dense", "ReLU", "Softmax", "AveragePooling2D",
                "GlobalAveragePooling2D", "BatchNormalization", "Dropout", "RandomFlip", "RandomTranslation")
-KERAS_TO_MINICNN = {**{name: name for name in _SAME_NAMES if name in LAYERS}, "Activation": None}
+KERAS_TO_MINICNN = {**{name: name for name in _SAME_NAMES}, "Activation": None}
 _ACTIVATION_LAYERS = {"relu": "ReLU", "softmax": "Softmax", "linear": "Linear"}
-MINICNN_TO_KERAS = {**{name: name for name in _SAME_NAMES if name in LAYERS}, "Linear": "Activation"}
+MINICNN_TO_KERAS = {**{name: name for name in _SAME_NAMES}, "Linear": "Activation"}
 
 # Arguments minicnn takes as they are.
 _ARGUMENTS = {

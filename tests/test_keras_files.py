@@ -274,8 +274,6 @@ def fixture_names():
 
 @pytest.mark.parametrize("name", fixture_names())
 def test_fixtures_made_by_keras_load_and_agree_with_keras(name):
-    if name == "issue_12" and not all(hasattr(minicnn.layers, layer) for layer in ISSUE_12_LAYERS):
-        pytest.skip("the issue-12 layers are not in this minicnn")
     expected = np.load(FIXTURES / f"{name}.npz", allow_pickle=False)
     model = minicnn.load_model(FIXTURES / f"{name}.keras")
     np.testing.assert_allclose(model.predict(expected["x"], verbose=0), expected["keras_outputs"], rtol=0, atol=TOLERANCE)
@@ -389,13 +387,7 @@ def test_a_compiled_and_trained_keras_model_loads_for_fine_tuning(keras, tmp_pat
     assert model.evaluate(x, y, verbose=0) < before
 
 
-# -- the issue-12 layers, once minicnn has them ----------------------------------------------------
-
-ISSUE_12_LAYERS = ("AveragePooling2D", "GlobalAveragePooling2D", "BatchNormalization", "Dropout", "RandomFlip",
-                   "RandomTranslation")
-needs_issue_12_layers = pytest.mark.skipif(not all(hasattr(minicnn.layers, name) for name in ISSUE_12_LAYERS),
-                                           reason="the issue-12 layers are not in this minicnn")
-
+# -- the issue-12 layers ------------------------------------------------------------------------------
 
 # 11x11 images: the 3x3 stride-2 "same" average pooling pads 1 on every side. With asymmetric
 # padding (an even size) Keras 3.15's torch backend pads the tensor with zeros first and counts
@@ -448,7 +440,6 @@ def with_random_statistics(weights, seed=11):
     return [w if w.ndim > 1 else rng.uniform(0.5, 2.0, w.shape).astype(np.float32) for w in weights]
 
 
-@needs_issue_12_layers
 def test_issue_12_layers_round_trip_through_minicnn(tmp_path):
     minicnn.set_seed(0)
     model = issue_12_model()
@@ -459,7 +450,6 @@ def test_issue_12_layers_round_trip_through_minicnn(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
-@needs_issue_12_layers
 def test_issue_12_layers_move_both_ways_with_keras(keras, tmp_path):
     keras_model = keras_issue_12_model(keras)
     keras_model.set_weights(with_random_statistics(keras_model.get_weights()))
@@ -474,7 +464,6 @@ def test_issue_12_layers_move_both_ways_with_keras(keras, tmp_path):
     np.testing.assert_allclose(keras_predict(keras_model, x), model.predict(x, verbose=0), rtol=0, atol=TOLERANCE)
 
 
-@needs_issue_12_layers
 def test_keras_defaults_minicnn_cannot_honour_are_refused(tmp_path):
     """Keras' RandomTranslation defaults to fill_mode='reflect' with bilinear interpolation;
     minicnn shifts whole pixels with a constant fill, so it refuses rather than train differently."""
@@ -485,3 +474,10 @@ def test_keras_defaults_minicnn_cannot_honour_are_refused(tmp_path):
     path = write_archive(tmp_path / "b.keras", [keras_layer("BatchNormalization", renorm=True)])
     with pytest.raises(ModelFileError, match="renorm=True"):
         minicnn.load_model(path)
+
+
+def test_every_minicnn_layer_class_has_a_keras_class():
+    from minicnn.keras_format import KERAS_TO_MINICNN, MINICNN_TO_KERAS
+
+    assert set(MINICNN_TO_KERAS) == set(minicnn.layers.REGISTRY.names)
+    assert {v for v in KERAS_TO_MINICNN.values() if v} | {"Linear"} == set(minicnn.layers.REGISTRY.names)
