@@ -1,8 +1,9 @@
-"""Command line: python -m minicnn predict | explain | serve | info
+"""Command line: python -m minicnn predict | explain | serve | export | info
 
     python -m minicnn predict --model PATH IMAGE...       the top items each picture shows
     python -m minicnn explain --model PATH IMAGE... --out DIR   Grad-CAM and saliency pictures
     python -m minicnn serve --model PATH [--host H] [--port P]  the local demo page
+    python -m minicnn export --model PATH OUT.onnx         the model as an ONNX file
     python -m minicnn info                                 which engine runs
 """
 import argparse
@@ -11,7 +12,7 @@ import sys
 
 
 def main(argv=None):
-    from minicnn import explain_cli
+    from minicnn import explain_cli, onnx_export
     from minicnn.predict import escape_unencodable_output
     from minicnn.serve import cli as serve_cli
 
@@ -23,6 +24,8 @@ def main(argv=None):
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG photos or drawings")
     explain_cli.add_arguments(commands.add_parser("explain", help="pictures of why: Grad-CAM and saliency maps"))
     serve_cli.add_arguments(commands.add_parser("serve", help="the demo page: draw or drop a picture, see the answer"))
+    onnx_export.add_arguments(commands.add_parser(
+        "export", help='write a saved model (.npz or .keras) as an ONNX file (pip install "minicnn[onnx]")'))
     commands.add_parser("info", help="which engine runs, with its build flags and threads")
     escape_unencodable_output()
     args = parser.parse_args(argv)
@@ -32,6 +35,8 @@ def main(argv=None):
         return explain_cli.run(args)
     if args.command == "serve":
         return serve_cli.run(args)
+    if args.command == "export":
+        return onnx_export.run(args)
 
     import minicnn
 

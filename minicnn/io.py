@@ -78,8 +78,24 @@ def write(filepath, header, arrays, overwrite=True):
         raise FileExistsError(f"{path} exists and overwrite=False")
     header_bytes = json.dumps(header, allow_nan=False).encode("utf-8")
     entries = {HEADER_ENTRY: np.frombuffer(header_bytes, dtype=np.uint8), **arrays}
+    return _write_named(path, lambda handle: np.savez(handle, allow_pickle=False, **entries))
+
+
+def write_bytes(filepath, data, overwrite=True):
+    """Write `data` (bytes) to filepath exactly as named, with write()'s guarantees (atomic
+    rename, umask, an existing file's mode kept, stale temporaries removed); for the files
+    other programs read (.onnx, .keras, .weights.h5). Returns the path written."""
+    path = os.fspath(filepath)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{path} exists and overwrite=False")
+    return _write_named(path, lambda handle: handle.write(data))
+
+
+def _write_named(path, fill):
     try:
-        _write_atomically(path, entries)
+        _write_atomically(path, fill)
     except OSError as error:
         # A full disk says "[Errno 28] No space left on device" and nothing else: say which file.
         if error.filename == path:
@@ -88,7 +104,7 @@ def write(filepath, header, arrays, overwrite=True):
     return path
 
 
-def _write_atomically(path, entries):
+def _write_atomically(path, fill):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     _remove_stale_temporaries(directory, temporary_prefix(path))
@@ -96,7 +112,7 @@ def _write_atomically(path, entries):
     temporary, descriptor = _create_temporary(directory, temporary_prefix(path))
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            np.savez(handle, allow_pickle=False, **entries)
+            fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
         if existing_mode is not None:   # an existing file keeps its mode, as a plain overwrite would

@@ -9,7 +9,7 @@ minicnn.training.trainer.Trainer; the summary table is minicnn.summary's.
 """
 import numpy as np
 
-from . import saving, summary
+from . import onnx_export, saving, summary
 from .errors import check_str, quote, shorten
 from .layers import REGISTRY as LAYERS
 from .layers.activations import Softmax, ends_in_softmax
@@ -181,19 +181,32 @@ class Sequential(Trainer):
     def save(self, filepath, overwrite=True, include_optimizer=True):
         """Write the model to one .npz file (see minicnn.saving); returns the path written.
 
-        ".npz" is appended when filepath does not end in it, as numpy.savez does. With
+        A path ending in ".keras" writes a Keras 3 archive instead (architecture and weights,
+        no optimizer state), which keras.saving.load_model reads (see minicnn.keras_format).
+        Otherwise ".npz" is appended when filepath does not end in it, as numpy.savez does. With
         include_optimizer (and a compiled model) the file also holds the compile arguments and
         the optimizer state, so minicnn.load_model(path).fit(...) continues where this stopped."""
         return saving.save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer)
 
     def save_weights(self, filepath, overwrite=True):
-        """Write only the weights (with the layer names and shapes they belong to)."""
+        """Write only the weights (with the layer names and shapes they belong to); a path
+        ending in ".weights.h5" writes Keras 3's weights file instead."""
         return saving.save_weights(self, filepath, overwrite=overwrite)
 
     def load_weights(self, filepath):
         """Read weights written by save_weights or save into this (built) model, in layer order;
-        every shape is checked before any weight is written."""
+        every shape is checked before any weight is written. A ".weights.h5" path reads Keras 3's
+        weights file (written by Keras' model.save_weights for the same architecture)."""
         saving.load_weights(self, filepath)
+
+    def export(self, filepath, format="onnx", overwrite=True):
+        """Write the model for another runtime; returns the path written. format="onnx": an
+        ONNX graph with input "input" (batch, H, W, C) float32 (the batch axis dynamic) and
+        output "output", computing what predict computes (see minicnn.onnx_export). Needs the
+        onnx package (pip install "minicnn[onnx]")."""
+        if format != "onnx":
+            raise ValueError(f"Sequential '{shorten(self.name)}': export format must be 'onnx', received {quote(format)}")
+        return onnx_export.export_onnx(self, filepath, overwrite=overwrite)
 
     def get_config(self):
         """JSON-ready architecture: the model name, each layer's class and config, the input shape."""

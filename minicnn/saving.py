@@ -4,6 +4,9 @@
     model = minicnn.load_model("fashion.npz") # ready to predict, or to continue fit() exactly
     model.save_weights("w.npz"); model.load_weights("w.npz")
 
+Paths ending in ".keras" and ".weights.h5" are Keras 3's own files (minicnn.keras_format);
+every other path is minicnn's .npz, described below.
+
 This module turns a model into (header, arrays) and back through the model's public methods
 (get_config, get_weights/set_weights, get_training_state/set_training_state, compile, the
 optimizer's get_state/set_state); minicnn.io, the container, writes and reads the file and
@@ -24,7 +27,7 @@ The header (format version 1):
 """
 import numpy as np
 
-from . import initializers, io
+from . import initializers, io, keras_format
 from .errors import ModelFileError, NonFiniteStateError, quote, shorten
 from .registry import MODELS
 from .training import losses, metrics, optimizers
@@ -43,6 +46,9 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True):
     Raises NonFiniteStateError (a ValueError), writing nothing, when a weight or optimizer state
     holds NaN or inf: load_model refuses such a file, so writing it would only replace a good
     file with a useless one."""
+    if keras_format.is_keras_archive(filepath):
+        _check_writable(model, "save", include_optimizer=False)
+        return keras_format.save_model(model, filepath, overwrite=overwrite)
     header, arrays = _weights_section(model, "save", include_optimizer)
     header["kind"] = "model"
     header["compile"] = _compile_config(model)
@@ -67,6 +73,9 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True):
 def save_weights(model, filepath, overwrite=True):
     """Write only the weights (the header still names their layers and shapes); like
     save_model, refuses NaN or inf weights before writing anything."""
+    if keras_format.is_keras_weights(filepath):
+        _check_writable(model, "save_weights", include_optimizer=False)
+        return keras_format.save_weights(model, filepath, overwrite=overwrite)
     header, arrays = _weights_section(model, "save_weights", include_optimizer=False)
     header["kind"] = "weights"
     return io.write(filepath, header, arrays, overwrite)
@@ -85,6 +94,19 @@ def nonfinite_state(model, include_optimizer=True):
 
 
 def _weights_section(model, who, include_optimizer):
+    _check_writable(model, who, include_optimizer)
+    header = {"format": io.FORMAT, "format_version": io.FORMAT_VERSION, "minicnn_version": __version__,
+              "model": model.get_config(), "weights": []}
+    arrays = {}
+    for layer in model.layers:
+        for key, array in layer.named_weights():
+            entry = f"weight_{len(arrays):04d}"
+            arrays[entry] = array
+            header["weights"].append({"entry": entry, "layer": layer.name, "param": key, **_spec(array)})
+    return header, arrays
+
+
+def _check_writable(model, who, include_optimizer):
     if not model.built:
         raise ValueError(
             f"Sequential '{shorten(model.name)}': {who} needs a built model; give the first layer "
@@ -98,15 +120,6 @@ def _weights_section(model, who, include_optimizer):
             f"hold NaN or inf (training diverged); load_model would refuse the file, so nothing was "
             f"written and any existing file is unchanged"
         )
-    header = {"format": io.FORMAT, "format_version": io.FORMAT_VERSION, "minicnn_version": __version__,
-              "model": model.get_config(), "weights": []}
-    arrays = {}
-    for layer in model.layers:
-        for key, array in layer.named_weights():
-            entry = f"weight_{len(arrays):04d}"
-            arrays[entry] = array
-            header["weights"].append({"entry": entry, "layer": layer.name, "param": key, **_spec(array)})
-    return header, arrays
 
 
 def _compile_config(model):
@@ -132,13 +145,15 @@ def load_model(filepath, compile=True):
     intact minicnn model file, FileNotFoundError when there is no file. Loading draws nothing
     from minicnn's random generator; with compile=False the optimizer state (two thirds of a
     file saved during training) is not read at all."""
+    if keras_format.is_keras_archive(filepath):   # architecture and weights; compile it yourself
+        return keras_format.load_model(filepath, build_model)
     sections = (WEIGHTS_SECTION, OPTIMIZER_SECTION) if compile else (WEIGHTS_SECTION,)
     contents = io.read(filepath, sections)
     path, header = contents.path, contents.header
     if header.get("kind") != "model":
         raise ModelFileError(path, "holds only weights (written by save_weights); build the model "
                                    "and call model.load_weights(path)")
-    model = _guarded(path, "its architecture is invalid", _build_model, header.get("model"))
+    model = _guarded(path, "its architecture is invalid", build_model, header.get("model"))
     _guarded(path, "its weights do not fit its architecture", _set_weights, model, contents, strict_names=True)
     training = header.get("training")
     if training is not None:
@@ -153,6 +168,8 @@ def load_model(filepath, compile=True):
 
 def load_weights(model, filepath):
     """Put a file's weights into `model` by layer order; shapes must match."""
+    if keras_format.is_keras_weights(filepath):
+        return keras_format.load_weights(model, filepath)
     contents = io.read(filepath, (WEIGHTS_SECTION,))
     if not model.built:
         raise ValueError(f"Sequential '{shorten(model.name)}': load_weights needs a built model")
@@ -169,7 +186,7 @@ def _guarded(path, problem, function, *args, **kwargs):
         raise ModelFileError(path, f"{problem}: {error}") from None
 
 
-def _build_model(config):
+def build_model(config):
     """The file's architecture, built with zeros for every initializer.
 
     np.zeros only reserves memory (its pages stay untouched until written), so an architecture
