@@ -1,11 +1,51 @@
-"""MaxPooling2D over NHWC images."""
+"""Pooling over NHWC images: MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D."""
 from .. import kernels
 from ..errors import check_bool, quote
 from .base import REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
 
 
+class _Pooling2D(Layer):
+    """What MaxPooling2D and AveragePooling2D share (Keras' BasePooling): the arguments, the
+    window geometry and the cache; each names its kernel face pair."""
+
+    _pool_forward = _pool_backward = None   # staticmethods: the face's forward and backward
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        who = self.describe()
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
+        self.pool_size = normalize_tuple(pool_size, 2, who, "pool_size")
+        self.strides = self.pool_size if strides is None else normalize_tuple(strides, 2, who, "strides")
+        self.padding = normalize_padding(padding, who)
+        self._cache = None
+
+    def _build(self, input_shape):
+        (out_h, out_w), channels, self.pads = window_geometry(
+            self.describe(), input_shape, self.pool_size, self.strides, self.padding, "pool_size")
+        return (out_h, out_w, channels)
+
+    def _forward(self, x, training):
+        y, cache = self._pool_forward(x, self.pool_size, self.strides, self.pads)
+        self._cache = cache if training else None
+        return y
+
+    def _backward(self, dy, need_input_gradient=True):
+        if self._cache is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        return self._pool_backward(dy, self._cache)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pool_size": list(self.pool_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+        }
+
+
 @REGISTRY.register()
-class MaxPooling2D(Layer):
+class MaxPooling2D(_Pooling2D):
     """Max over pool_size windows moved by strides (default: strides = pool_size).
 
     Input  x: (N, H, W, C)  ->  output y: (N, OH, OW, C)
@@ -18,42 +58,12 @@ class MaxPooling2D(Layer):
     the output and takes the gradient.
     """
 
-    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
-        super().__init__(**kwargs)
-        who = self.describe()
-        if data_format not in (None, "channels_last"):
-            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
-        self.pool_size = normalize_tuple(pool_size, 2, who, "pool_size")
-        self.strides = self.pool_size if strides is None else normalize_tuple(strides, 2, who, "strides")
-        self.padding = normalize_padding(padding, who)
-        self._cache = None
-
-    def _build(self, input_shape):
-        (out_h, out_w), channels, self.pads = window_geometry(
-            self.describe(), input_shape, self.pool_size, self.strides, self.padding, "pool_size")
-        return (out_h, out_w, channels)
-
-    def _forward(self, x, training):
-        y, cache = kernels.maxpool2d_forward(x, self.pool_size, self.strides, self.pads)
-        self._cache = cache if training else None
-        return y
-
-    def _backward(self, dy, need_input_gradient=True):
-        if self._cache is None:
-            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        return kernels.maxpool2d_backward(dy, self._cache)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "pool_size": list(self.pool_size),
-            "strides": list(self.strides),
-            "padding": self.padding,
-        }
+    _pool_forward = staticmethod(kernels.maxpool2d_forward)
+    _pool_backward = staticmethod(kernels.maxpool2d_backward)
 
 
 @REGISTRY.register()
-class AveragePooling2D(Layer):
+class AveragePooling2D(_Pooling2D):
     """Mean over pool_size windows moved by strides (default: strides = pool_size).
 
     Input  x: (N, H, W, C)  ->  output y: (N, OH, OW, C), sizes as MaxPooling2D:
@@ -63,38 +73,8 @@ class AveragePooling2D(Layer):
     The gradient of each output is shared equally by the cells it averaged.
     """
 
-    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
-        super().__init__(**kwargs)
-        who = self.describe()
-        if data_format not in (None, "channels_last"):
-            raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
-        self.pool_size = normalize_tuple(pool_size, 2, who, "pool_size")
-        self.strides = self.pool_size if strides is None else normalize_tuple(strides, 2, who, "strides")
-        self.padding = normalize_padding(padding, who)
-        self._cache = None
-
-    def _build(self, input_shape):
-        (out_h, out_w), channels, self.pads = window_geometry(
-            self.describe(), input_shape, self.pool_size, self.strides, self.padding, "pool_size")
-        return (out_h, out_w, channels)
-
-    def _forward(self, x, training):
-        y, cache = kernels.avgpool2d_forward(x, self.pool_size, self.strides, self.pads)
-        self._cache = cache if training else None
-        return y
-
-    def _backward(self, dy, need_input_gradient=True):
-        if self._cache is None:
-            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        return kernels.avgpool2d_backward(dy, self._cache)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "pool_size": list(self.pool_size),
-            "strides": list(self.strides),
-            "padding": self.padding,
-        }
+    _pool_forward = staticmethod(kernels.avgpool2d_forward)
+    _pool_backward = staticmethod(kernels.avgpool2d_backward)
 
 
 @REGISTRY.register()
