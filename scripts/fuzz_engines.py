@@ -384,7 +384,7 @@ def run_cases(cases, timeout, batch=200, python=sys.executable, echo=None):
     if echo:
         for engine in sorted(engines):
             info = json.loads(engine)
-            echo(f"C engine: {info['compiler_flags']} (openmp {info['openmp']}, up to {info['threads']} threads)")
+            echo(f"C engine: {info['compiler_flags']} (openmp {info['openmp']}, {info['threads']} threads by default here; the cases ask for their own)")
     return results
 
 
