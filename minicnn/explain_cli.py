@@ -5,16 +5,16 @@ over it and the model's top three answers. Drawing needs matplotlib (the "exampl
 A file that cannot be read gets its own error line; the others still get their picture.
 Exit status: 0 all drawn, 1 some image failed, 2 nothing could run (model, matplotlib).
 """
+import io as io_bytes
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 import minicnn
 
-from . import explain
+from . import explain, io
 from .datasets.fashion_mnist import CLASS_NAMES
 from .images import load_images
 from .predict import output_kind, softmax, top_k
@@ -126,22 +126,9 @@ def _draw(image, maps, answers, explained_label, target):
     figure.text(0.5, 0.04, "   ".join(f"{label} {100 * p:.1f}%" for label, p in answers),
                 ha="center", fontsize=9)
     figure.subplots_adjust(left=0.02, right=0.98, top=0.88, bottom=0.14, wspace=0.08)
-    folder = os.path.dirname(os.path.abspath(target))
-    handle, temporary = tempfile.mkstemp(prefix=".explain-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png")
-        os.chmod(temporary, 0o666 & ~_umask())     # mkstemp makes 0600; a picture is for sharing
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
-def _umask():
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    picture = io_bytes.BytesIO()
+    figure.savefig(picture, format="png")
+    io.write_bytes(target, picture.getvalue())   # atomic, with the umask, like model files
 
 
 def main(argv=None):
