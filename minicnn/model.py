@@ -127,9 +127,15 @@ class Sequential(Trainer):
 
         With dy_is_logits_gradient=True, dy is the gradient w.r.t. the logits that feed the
         model's final softmax (the fused softmax + cross-entropy gradient): the softmax's own
-        backward is skipped. Returns dx, or None when need_input_gradient is False.
+        backward is skipped. Returns dx, or None when need_input_gradient is False: then the
+        backward stops at the first layer with trainable weights, which computes no dx, and
+        the layers before it (an augmentation layer before the first convolution, say) are
+        not run at all, since no weight needs their gradients.
         """
         layers = self.layers
+        first = 0 if need_input_gradient else next(
+            (i for i, layer in enumerate(layers) if layer.trainable and layer.params), len(layers))
+        end = len(layers)
         if dy_is_logits_gradient:
             if not ends_in_softmax(layers):
                 last = layers[-1].describe() if layers else "missing"
@@ -137,13 +143,12 @@ class Sequential(Trainer):
                     f"Sequential '{shorten(self.name)}': dy_is_logits_gradient needs a final softmax, "
                     f"but the last layer is {last}"
                 )
-            *layers, last = layers
-            if not isinstance(last, Softmax):   # Conv2D/Dense with activation='softmax'
-                dy = last.backward_preactivation(dy, need_input_gradient or bool(layers))
-        for position in range(len(layers) - 1, -1, -1):
-            needs_dx = need_input_gradient or position > 0
-            dy = layers[position].backward(dy, need_input_gradient=needs_dx)
-        return dy
+            end -= 1
+            if not isinstance(layers[end], Softmax) and end >= first:   # Dense/Conv2D with softmax
+                dy = layers[end].backward_preactivation(dy, need_input_gradient or end > first)
+        for position in range(end - 1, first - 1, -1):
+            dy = layers[position].backward(dy, need_input_gradient=need_input_gradient or position > first)
+        return dy if need_input_gradient else None
 
     # -- weights ----------------------------------------------------------------------------
     def get_weights(self):

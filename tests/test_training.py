@@ -450,3 +450,40 @@ def test_callback_arguments_of_the_wrong_type_are_refused():
     with pytest.raises(TypeError, match="initial_value_threshold must be a number"):
         ModelCheckpoint("x.npz", initial_value_threshold="0.5")
     assert EarlyStopping(min_delta=-0.5, baseline=1, start_from_epoch=np.int64(2)).start_from_epoch == 2
+
+
+def test_backward_stops_at_the_first_layer_with_trainable_weights(backend):
+    """A training step needs no gradient below the first trainable layer: an augmentation layer
+    in front of the first convolution is not run backward, and that convolution computes no dx
+    (the recipe's model spent a whole input gradient there). Gradients stay those of a model
+    without the augmentation layer."""
+    from minicnn.layers import RandomFlip
+
+    minicnn.set_seed(3)
+    flip = RandomFlip("horizontal", seed=1)
+    model = Sequential([flip, Conv2D(4, 3, padding="same", activation="relu"),
+                        Flatten(), Dense(3, activation="softmax")])
+    model.build((None, 6, 6, 1))
+    x = np.random.default_rng(0).random((2, 6, 6, 1)).astype("float32")
+    model.forward(x, training=True)
+    calls = []
+
+    def refuse(dy, need_input_gradient=True):
+        raise AssertionError("RandomFlip.backward ran although no weight needs its gradient")
+
+    flip.backward = refuse
+    conv_backward = model.layers[1].backward
+
+    def spy(dy, need_input_gradient=True):
+        calls.append(need_input_gradient)
+        return conv_backward(dy, need_input_gradient=need_input_gradient)
+
+    model.layers[1].backward = spy
+    dlogits = np.full((2, 3), 0.1, dtype="float32")
+    assert model.backward(dlogits, need_input_gradient=False, dy_is_logits_gradient=True) is None
+    assert calls == [False]
+    kernel_gradient = model.layers[1].grads["kernel"].copy()
+    del flip.backward, model.layers[1].backward          # back to the classes' methods
+    # the full backward of the same forward (with dx, through the flip): the same kernel gradient
+    assert model.backward(dlogits, need_input_gradient=True, dy_is_logits_gradient=True).shape == x.shape
+    np.testing.assert_array_equal(model.layers[1].grads["kernel"], kernel_gradient)
