@@ -110,7 +110,8 @@ def test_recipe_best_trains_saves_reports_and_reloads(example, tmp_path, capsys)
 
     reloaded = minicnn.load_model(out / "model.npz")
     kinds = [type(layer).__name__ for layer in reloaded.layers]
-    assert kinds[:2] == ["RandomFlip", "RandomTranslation"] and kinds.count("BatchNormalization") == 5
+    assert kinds[0] == "RandomFlip" and reloaded.layers[0].mode == "horizontal"
+    assert kinds.count("BatchNormalization") == 5
     assert kinds.count("Dropout") == 3 and kinds[-1] == "Dense"
     # The schedule spans the run: 4 steps = 2 warm-up steps (half of a short run at most), 2 of cosine.
     schedule = reloaded.optimizer.learning_rate_schedule
