@@ -20,11 +20,11 @@ import numpy as np
 
 import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+from minicnn.datasets import fashion_mnist
+from minicnn.evaluation import confusion_matrix, per_class_accuracy
 from minicnn.layers import BatchNormalization, Dropout, RandomFlip, ReLU
 from minicnn.optimizers import AdamW
 from minicnn.optimizers.schedules import CosineDecay
-from minicnn.datasets import fashion_mnist
-from minicnn.evaluation import confusion_matrix, per_class_accuracy
 from minicnn.predict import describe, escape_unencodable_output, output_kind, predict_image_files, softmax
 
 CLASS_NAMES = fashion_mnist.CLASS_NAMES
@@ -152,6 +152,8 @@ def parse_arguments(argv):
     if not 0 <= args.validation < 60_000:
         parser.error("--validation must be 0 (report on the test set) or a number of training "
                      "images below 60,000 to hold out")
+    if args.validation and args.model is not None:
+        parser.error("--validation chooses images to hold out of training; a --model is not trained here")
     return args
 
 

@@ -138,7 +138,8 @@ def test_validation_holds_out_training_images_instead_of_the_test_set(example, t
 
 def test_example_rejects_bad_flags(example, capsys):
     for argv in (["--epochs", "0"], ["--batch-size", "-1"], ["--subset", "-5"], ["--backend", "gpu"],
-                 ["--recipe", "better"], ["--validation", "-1"], ["--validation", "60000"]):
+                 ["--recipe", "better"], ["--validation", "-1"], ["--validation", "60000"],
+                 ["--validation", "100", "--model", "model.npz"]):
         with pytest.raises(SystemExit) as stop:
             example.main(argv)
         assert stop.value.code == 2
