@@ -340,7 +340,8 @@ def main(argv=None):
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')} "
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '-')}")
     print(f"medians of {args.rounds} rounds; training blocks of {args.steps} steps; "
-          f"{training_macs * 2 / 1e6:.1f} MFLOP per training image, {forward_macs * 2 / 1e6:.1f} per inference\n")
+          f"{training_macs * 2 / 1e6:.1f} MFLOP per training image, {forward_macs * 2 / 1e6:.1f} per inference"
+          + (f"; recipe {recipe_multiply_adds()[1] * 2 / 1e6:.1f} per training image" if args.recipe else "") + "\n")
     header = f"{'row':<12} {'engine':<20} {'images/s':>10} {'GFLOP/s':>8} {'vs best torch':>14} {'peak MiB':>9}"
     print(header)
     print("-" * len(header))
