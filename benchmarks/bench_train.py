@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                        # table of images/s and ratios
     python benchmarks/bench_train.py --rounds 9 --json figures.json
+    python benchmarks/bench_train.py --recipe --rounds 3     # adds the --recipe best training row
 
 Rows:
     train b32 / train b128   forward + cross-entropy loss + backward + Adam update, float32, on
@@ -10,6 +11,13 @@ Rows:
                              (zero_grad, forward, CrossEntropyLoss, backward, Adam.step, loss.item())
     infer b1000              probabilities for 1000 images: `model.predict(batch_size=1000)` and
                              torch.no_grad() forward + softmax
+    recipe b128 (--recipe)   the training step of examples/fashion_mnist.py --recipe best: the
+                             model built by the example itself (random left-right flip, conv
+                             32-32 / 64-64 each with BN and ReLU, dropout, dense 256 + BN, AdamW
+                             with its warm-up + cosine schedule) through `model.fit`, against the
+                             same layers in PyTorch (each image flipped with probability 1/2,
+                             Conv2d(bias=False) + BatchNorm2d + ReLU, Dropout, AdamW at a
+                             constant rate: a schedule costs one scalar per step)
 Columns: minicnn C engine, minicnn NumPy engine, PyTorch NCHW, PyTorch channels_last (when torch
 imports). Each cell: images/s (median of --rounds, every round sweeping all engines in turn so a
 passing disturbance of this shared machine cannot own one cell), achieved GFLOP/s (the model's
@@ -52,6 +60,7 @@ except ImportError:  # the table then has no PyTorch columns
 SETTLE_SECONDS = 0.25
 ENGINES = ("minicnn-c", "minicnn-numpy", "torch-nchw", "torch-channels_last")
 ROWS = (("train", 32), ("train", 128), ("infer", 1000))
+RECIPE_ROW = ("recipe", 128)
 
 
 # -- the work ----------------------------------------------------------------------------------
@@ -69,6 +78,26 @@ def seed_model_multiply_adds():
     return forward, forward + forward + (forward - conv1)
 
 
+def recipe_multiply_adds():
+    """(forward, training) multiply-adds per image of the --recipe best model, as above
+    (BN, ReLU, pooling, dropout and augmentation are not counted: elementwise)."""
+    convolutions = [28 * 28 * 32 * (3 * 3 * 1), 28 * 28 * 32 * (3 * 3 * 32),
+                    14 * 14 * 64 * (3 * 3 * 32), 14 * 14 * 64 * (3 * 3 * 64)]
+    forward = sum(convolutions) + 3136 * 256 + 256 * 10
+    return forward, forward + forward + (forward - convolutions[0])
+
+
+def load_example():
+    """examples/fashion_mnist.py of this checkout, whose build_recipe_model the recipe row times."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(HERE), "examples", "fashion_mnist.py")
+    spec = importlib.util.spec_from_file_location("fashion_mnist_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def synthetic_data(n, seed=0):
     rng = np.random.default_rng(seed)
     return rng.random((n, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, n).astype(np.int64)
@@ -77,6 +106,13 @@ def synthetic_data(n, seed=0):
 def minicnn_runner(engine, row, batch, x, y):
     minicnn.set_backend(engine)
     minicnn.set_seed(0)
+    if row == "recipe":
+        model = load_example().build_recipe_model(steps_per_epoch=len(x) // batch, epochs=1)
+
+        def run():
+            minicnn.set_backend(engine)
+            model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        return run
     model = Sequential([
         Conv2D(32, (3, 3), padding="same", activation="relu", input_shape=(28, 28, 1)),
         MaxPooling2D((2, 2), strides=2),
@@ -98,9 +134,32 @@ def minicnn_runner(engine, row, batch, x, y):
     return run
 
 
+def torch_recipe_model():
+    nn = torch.nn
+
+    def convolution(channels_in, channels_out):
+        return [nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels_out, eps=1e-3, momentum=0.1), nn.ReLU()]
+
+    return nn.Sequential(
+        *convolution(1, 32), *convolution(32, 32), nn.MaxPool2d(2), nn.Dropout(0.25),
+        *convolution(32, 64), *convolution(64, 64), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Flatten(), nn.Linear(3136, 256, bias=False), nn.BatchNorm1d(256, eps=1e-3, momentum=0.1), nn.ReLU(),
+        nn.Dropout(0.4), nn.Linear(256, 10),
+    )
+
+
+def torch_flip(images):
+    """Each image flipped left-right with probability 1/2 (the example's RandomFlip("horizontal"));
+    the memory format of `images` is kept."""
+    return torch.where(torch.rand(images.shape[0], 1, 1, 1) < 0.5, images.flip(3), images)
+
+
 def torch_runner(layout, row, batch, x, y):
     torch.manual_seed(0)
     nn = torch.nn
+    if row == "recipe":
+        return torch_recipe_runner(layout, batch, x, y)
     model = nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -134,6 +193,28 @@ def torch_runner(layout, row, batch, x, y):
     return run
 
 
+def torch_recipe_runner(layout, batch, x, y):
+    model = torch_recipe_model()
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    if layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.from_numpy(y)
+    batches = [(images[i:i + batch], labels[i:i + batch]) for i in range(0, len(images), batch)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.999), eps=1e-7, weight_decay=1e-4)
+    criterion = torch.nn.CrossEntropyLoss()
+    model.train()
+
+    def run():
+        for xb, yb in batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(torch_flip(xb)), yb)
+            loss.backward()
+            optimizer.step()
+            loss.item()
+    return run
+
+
 def make_runner(engine, row, batch, images):
     x, y = synthetic_data(images)
     if engine.startswith("minicnn-"):
@@ -155,7 +236,11 @@ def available_engines(wanted=None):
 
 
 def images_per_row(row, batch, args):
-    return batch * args.steps if row == "train" else 1000 * args.infer_batches
+    return batch * args.steps if row in ("train", "recipe") else 1000 * args.infer_batches
+
+
+def table_rows(args):
+    return ROWS + (RECIPE_ROW,) if args.recipe else ROWS
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -163,6 +248,7 @@ def peak_memory_mib(engine, row, batch, args):
     """Growth of VmHWM while `engine` runs the row, in a fresh interpreter (None if unknown)."""
     command = [sys.executable, os.path.abspath(__file__), "--child", engine, row, str(batch),
                "--threads", str(args.threads), "--steps", str(args.steps), "--infer-batches", str(args.infer_batches)]
+    command += ["--recipe"] if args.recipe else []
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         return float(result.stdout.strip().splitlines()[-1])
@@ -193,7 +279,7 @@ def child(engine, row, batch, args):
 def measure(args):
     engines = available_engines(args.engines)
     runners = {(engine, row, batch): make_runner(engine, row, batch, images_per_row(row, batch, args))
-               for engine in engines for row, batch in ROWS}
+               for engine in engines for row, batch in table_rows(args)}
     for run in runners.values():  # warm-up: workspaces, thread pools, caches
         run()
     seconds = {key: [] for key in runners}
@@ -216,6 +302,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed block")
     parser.add_argument("--infer-batches", type=int, default=2, help="batches of 1000 per timed inference block")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--recipe", action="store_true",
+                        help="add the row of examples/fashion_mnist.py --recipe best's training step (batch 128)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, metavar="ENGINE",
                         help=f"time only these engines (default: all that run here; {', '.join(ENGINES)})")
@@ -231,9 +319,9 @@ def main(argv=None):
     engines, seconds = measure(args)
     forward_macs, training_macs = seed_model_multiply_adds()
     figures = []
-    for row, batch in ROWS:
+    for row, batch in table_rows(args):
         images = images_per_row(row, batch, args)
-        macs = training_macs if row == "train" else forward_macs
+        macs = {"train": training_macs, "infer": forward_macs, "recipe": recipe_multiply_adds()[1]}[row]
         speeds = {engine: images / seconds[(engine, row, batch)] for engine in engines}
         torch_best = max((speeds[e] for e in engines if e.startswith("torch")), default=None)
         for engine in engines:
@@ -252,7 +340,8 @@ def main(argv=None):
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')} "
           f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '-')}")
     print(f"medians of {args.rounds} rounds; training blocks of {args.steps} steps; "
-          f"{training_macs * 2 / 1e6:.1f} MFLOP per training image, {forward_macs * 2 / 1e6:.1f} per inference\n")
+          f"{training_macs * 2 / 1e6:.1f} MFLOP per training image, {forward_macs * 2 / 1e6:.1f} per inference"
+          + (f"; recipe {recipe_multiply_adds()[1] * 2 / 1e6:.1f} per training image" if args.recipe else "") + "\n")
     header = f"{'row':<12} {'engine':<20} {'images/s':>10} {'GFLOP/s':>8} {'vs best torch':>14} {'peak MiB':>9}"
     print(header)
     print("-" * len(header))

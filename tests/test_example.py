@@ -94,8 +94,52 @@ def test_example_trains_saves_reports_and_reloads(example, tmp_path, capsys):
     assert float(again.split("test accuracy: ")[1].split()[0]) == accuracy
 
 
+def test_recipe_best_trains_saves_reports_and_reloads(example, tmp_path, capsys):
+    out = tmp_path / "recipe"
+    assert example.main(["--recipe", "best", "--epochs", "1", "--subset", "512", "--out", str(out),
+                         "--verbose", "0", "--seed", "3", "--show", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Total params: 871,978" in printed and "Non-trainable params: 896" in printed   # BN moving statistics
+    assert "training on 512 images, 1 epochs, batch 128" in printed
+    accuracy = float(printed.split("test accuracy: ")[1].split()[0])
+    assert 0.0 <= accuracy <= 1.0 and "on 200 images" in printed
+    assert len([line for line in printed.splitlines() if "(true: " in line]) == 2
+    if visualize.available():
+        assert (out / "first_layer_filters.png").stat().st_size > 1000   # found the Conv2D behind the augmentation
+        assert (out / "training_curves.png").stat().st_size > 1000
+
+    reloaded = minicnn.load_model(out / "model.npz")
+    kinds = [type(layer).__name__ for layer in reloaded.layers]
+    assert kinds[0] == "RandomFlip" and reloaded.layers[0].mode == "horizontal"
+    assert kinds.count("BatchNormalization") == 5
+    assert kinds.count("Dropout") == 3 and kinds[-1] == "Dense"
+    # The schedule spans the run: 4 steps = 2 warm-up steps (half of a short run at most), 2 of cosine.
+    schedule = reloaded.optimizer.learning_rate_schedule
+    assert schedule.warmup_steps == 2 and schedule.decay_steps == 2 and reloaded.optimizer.iterations == 4
+    assert schedule(2) == pytest.approx(example.RECIPE_PEAK_LEARNING_RATE, rel=1e-6)
+    assert reloaded.optimizer.learning_rate == pytest.approx(example.RECIPE_PEAK_LEARNING_RATE * 0.01, rel=1e-6)
+
+    # --model reuses the saved model (augmentation and dropout off in inference): same test accuracy.
+    assert example.main(["--model", str(out / "model.npz"), "--out", str(out), "--verbose", "0", "--show", "0"]) == 0
+    assert float(capsys.readouterr().out.split("test accuracy: ")[1].split()[0]) == accuracy
+
+
+def test_validation_holds_out_training_images_instead_of_the_test_set(example, tmp_path, capsys):
+    assert example.main(["--validation", "100", "--epochs", "1", "--out", str(tmp_path), "--verbose", "0",
+                         "--show", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "training on 500 images, 1 epochs, batch 32" in printed      # 600 synthetic minus the 100 held out
+    assert "validation accuracy: " in printed and "on 100 images" in printed and "test accuracy" not in printed
+    (x_train, y_train), (x_val, y_val) = example.load_images(0, 0, validation=100)
+    (x_all, y_all), _ = example.load_images(0, 0)
+    np.testing.assert_array_equal(x_val, x_all[-100:])
+    np.testing.assert_array_equal(y_train, y_all[:-100])
+
+
 def test_example_rejects_bad_flags(example, capsys):
-    for argv in (["--epochs", "0"], ["--batch-size", "-1"], ["--subset", "-5"], ["--backend", "gpu"]):
+    for argv in (["--epochs", "0"], ["--batch-size", "-1"], ["--subset", "-5"], ["--backend", "gpu"],
+                 ["--recipe", "better"], ["--validation", "-1"], ["--validation", "60000"],
+                 ["--validation", "100", "--model", "model.npz"]):
         with pytest.raises(SystemExit) as stop:
             example.main(argv)
         assert stop.value.code == 2
