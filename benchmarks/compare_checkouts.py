@@ -3,8 +3,8 @@
     python benchmarks/compare_checkouts.py --rounds 7 ../minicnn-before .
     python benchmarks/compare_checkouts.py --engines minicnn-c minicnn-numpy -- OLD NEW
 
-Each round runs this repository's bench_train.py once per checkout (one timed sweep, no memory
-measurement), in a fresh process importing that checkout's minicnn (MINICNN_HOME), alternating
+Each round runs this repository's bench_train.py once per checkout (--inner-rounds timed sweeps,
+no memory measurement), in a fresh process importing that checkout's minicnn (MINICNN_HOME), alternating
 the order every round so that a slow spell of this shared machine hits every checkout alike.
 Every checkout must have its C engine built in place (`python setup.py build_ext --inplace`).
 Prints, per row and engine, the median images/s of each checkout and its ratio to the first.
@@ -23,7 +23,9 @@ BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_train.py
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkouts", nargs="+", help="folders holding minicnn/ (the first is the reference)")
-    parser.add_argument("--rounds", type=int, default=5, help="sweeps per checkout (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="processes per checkout, alternating (median)")
+    parser.add_argument("--inner-rounds", type=int, default=3,
+                        help="timed sweeps inside each process (bench_train.py --rounds; its median)")
     parser.add_argument("--engines", nargs="+", default=["minicnn-c"], help="bench_train.py's engines")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -33,7 +35,8 @@ def main(argv=None):
         for checkout in order:
             with tempfile.TemporaryDirectory() as scratch:
                 out = os.path.join(scratch, "figures.json")
-                subprocess.run([sys.executable, BENCH, "--rounds", "1", "--no-memory", "--threads", str(args.threads),
+                subprocess.run([sys.executable, BENCH, "--rounds", str(args.inner_rounds), "--no-memory",
+                                "--threads", str(args.threads),
                                 "--json", out, "--engines", *args.engines],
                                check=True, stdout=subprocess.DEVNULL,
                                env={**os.environ, "MINICNN_HOME": os.path.abspath(checkout)})
