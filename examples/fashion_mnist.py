@@ -239,6 +239,8 @@ def report_on_test_set(args, model, history, x_test, y_test, set_name="test"):
 def prepare_out(out):
     """Create --out and prove it writable now, not after an hour of training.
     Raises OSError (a file in the way, no permission, a read-only file system)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out):
         pass

@@ -243,7 +243,7 @@ def test_example_reports_bad_model_and_out_in_one_line(tmp_path, case):
     expected = {"missing-model": "cannot load the model", "damaged-model": "cannot load the model",
                 "input-32x32x3": "takes images of shape (32, 32, 3)",
                 "five-outputs": "outputs shape (5,) per image",
-                "out-is-a-file": "cannot write into --out", "out-under-a-file": "cannot write into --out"}[case]
+                "out-is-a-file": "is a file, not a folder", "out-under-a-file": "cannot write into --out"}[case]
     if case == "damaged-model":
         model.write_bytes(b"PK\x03\x04 this is not a model")
     elif case in ("input-32x32x3", "five-outputs"):

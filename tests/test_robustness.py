@@ -681,3 +681,23 @@ def test_keras_spelled_modules_are_real_modules_sharing_the_training_classes():
         assert public.__name__ == f"minicnn.{name}" and public is not training
         assert sys.modules[f"minicnn.{name}"] is public
         assert all(getattr(public, item) is getattr(training, item) for item in public.__all__)
+
+
+def test_sizes_beyond_the_engines_largest_dimension_are_refused_when_the_layer_is_made():
+    # Bug: strides=2**31 was accepted and failed only at the first forward, in a message naming
+    # conv2d_forward rather than the layer; Dense(2**31) was accepted and then killed by the OS.
+    cases = [(lambda: Conv2D(4, 3, strides=2**31, padding="same", name="c"), "Conv2D 'c': strides must be at most"),
+             (lambda: Conv2D(2**25, 3, name="c"), "Conv2D 'c': filters must be at most"),
+             (lambda: MaxPooling2D(pool_size=2**24 + 1, name="c"), "MaxPooling2D 'c': pool_size must be at most"),
+             (lambda: Dense(2**31, name="c"), "Dense 'c': units must be at most")]
+    for make, words in cases:
+        with pytest.raises(ValueError) as caught:
+            make()
+        message = str(caught.value)
+        assert message.startswith(words) and "16,777,216" in message, message
+
+
+def test_a_weight_larger_than_memory_is_a_memory_error_naming_the_layer():
+    model = Sequential([Flatten(input_shape=(28, 28, 1))])
+    with pytest.raises(MemoryError, match=r"Dense 'too_big': weight 'kernel' of shape \(784, 16777216\) needs 49\.0 GiB"):
+        model.add(Dense(2**24, name="too_big"))

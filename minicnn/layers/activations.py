@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import initializers
 from ..errors import check_bool, quote
-from .base import REGISTRY, Layer
+from .base import REGISTRY, Layer, new_weight
 
 
 class Activation(Layer):
@@ -170,9 +170,10 @@ class WithActivation:
     def _build_kernel_and_activation(self, kernel_shape, output_shape):
         """Create params (the kernel first, then the bias: the order of the random draws) and
         build the activation; returns output_shape."""
-        self.params = {"kernel": self.kernel_initializer(kernel_shape, self.dtype)}
+        who = self.describe()
+        self.params = {"kernel": new_weight(who, "kernel", self.kernel_initializer, kernel_shape, self.dtype)}
         if self.use_bias:
-            self.params["bias"] = self.bias_initializer((kernel_shape[-1],), self.dtype)
+            self.params["bias"] = new_weight(who, "bias", self.bias_initializer, (kernel_shape[-1],), self.dtype)
         self.grads = {key: None for key in self.params}
         if self.activation is not None:
             self.activation.build(output_shape)

@@ -19,6 +19,7 @@ dtype in = dtype out: a layer computes in its dtype ('float32' by default, see
 minicnn.set_floatx) and refuses input of another float type instead of silently casting.
 """
 import itertools
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -276,7 +277,34 @@ def normalize_tuple(value, n, who, what, allow_zero=False):
     low = 0 if allow_zero else 1
     if any(v < low for v in values):
         raise ValueError(f"{who}: {what} must be >= {low}, received {quote(value)}")
+    if any(v > LARGEST_DIMENSION for v in values):
+        raise ValueError(f"{who}: {what} must be at most {LARGEST_DIMENSION:,} (the engines' largest "
+                         f"dimension), received {quote(value)}")
     return values
+
+
+# The C engine computes with dimensions up to 2**24 (csrc/kernels.c MC_DIM_MAX); a layer refuses
+# larger sizes when it is made, naming itself, instead of failing at its first forward.
+LARGEST_DIMENSION = 1 << 24
+
+
+def new_weight(who, name, initializer, shape, dtype):
+    """initializer(shape, dtype), refused with a MemoryError that names the layer when the
+    array could not fit in this machine's memory (a typo like Dense(2**31) would otherwise
+    be killed by the OS, or swap for minutes, with no message)."""
+    size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    available = _physical_memory_bytes()
+    if available and size > available:
+        raise MemoryError(f"{who}: weight '{name}' of shape {tuple(shape)} needs {size / 2**30:,.1f} GiB, "
+                          f"more than this machine's {available / 2**30:,.1f} GiB of memory")
+    return initializer(shape, dtype)
+
+
+def _physical_memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):   # not POSIX: no check
+        return 0
 
 
 def window_geometry(who, input_shape, window, strides, padding, what):

@@ -2,7 +2,7 @@
 from .. import kernels
 from ..errors import quote
 from .activations import WithActivation
-from .base import REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
+from .base import LARGEST_DIMENSION, REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
 
 
 @REGISTRY.register()
@@ -28,6 +28,9 @@ class Conv2D(WithActivation, Layer):
         who = self.describe()
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"{who}: filters must be a positive integer, received {quote(filters)}")
+        if filters > LARGEST_DIMENSION:
+            raise ValueError(f"{who}: filters must be at most {LARGEST_DIMENSION:,} (the engines' largest "
+                             f"dimension), received {quote(filters)}")
         if data_format not in (None, "channels_last"):
             raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
         self.filters = filters

@@ -4,7 +4,7 @@ import numpy as np
 from .. import kernels
 from ..errors import quote
 from .activations import WithActivation
-from .base import REGISTRY, Layer
+from .base import LARGEST_DIMENSION, REGISTRY, Layer
 
 
 @REGISTRY.register()
@@ -43,6 +43,9 @@ class Dense(WithActivation, Layer):
         who = self.describe()
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"{who}: units must be a positive integer, received {quote(units)}")
+        if units > LARGEST_DIMENSION:
+            raise ValueError(f"{who}: units must be at most {LARGEST_DIMENSION:,} (the engines' largest "
+                             f"dimension), received {quote(units)}")
         self.units = units
         self._set_kernel_and_activation(activation, use_bias, kernel_initializer, bias_initializer)
 
