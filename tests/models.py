@@ -8,6 +8,8 @@ Its facts (DESIGN.md): output shapes 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 
 architecture on 8x8 images with 4 and 6 filters, in float64) without changing its shape.
 Keras' spellings, only the import changed: activation=minicnn.nn.relu as in tutorial code.
 """
+import numpy as np
+
 import minicnn
 from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
 
@@ -25,3 +27,26 @@ def seed_model(size=28, filters=(32, 64), units=128, classes=10, dtype=None, bia
         Dense(units, activation=minicnn.nn.relu, bias_initializer=bias_initializer),
         Dense(classes, activation=minicnn.nn.softmax),
     ])
+
+
+def small_classifier(optimizer, seed):
+    """A compiled 6x6x1 -> 3-class CNN that trains in milliseconds (the learning-rate tests)."""
+    minicnn.set_seed(seed)
+    model = Sequential([
+        Conv2D(3, (3, 3), padding="same", activation="relu", input_shape=(6, 6, 1)),
+        MaxPooling2D(2),
+        Flatten(),
+        Dense(3, activation="softmax"),
+    ])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def small_classifier_data(n, seed):
+    """(x (n, 6, 6, 1) float32, y (n,)) for small_classifier: class k brightens rows 2k and 2k+1."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(0, 0.3, (n, 6, 6, 1)).astype(np.float32)
+    for k in range(3):
+        x[y == k, 2 * k:2 * k + 2, :, 0] += 1.0
+    return x, y

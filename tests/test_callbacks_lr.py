@@ -2,14 +2,14 @@
 in History and the progress lines, and rates that survive a model file."""
 import types
 
-import numpy as np
 import pytest
 
 import minicnn
-from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
 from minicnn.callbacks import LearningRateScheduler, ReduceLROnPlateau
 from minicnn.optimizers import SGD, Adam
 from minicnn.optimizers.schedules import ExponentialDecay
+
+from models import small_classifier, small_classifier_data
 
 
 def attached(callback, optimizer):
@@ -133,24 +133,11 @@ def test_bad_callback_arguments_are_refused(make, error, message):
 # -- in fit: History, progress lines, files ------------------------------------------------------
 
 def make_model(optimizer):
-    minicnn.set_seed(5)
-    model = Sequential([
-        Conv2D(3, (3, 3), padding="same", activation="relu", input_shape=(6, 6, 1)),
-        MaxPooling2D(2),
-        Flatten(),
-        Dense(3, activation="softmax"),
-    ])
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
+    return small_classifier(optimizer, seed=5)
 
 
 def data(n=40, seed=1):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.normal(0, 0.3, (n, 6, 6, 1)).astype(np.float32)
-    for k in range(3):
-        x[y == k, 2 * k:2 * k + 2, :, 0] += 1.0
-    return x, y
+    return small_classifier_data(n, seed)
 
 
 def decay_from_epoch_one(epoch, lr):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+from minicnn import Dense, Sequential
 from minicnn.optimizers import SGD, Adam, AdamW, RMSprop
 from minicnn.optimizers.schedules import (
     CosineDecay,
@@ -14,6 +14,8 @@ from minicnn.optimizers.schedules import (
     LearningRateSchedule,
     PiecewiseConstantDecay,
 )
+
+from models import small_classifier, small_classifier_data
 
 # Values by hand from Keras 3's learning_rate_schedule.py, in float64.
 EXPONENTIAL = [
@@ -186,24 +188,11 @@ def test_optimizer_config_holds_the_schedule():
 # -- files: save mid-training, load, continue ----------------------------------------------------
 
 def make_model(optimizer):
-    minicnn.set_seed(3)
-    model = Sequential([
-        Conv2D(3, (3, 3), padding="same", activation="relu", input_shape=(6, 6, 1)),
-        MaxPooling2D(2),
-        Flatten(),
-        Dense(3, activation="softmax"),
-    ])
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
+    return small_classifier(optimizer, seed=3)
 
 
 def data(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.normal(0, 0.3, (n, 6, 6, 1)).astype(np.float32)
-    for k in range(3):
-        x[y == k, 2 * k:2 * k + 2, :, 0] += 1.0
-    return x, y
+    return small_classifier_data(n, seed)
 
 
 OPTIMIZERS_WITH_SCHEDULES = {
