@@ -28,3 +28,20 @@ def backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    """The demo page's server for the requesting module's `model`, on 127.0.0.1 and a free
+    port, in a thread; shut down after the module (tests/test_serve.py, test_browser.py)."""
+    import threading
+
+    from minicnn.serve import make_server
+
+    running = make_server(model, "127.0.0.1", 0, quiet=True)
+    thread = threading.Thread(target=running.serve_forever, daemon=True)
+    thread.start()
+    yield running
+    running.shutdown()
+    running.server_close()
+    thread.join(5)

@@ -9,13 +9,11 @@ import base64
 import json
 import os
 import shutil
-import threading
 
 import numpy as np
 import pytest
 
 from test_serve import predict, trousers_png, model_path, model  # noqa: F401  (fixtures)
-from minicnn.serve import make_server
 
 
 def _find(names):
@@ -32,7 +30,6 @@ try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.actions import interaction
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.actions.pointer_input import PointerInput
     from selenium.webdriver.common.by import By
@@ -47,17 +44,6 @@ if _MISSING is not None:
     if os.environ.get("MINICNN_REQUIRE_BROWSER") == "1":
         raise RuntimeError(f"MINICNN_REQUIRE_BROWSER=1 but the browser test cannot run: {_MISSING}")
     pytest.skip(_MISSING, allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def server(model):
-    running = make_server(model, "127.0.0.1", 0, quiet=True)
-    thread = threading.Thread(target=running.serve_forever, daemon=True)
-    thread.start()
-    yield running
-    running.shutdown()
-    running.server_close()
-    thread.join(5)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from minicnn.datasets.fashion_mnist import CLASS_NAMES
 PIL_Image = pytest.importorskip("PIL.Image", reason="the page reads pictures with Pillow")
 
 from minicnn.images import load_image  # noqa: E402
-from minicnn.serve import MAX_BODY_BYTES, Predictor, make_server  # noqa: E402
+from minicnn.serve import MAX_BODY_BYTES, Predictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,17 +70,6 @@ def model_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(model_path):
     return minicnn.load_model(model_path, compile=False)
-
-
-@pytest.fixture(scope="module")
-def server(model):
-    running = make_server(model, "127.0.0.1", 0, quiet=True)
-    thread = threading.Thread(target=running.serve_forever, daemon=True)
-    thread.start()
-    yield running
-    running.shutdown()
-    running.server_close()
-    thread.join(5)
 
 
 def request(server, method, path, body=None, headers=None):
