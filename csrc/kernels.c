@@ -163,6 +163,7 @@ static int mc_best = -1;
 static int mc_level = MC_SIMD_BASELINE;
 static int mc_threads_requested = 0;
 static int mc_threads_beyond_cpus = 0;   /* tests only: see mc_allow_threads_beyond_cpus */
+static int mc_threads_load_cap = 0;      /* 0 = none; see mc_set_load_cap */
 static int mc_algorithm = MC_ALGO_AUTO;
 
 static int mc_detect(void)
@@ -243,6 +244,8 @@ static int mc_threads_now(void)
     int threads = mc_threads_requested > 0 ? mc_threads_requested : omp_get_max_threads();
     const int procs = omp_get_num_procs();
     if (!mc_threads_beyond_cpus && procs >= 1 && threads > procs) threads = procs;
+    if (!mc_threads_beyond_cpus && mc_threads_load_cap > 0 && threads > mc_threads_load_cap)
+        threads = mc_threads_load_cap;
     if (threads > MC_MAX_PARTS) threads = MC_MAX_PARTS;
     return threads < 1 ? 1 : threads;
 #else
@@ -264,6 +267,8 @@ int mc_get_algorithm(void) { return mc_algorithm; }
 void mc_set_num_threads(int threads) { mc_threads_requested = threads > 0 ? threads : 0; }
 
 void mc_allow_threads_beyond_cpus(int allow) { mc_threads_beyond_cpus = allow != 0; }
+
+void mc_set_load_cap(int threads) { mc_threads_load_cap = threads > 0 ? threads : 0; }
 
 int mc_keep_freed_memory(int64_t trim_bytes)
 {

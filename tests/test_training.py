@@ -154,6 +154,38 @@ def test_predict_works_in_batches_of_any_size():
         np.testing.assert_allclose(model.predict(x, batch_size=batch_size, verbose=0), whole, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("built", [True, False])
+def test_inference_in_cache_sized_chunks_gives_each_images_own_numbers(backend, built, monkeypatch):
+    """predict, evaluate and predict_on_batch run a large batch a few images at a time; with
+    training=False every layer treats images separately, so each output equals the image's
+    own forward pass: bit for bit on the C engine, within BLAS's blocking on NumPy's."""
+    minicnn.set_seed(3)
+    layers = [Conv2D(8, 3, padding="same", activation="relu"), minicnn.layers.BatchNormalization(),
+              MaxPooling2D(2), minicnn.layers.Dropout(0.5), Flatten(), Dense(10, activation="softmax")]
+    if built:
+        layers[0] = Conv2D(8, 3, padding="same", activation="relu", input_shape=(20, 20, 3))
+    model = Sequential(layers)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 20, 20, 3), dtype=np.float32)
+    y = rng.integers(0, 10, 300)
+    model.fit(x, y, batch_size=50, epochs=1, verbose=0)       # moving statistics away from 0/1
+    # 16 images of the largest activation (20x20x8 float32) per chunk: 300 = 18 chunks + 12
+    monkeypatch.setattr(minicnn.training.trainer, "INFERENCE_CHUNK_BYTES", 16 * 20 * 20 * 8 * 4)
+    assert model._inference_chunk_images() == 16
+    per_image = np.concatenate([model.forward(x[i:i + 1], training=False) for i in range(300)])
+    tolerance = {"rtol": 0, "atol": 0} if backend == "c" else {"rtol": 1e-6, "atol": 1e-7}
+    batches = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, training=False: batches.append(len(x)) or forward(x, training))
+    np.testing.assert_allclose(model.predict(x, batch_size=300, verbose=0), per_image, **tolerance)
+    assert batches == [16] * 18 + [12]
+    np.testing.assert_allclose(model.predict_on_batch(x), per_image, **tolerance)
+    loss = model.evaluate(x, y, batch_size=300, verbose=0)[0]
+    expected = -np.mean(np.log(per_image[np.arange(300), y].astype(np.float64)))
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
 # -- repeatability -----------------------------------------------------------------------------
 
 def test_set_seed_makes_two_runs_bit_identical():

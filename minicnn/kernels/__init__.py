@@ -32,7 +32,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import numpy_engine
+from . import load, numpy_engine
 from .geometry import output_shape_2d, pads_2d  # noqa: F401  (re-exported for layers/tests)
 
 _BACKEND_ENV = "MINICNN_BACKEND"
@@ -88,9 +88,51 @@ def backend_info():
     """What runs: engine name, compiler flags, SIMD level, threads, and why C is missing if it is."""
     info = dict(_active.engine_info())
     info["available"] = available_backends()
+    if _active is not numpy_engine:
+        info["adaptive_threads"] = _adaptive_threads
+        info["threads_left_by_others"] = _load_cap
     if _c_engine_error is not None:
         info["c_engine_error"] = str(_c_engine_error)
     return info
+
+
+_ADAPTIVE_THREADS_ENV = "MINICNN_ADAPTIVE_THREADS"
+_adaptive_threads = os.environ.get(_ADAPTIVE_THREADS_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+_load_monitor = None
+_load_cap = None
+
+
+def set_adaptive_threads(enabled):
+    """Whether training, evaluation and prediction cap the C engine's threads at the CPUs other
+    processes leave free (on by default; MINICNN_ADAPTIVE_THREADS=0 turns it off at import).
+    Off, every call runs the threads set_num_threads or OMP_NUM_THREADS ask for, even when
+    another process keeps those CPUs busy (load.py says why that is slow)."""
+    global _adaptive_threads, _load_cap
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"set_adaptive_threads: enabled must be True or False, received {enabled!r}")
+    _adaptive_threads = bool(enabled)
+    if not _adaptive_threads and "c" in _engines:
+        _engines["c"].set_load_cap(None)
+        _load_cap = None
+
+
+def adaptive_threads():
+    """True when the C engine's threads follow the machine's load (set_adaptive_threads)."""
+    return _adaptive_threads
+
+
+def adapt_threads_to_load():
+    """Between steps: cap the C engine's threads at the CPUs other processes leave free, measured
+    at most every load.INTERVAL_SECONDS (the trainer calls this before every batch)."""
+    global _load_monitor, _load_cap
+    if not _adaptive_threads or _active is numpy_engine:
+        return
+    if _load_monitor is None:
+        _load_monitor = load.LoadMonitor()
+    cap = _load_monitor.poll()
+    if cap != _load_cap:
+        _active.set_load_cap(cap)
+        _load_cap = cap
 
 
 def _select_from_environment():

@@ -452,6 +452,12 @@ def set_num_threads(threads, beyond_cpus=False):
     lib.mc_set_num_threads(int(threads or 0))
 
 
+def set_load_cap(threads):
+    """At most `threads` threads per call while other processes keep the remaining CPUs busy
+    (minicnn/kernels/load.py); None or 0 removes the cap. Ignored while beyond_cpus is on."""
+    lib.mc_set_load_cap(int(threads or 0))
+
+
 def _simd_from_environment():
     requested = os.environ.get("MINICNN_SIMD", "").strip().lower()
     if not requested:
