@@ -84,9 +84,10 @@ def _pointer(arg, who):
             return ffi.NULL, 0
         raise ValueError(f"{who}: {arg.name} is required")
     # one test for the common case; the branches below only explain a failure
-    if (type(a) is np.ndarray and a.dtype == arg.dtype and a.size == arg.size
-            and a.flags.c_contiguous and (a.flags.writeable or not arg.writable)):
-        return ffi.from_buffer(_CTYPES[arg.dtype], a, require_writable=arg.writable), a.size
+    if type(a) is np.ndarray and a.dtype == arg.dtype and a.size == arg.size:
+        flags = a.flags
+        if flags.c_contiguous and (flags.writeable or not arg.writable):
+            return ffi.from_buffer(_CTYPES[arg.dtype], a, arg.writable), arg.size
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{who}: {arg.name} must be a NumPy array, received {type(a).__name__}")
     if a.dtype != arg.dtype:
@@ -101,11 +102,17 @@ def _pointer(arg, who):
     return ffi.from_buffer(_CTYPES[arg.dtype], a, require_writable=arg.writable), a.size
 
 
+def _fresh(array):
+    """(pointer, length) of an array this module has just allocated with np.empty for C to
+    fill: its dtype, contiguity and size are right by construction, so nothing is checked."""
+    return ffi.from_buffer(_CTYPES[array.dtype], array, True), array.size
+
+
 def _call(function_name, *args):
     """Check every array argument, expand it to (pointer, length), call C, raise on an error code."""
     c_args = []
     for arg in args:
-        if isinstance(arg, _In):
+        if type(arg) is _In or type(arg) is _Out:
             c_args.extend(_pointer(arg, function_name))
         else:
             c_args.append(arg)
@@ -207,7 +214,7 @@ def _conv_forward(x, kernel, bias, strides, pads, relu):
     bias = _contiguous(bias, dtype, "bias", who)
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
-    top, bottom, left, right = (int(p) for p in pads)
+    top, bottom, left, right = pads
     oh, ow = window_output_shape(h, w, (kh, kw), strides, pads)
     geometry = _conv_geometry(x.shape, kernel.shape, strides, pads)
     xpad = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype)
@@ -217,11 +224,10 @@ def _conv_forward(x, kernel, bias, strides, pads, relu):
         "mc_conv2d_forward" + sfx, geometry,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
         _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
-        _Out("xpad", xpad, dtype, xpad.size), _Out("y", y, dtype, y.size),
-        _Out("workspace", work, dtype, work.size),
+        *_fresh(xpad), *_fresh(y), *_fresh(work),
     )
-    return y, ConvCache(x.shape, tuple(int(s) for s in strides), (top, bottom, left, right), xpad,
-                        kernel, bias is not None, y if relu else None)
+    # strides and pads arrive as tuples of ints: the face normalised them
+    return y, ConvCache(x.shape, strides, pads, xpad, kernel, bias is not None, y if relu else None)
 
 
 def _conv_backward(dy, cache, need_dx, relu_y):
@@ -245,10 +251,8 @@ def _conv_backward(dy, cache, need_dx, relu_y):
         "mc_conv2d_backward" + sfx, geometry,
         _In("xpad", xpad, dtype, xpad.size), _In("kernel", kernel, dtype, kernel.size),
         _In("dy", dy, dtype, n * oh * ow * f), _In("relu_y", relu_y, dtype, n * oh * ow * f, optional=True),
-        _Out("dx", dx, dtype, n * h * w * c, optional=True),
-        _Out("dkernel", dkernel, dtype, dkernel.size),
-        _Out("dbias", dbias, dtype, f, optional=True),
-        _Out("workspace", work, dtype, work.size),
+        *(_fresh(dx) if need_dx else (ffi.NULL, 0)), *_fresh(dkernel),
+        *(_fresh(dbias) if dbias is not None else (ffi.NULL, 0)), *_fresh(work),
     )
     return dx, dkernel, dbias
 
@@ -281,7 +285,7 @@ def dense_forward(x, kernel, bias, relu=False):
         "mc_dense_forward" + sfx, n, k, f,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
         _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
-        _Out("y", y, dtype, y.size), _Out("workspace", work, dtype, work.size),
+        *_fresh(y), *_fresh(work),
     )
     return y, DenseCache(x, kernel, bias is not None, y if relu else None)
 
@@ -303,8 +307,8 @@ def dense_backward(dy, cache, need_dx=True):
         "mc_dense_backward" + sfx, n, k, f,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
         _In("dy", dy, dtype, n * f), _In("relu_y", relu_y, dtype, n * f, optional=True),
-        _Out("dx", dx, dtype, x.size, optional=True), _Out("dkernel", dkernel, dtype, dkernel.size),
-        _Out("dbias", dbias, dtype, f, optional=True), _Out("workspace", work, dtype, work.size),
+        *(_fresh(dx) if need_dx else (ffi.NULL, 0)), *_fresh(dkernel),
+        *(_fresh(dbias) if dbias is not None else (ffi.NULL, 0)), *_fresh(work),
     )
     return dx, dkernel, dbias
 
@@ -316,17 +320,16 @@ def maxpool2d_forward(x, pool_size, strides, pads):
     sfx = _suffix(dtype, who)
     x = _contiguous(x, dtype, "x", who)
     n, h, w, c = x.shape
-    top, bottom, left, right = (int(p) for p in pads)
+    top, bottom, left, right = pads
     oh, ow = window_output_shape(h, w, pool_size, strides, pads)
     geometry = _pool_geometry(x.shape, pool_size, strides, pads)
     y = np.empty((n, oh, ow, c), dtype=dtype)
     argmax = np.empty((n, oh, ow, c), dtype=np.int32)
     _call(
         "mc_maxpool2d_forward" + sfx, geometry, _In("x", x, dtype, x.size),
-        _Out("y", y, dtype, y.size), _Out("argmax", argmax, _INT32, y.size),
+        *_fresh(y), *_fresh(argmax),
     )
-    return y, PoolCache(x.shape, tuple(int(p) for p in pool_size), tuple(int(s) for s in strides),
-                        (top, bottom, left, right), argmax)
+    return y, PoolCache(x.shape, pool_size, strides, pads, argmax)
 
 
 def maxpool2d_backward(dy, cache):
@@ -340,7 +343,7 @@ def maxpool2d_backward(dy, cache):
     dx = np.empty(x_shape, dtype=dtype)
     _call(
         "mc_maxpool2d_backward" + sfx, geometry, _In("dy", dy, dtype, argmax.size),
-        _In("argmax", argmax, _INT32, argmax.size), _Out("dx", dx, dtype, dx.size),
+        _In("argmax", argmax, _INT32, argmax.size), *_fresh(dx),
     )
     return dx
 
