@@ -539,7 +539,8 @@ def print_header(args):
     info = minicnn.backend_info()
     print(f"minicnn {minicnn.__version__}; C engine: {info.get('simd')} {info.get('compiler_flags')}; "
           f"torch {torch.__version__ if torch else 'not importable'}; threads {args.threads} "
-          f"(minicnn {info.get('engine')} engine: {info.get('threads')}); "
+          f"(minicnn {info.get('engine')} engine: {info.get('threads')} now, following the load: "
+          f"{info.get('adaptive_threads', '-')}); "
           f"numpy {np.__version__}; {platform.processor() or platform.machine()}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')} "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')} "
