@@ -519,3 +519,15 @@ def test_backward_stops_at_the_first_layer_with_trainable_weights(backend):
     # the full backward of the same forward (with dx, through the flip): the same kernel gradient
     assert model.backward(dlogits, need_input_gradient=True, dy_is_logits_gradient=True).shape == x.shape
     np.testing.assert_array_equal(model.layers[1].grads["kernel"], kernel_gradient)
+
+
+def test_predict_never_returns_a_view_of_the_input():
+    """One batch is returned without a copy only when the forward made a new array: a model
+    whose output is a reshaped view of its input still gives the caller its own array."""
+    x = np.random.default_rng(0).random((5, 4, 4, 2), dtype=np.float32)
+    reshaping = Sequential([Flatten(input_shape=(4, 4, 2))])
+    out = reshaping.predict(x, verbose=0)
+    assert not np.shares_memory(out, x)
+    np.testing.assert_array_equal(out, x.reshape(5, -1))
+    out[:] = -1                                   # the caller may write to it
+    assert (x >= 0).all()

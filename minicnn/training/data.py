@@ -61,7 +61,13 @@ def check_finite(x, dtype, who, argument="x"):
     """
     if x.dtype.kind not in "f":
         return
-    limit = np.finfo(dtype).max if np.finfo(x.dtype).max > np.finfo(dtype).max else None
+    # only a wider float can hold values beyond the model's float range (float16 < 32 < 64)
+    limit = np.finfo(dtype).max if x.dtype.itemsize > np.dtype(dtype).itemsize else None
+    if x.size <= _SCAN_BLOCK_ELEMENTS and limit is None:   # one block: a single-image predict
+        if not np.isfinite(x).all():
+            bad = int(np.argmin(np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+            raise ValueError(f"{who}: {argument} contains NaN or inf (first in sample {bad})")
+        return
     flat_rows = x.reshape(x.shape[0], -1) if x.flags.c_contiguous else x
     rows_per_block = max(1, _SCAN_BLOCK_ELEMENTS // max(1, x[0].size))
     for start in range(0, x.shape[0], rows_per_block):

@@ -183,6 +183,8 @@ class Trainer:
         bar = _progress_bar(-(-n // batch_size), "predict", verbose)
         for start in range(0, n, batch_size):
             y = self._inference_forward(data.batch(x, slice(start, start + batch_size), self.dtype))
+            if len(y) == n and bar is None and y.flags.owndata:
+                return y        # one batch that made a new array (not a view of x): no copy
             if outputs is None:
                 outputs = np.empty((n,) + y.shape[1:], dtype=y.dtype)
             outputs[start:start + len(y)] = y
@@ -351,6 +353,8 @@ class Trainer:
         (docs/performance.md, "Inference")."""
         kernels.adapt_threads_to_load()
         n = len(x_batch)
+        if n <= MIN_INFERENCE_CHUNK:
+            return self.forward(x_batch, training=False)
         # An unbuilt model learns its shapes from the first chunk.
         done = min(n, self._inference_chunk_images() if self.built else MIN_INFERENCE_CHUNK)
         first = self.forward(x_batch[:done], training=False)
