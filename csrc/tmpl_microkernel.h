@@ -281,12 +281,11 @@ static MK_ATTR void MK_NAME(mk_pool_max)(MK_REAL *best, int32_t *arg, const MK_R
         a = ((lane + (base + c)) & take) | (a & ~take);
         memcpy(arg + c, &a, sizeof a);
     }
-    for (; c < C; c++) {
+    for (; c < C; c++) {   /* without branches: on real data they are unpredictable */
         const MK_REAL v = x[c], b = best[c];
-        if ((v > b) | ((v != v) & (b == b))) {
-            best[c] = v;
-            arg[c] = base + c;
-        }
+        const int better = (v > b) | ((v != v) & (b == b));
+        best[c] = better ? v : b;
+        arg[c] = better ? base + c : arg[c];
     }
 }
 
