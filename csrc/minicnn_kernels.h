@@ -206,6 +206,14 @@ int mc_batchnorm_backward_f64(int64_t m, int c, const double *dy, int64_t dy_len
                               int64_t inv_std_len, const double *gamma, int64_t gamma_len,
                               double *dx, int64_t dx_len, double *dgamma, int64_t dgamma_len,
                               double *dbeta, int64_t dbeta_len);
+/* The ReLU layer on n elements: y = x where x > 0 or x is NaN, else +0 (np.maximum(x, 0));
+ * dx = dy * (y > 0) (NumPy's product: a NaN dy where y <= 0 stays NaN). */
+int mc_relu_forward_f32(int64_t n, const float *x, int64_t x_len, float *y, int64_t y_len);
+int mc_relu_forward_f64(int64_t n, const double *x, int64_t x_len, double *y, int64_t y_len);
+int mc_relu_backward_f32(int64_t n, const float *dy, int64_t dy_len, const float *y, int64_t y_len,
+                         float *dx, int64_t dx_len);
+int mc_relu_backward_f64(int64_t n, const double *dy, int64_t dy_len, const double *y, int64_t y_len,
+                         double *dx, int64_t dx_len);
 /* Optimizer updates, in place on n elements, Keras' rules with each coefficient rounded once to
  * the dtype and every operation rounded on its own in the NumPy optimizer's order (so the
  * results equal minicnn/training/optimizers.py's):

@@ -33,6 +33,7 @@
 #include "tmpl_pool.h"
 #include "tmpl_avgpool.h"
 #include "tmpl_batchnorm.h"
+#include "tmpl_relu.h"
 #include "tmpl_entry.h"
 #include "tmpl_optim.h"
 

@@ -11,6 +11,8 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
                  inference, gamma and beta each on/off
     dense        N 1-9, K and F 1-300, fused ReLU on/off
+    relu         1-400,000 elements, with NaN, infinities and signed zeros in half the cases
+                 (both passes bit for bit; above 2^17 elements on several threads)
     all          float32 and float64, 1-4 threads, every SIMD level the CPU has
 
 The sampling is steered so that every branch of the C engine is reached: stride-1 3x3 kernels
@@ -72,6 +74,8 @@ REQUIRED_BRANCHES = (
     "batchnorm training",
     "batchnorm inference",
     "dense",
+    "relu",
+    "relu on threads",
 )
 
 
@@ -169,6 +173,11 @@ def sample_dense(rng, common):
                 bias=rng.random() < 0.8, need_dx=rng.random() < 0.75, relu=rng.random() < 0.4)
 
 
+def sample_relu(rng, common):
+    # up to 400,000 elements: above 2^17 the C engine splits the array between threads
+    return dict(common, op="relu", size=int(10 ** rng.uniform(0, 5.6)), special=rng.random() < 0.5)
+
+
 def make_cases(count, seed, threads, simd_levels):
     rng = random.Random(seed)
     cases = []
@@ -177,7 +186,8 @@ def make_cases(count, seed, threads, simd_levels):
                       threads=rng.choice(threads), simd=rng.choice(simd_levels))
         roll = rng.random()
         sample = (sample_conv if roll < 0.65 else sample_pool if roll < 0.77 else
-                  sample_avgpool if roll < 0.85 else sample_batchnorm if roll < 0.92 else sample_dense)
+                  sample_avgpool if roll < 0.85 else sample_batchnorm if roll < 0.92 else
+                  sample_dense if roll < 0.97 else sample_relu)
         cases.append(sample(rng, common))
     return cases
 
@@ -289,6 +299,23 @@ def run_case(case):
             grads = _on(kernels, "c", lambda: kernels.batchnorm_backward(dy, got[3], case["need_dx"]))
             problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dgamma", "dbeta"), grads, grads_ref)]
         branches = ["batchnorm training" if case["training"] else "batchnorm inference"]
+    elif case["op"] == "relu":
+        x, dy = normal(case["size"]), normal(case["size"])
+        if case["special"]:   # NaN, infinities and signed zeros at random places of x and dy
+            values = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0], dtype=dtype)
+            for a in (x, dy):
+                at = rng.integers(0, a.size, size=max(1, a.size // 10))
+                a[at] = values[rng.integers(0, len(values), size=len(at))]
+        y_ref = _on(kernels, "numpy", lambda: kernels.relu_forward(x))
+        y = _on(kernels, "c", lambda: kernels.relu_forward(x))
+        if y.tobytes() != y_ref.tobytes():
+            problems.append("y: ReLU outputs differ in their bits")
+        with np.errstate(invalid="ignore"):   # inf * 0 is NaN on both engines
+            dx_ref = _on(kernels, "numpy", lambda: kernels.relu_backward(dy, y_ref))
+            dx = _on(kernels, "c", lambda: kernels.relu_backward(dy, y))
+        if dx.tobytes() != dx_ref.tobytes():
+            problems.append("dx: ReLU gradients differ in their bits")
+        branches = ["relu"] + (["relu on threads"] if case["size"] >= 2**17 and effective > 1 else [])
     else:
         x = normal(case["n"], case["k"])
         kernel = normal(case["k"], case["f"])

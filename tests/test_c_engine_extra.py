@@ -179,3 +179,42 @@ def test_batch_normalization_entry_points_check_every_length():
                                          _p(x), m * c - 1, _p(dgamma), c, _p(dbeta), c) == lib.MC_ERR_SIZE
     assert lib.mc_batchnorm_backward_f64(m, c, _p(y), m * c, _p(x_hat), m * c, _p(inv_std), c, ffi.NULL, 0,
                                          ffi.NULL, 0, ffi.NULL, c, _p(dbeta), c) == lib.MC_ERR_NULL
+
+
+# -- the ReLU layer's passes: bit for bit, special values included -------------------------------
+
+RELU_SHAPES = [(1,), (7,), (3, 5), (2, 9, 8, 17), (2, 128, 64, 9)]   # the last: several chunks, 2 threads
+
+
+@pytest.mark.parametrize("shape", RELU_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_passes_equal_the_numpy_engine_bit_for_bit(c_settings, shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    special = np.array([-0.0, 0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45], dtype=dtype)
+    flat_x, flat_dy = x.reshape(-1), dy.reshape(-1)
+    flat_x[:len(special)] = special[:flat_x.size]
+    flat_dy[-len(special):] = special[-flat_dy.size:] if flat_dy.size < len(special) else special
+    y_c, y_numpy = c_engine.relu_forward(x), numpy_engine.relu_forward(x)
+    assert y_c.dtype == dtype and y_c.shape == shape
+    # the bytes: NaN where NaN, +0.0 (never -0.0) where x <= 0
+    assert y_c.tobytes() == y_numpy.tobytes()
+    with np.errstate(invalid="ignore"):     # inf * 0 is NaN on both engines
+        dx_c, dx_numpy = c_engine.relu_backward(dy, y_c), numpy_engine.relu_backward(dy, y_numpy)
+    assert dx_c.tobytes() == dx_numpy.tobytes()
+
+
+def test_relu_entry_points_refuse_wrong_lengths_and_null():
+    x = np.ones(10, np.float32)
+    y = np.empty(10, np.float32)
+    px, py = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y, require_writable=True)
+    assert lib.mc_relu_forward_f32(10, px, 10, py, 10) == 0
+    assert lib.mc_relu_forward_f32(10, px, 9, py, 10) != 0
+    assert lib.mc_relu_forward_f32(10, px, 10, py, 11) != 0
+    assert lib.mc_relu_forward_f32(0, px, 0, py, 0) != 0
+    assert lib.mc_relu_forward_f32(10, ffi.NULL, 10, py, 10) != 0
+    assert lib.mc_relu_backward_f32(10, px, 10, px, 10, ffi.NULL, 10) != 0
+    assert lib.mc_relu_backward_f32(10, px, 10, px, 10, py, 9) != 0
+    with pytest.raises(ValueError, match="dy must have 9 elements, received 10"):
+        c_engine.relu_backward(np.ones(10, np.float32), np.ones(9, np.float32))

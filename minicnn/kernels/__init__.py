@@ -12,7 +12,8 @@ Layers call the functions below and never know which engine runs. The engine is 
 The functions: conv2d_forward / conv2d_relu_forward (ReLU fused into the epilogue) /
 conv2d_backward, maxpool2d_forward / maxpool2d_backward, dense_forward (optional fused ReLU) /
 dense_backward, avgpool2d_forward / avgpool2d_backward, global_avgpool2d_forward /
-global_avgpool2d_backward, batchnorm_forward / batchnorm_backward, and the in-place optimizer
+global_avgpool2d_backward, batchnorm_forward / batchnorm_backward, relu_forward / relu_backward
+(the ReLU layer), and the in-place optimizer
 steps optimizer_adam_update / optimizer_sgd_update. Every engine implements all of them. The fused and dense entry points exist for
 speed: a separate ReLU costs a pass over the activations each way, and running the dense
 products on the C engine's own threads keeps OpenBLAS's spinning pool from fighting them for the
@@ -371,6 +372,28 @@ def _check_update_arrays(who, param, grad, **state):
             raise ValueError(f"{who}: {name} must have param's shape {param.shape}, received {a.shape}")
         if name != "grad" and not a.flags.writeable:
             raise ValueError(f"{who}: {name} must be writable (it is updated in place)")
+
+
+def relu_forward(x):
+    """y = max(x, 0) elementwise for a float32/float64 array of any shape (the ReLU layer); NaN
+    stays NaN and -0.0 becomes +0.0, as with np.maximum(x, 0)."""
+    who = "relu_forward"
+    if not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{who}: x must be a float32 or float64 NumPy array, received "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.size == 0:
+        raise ValueError(f"{who}: x must not be empty, received shape {x.shape}")
+    return _active.relu_forward(x)
+
+
+def relu_backward(dy, y):
+    """dx = dy * (y > 0) for y = relu_forward(x): the gradient at exactly 0 is 0 (Keras and
+    PyTorch); a product, so a NaN in dy stays NaN."""
+    who = "relu_backward"
+    if not isinstance(y, np.ndarray) or y.dtype not in _FLOAT_DTYPES or y.size == 0:
+        raise TypeError(f"{who}: y must be the non-empty float array relu_forward returned")
+    _check_grad(dy, y.shape, y.dtype, who)
+    return _active.relu_backward(dy, y)
 
 
 def optimizer_adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch=None):

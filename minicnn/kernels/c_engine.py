@@ -348,6 +348,32 @@ def maxpool2d_backward(dy, cache):
     return dx
 
 
+# ---- the ReLU layer (elementwise; the same bits as the NumPy engine on any thread split) ----
+
+def relu_forward(x):
+    """max(x, 0) elementwise, any shape; np.maximum's rule for NaN and -0.0."""
+    who = "relu_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    y = np.empty(x.shape, dtype=dtype)
+    _call("mc_relu_forward" + sfx, x.size, _In("x", x, dtype, x.size), *_fresh(y))
+    return y
+
+
+def relu_backward(dy, y):
+    """dy * (y > 0) elementwise for the y relu_forward returned."""
+    who = "relu_backward"
+    dtype = y.dtype
+    sfx = _suffix(dtype, who)
+    dy = _contiguous(dy, dtype, "dy", who)
+    y = _contiguous(y, dtype, "y", who)
+    dx = np.empty(y.shape, dtype=dtype)
+    _call("mc_relu_backward" + sfx, y.size, _In("dy", dy, dtype, y.size), _In("y", y, dtype, y.size),
+          *_fresh(dx))
+    return dx
+
+
 # ---- optimizer updates (in place; elementwise, so any thread split gives the same bits) ----
 
 def _updatable(*arrays):

@@ -213,6 +213,18 @@ def engine_info():
     return {"engine": NAME, "compiler_flags": None, "simd": None, "threads": None}
 
 
+# -- the ReLU layer ------------------------------------------------------------------------------
+
+def relu_forward(x):
+    """max(x, 0) elementwise; NaN stays NaN and -0.0 becomes +0.0 (np.maximum's rule)."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    """dy * (y > 0): the gradient at exactly 0 is 0; a product, so a NaN dy stays NaN."""
+    return dy * (y > 0)
+
+
 # -- optimizer updates (the reference sequence of ufuncs; the C engine rounds identically) ------
 
 def adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch=None):

@@ -8,7 +8,7 @@ Softmax:  y = exp(x - max x) / sum exp(x - max x) along `axis` (max-subtracted, 
 """
 import numpy as np
 
-from .. import initializers
+from .. import initializers, kernels
 from ..errors import check_bool, quote
 from .base import REGISTRY, Layer, new_weight
 
@@ -41,18 +41,18 @@ class ReLU(Activation):
     """Rectified linear unit. Input and output: any shape (batch, ...)."""
 
     activation_name = "relu"
-    _positive = None   # the y > 0 mask of the last training forward; None until there is one
+    _y = None          # the output of the last training forward; None until there is one
 
     def _forward(self, x, training):
-        y = np.maximum(x, 0)
-        self._positive = y > 0 if training else None
+        y = kernels.relu_forward(x)
+        self._y = y if training else None
         return y
 
     def _backward(self, dy, need_input_gradient=True):
-        if self._positive is None:
+        if self._y is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
-        self._check_grad_array(dy, self._positive.shape)
-        return dy * self._positive  # a new array: dy is never modified
+        self._check_grad_array(dy, self._y.shape)
+        return kernels.relu_backward(dy, self._y)  # a new array: dy is never modified
 
 
 @REGISTRY.register()
