@@ -73,10 +73,10 @@
 /* Winograd pays off once the channels its GEMMs reduce over are this many (measured:
  * docs/performance.md); the passes decide separately. */
 #define MC_WINO_MIN_CHANNELS 16
-/* ... and its kernel gradient once the filters are this many as well: with 32 filters the
+/* ... and its kernel gradient once C_in or the filters are this many as well: with 32 and 32 the
  * direct kernel gradient was 7-29% faster (28x28, 32 -> 32 at batch 128: 4.9 vs 6.4 ms), with 64
- * Winograd 8-29% (docs/performance.md, "The kernel gradient's threshold"). */
-#define MC_WINO_DK_MIN_FILTERS 64
+ * on either side Winograd 8-29% (docs/performance.md, "the kernel gradient's threshold"). */
+#define MC_WINO_DK_WIDE_CHANNELS 64
 enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 
 /* ---- microkernel instances: every instruction set x dtype ----

@@ -23,7 +23,9 @@ static int DN(use_wino)(const mc_conv_geom *g, int pass)
     if (mc_algorithm == MC_ALGO_WINOGRAD) return 1;
     switch (pass) {
     case MC_PASS_FORWARD: return g->c >= MC_WINO_MIN_CHANNELS;      /* reduces over C */
-    case MC_PASS_DKERNEL: return g->c >= MC_WINO_MIN_CHANNELS && g->f >= MC_WINO_DK_MIN_FILTERS;
+    case MC_PASS_DKERNEL:   /* its GEMMs are C_in x F: thin when neither side is wide */
+        return g->c >= MC_WINO_MIN_CHANNELS && g->f >= MC_WINO_MIN_CHANNELS &&
+               (g->c >= MC_WINO_DK_WIDE_CHANNELS || g->f >= MC_WINO_DK_WIDE_CHANNELS);
     default: return g->f >= MC_WINO_MIN_CHANNELS;                   /* dx reduces over F */
     }
 }

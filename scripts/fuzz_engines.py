@@ -17,7 +17,7 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
 
 The sampling is steered so that every branch of the C engine is reached: stride-1 3x3 kernels
 (Winograd-eligible) often, C_in and filters on both sides of 16 and of 64 (auto mode's
-Winograd thresholds, MC_WINO_MIN_CHANNELS and MC_WINO_DK_MIN_FILTERS), batch 1 and batch below the thread count. The work of one
+Winograd thresholds, MC_WINO_MIN_CHANNELS and MC_WINO_DK_WIDE_CHANNELS), batch 1 and batch below the thread count. The work of one
 convolution is capped so that thousands of cases run in minutes; the extremes of every axis
 are still drawn, just not all at once.
 
@@ -55,7 +55,7 @@ if MINICNN_HOME not in sys.path:
 
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 WINO_MIN_CHANNELS = 16          # csrc/kernels.c MC_WINO_MIN_CHANNELS
-WINO_DK_MIN_FILTERS = 64        # csrc/kernels.c MC_WINO_DK_MIN_FILTERS
+WINO_DK_WIDE_CHANNELS = 64        # csrc/kernels.c MC_WINO_DK_WIDE_CHANNELS (C_in or F)
 MAX_CONV_WORK = 60_000_000      # multiply-adds of one convolution pass (keeps cases fast)
 SIMD_LEVELS = ("avx512", "avx2", "sse2")
 
@@ -89,7 +89,8 @@ def conv_branches(case, effective_threads):
     eligible = (kh, kw) == (3, 3) and tuple(case["strides"]) == (1, 1) and max(pads) <= 2
     c, f = case["c"], case["f"]
     fwd = "winograd" if eligible and c >= WINO_MIN_CHANNELS else "direct"
-    dkernel = "winograd" if eligible and c >= WINO_MIN_CHANNELS and f >= WINO_DK_MIN_FILTERS else "direct"
+    dkernel = ("winograd" if eligible and min(c, f) >= WINO_MIN_CHANNELS and max(c, f) >= WINO_DK_WIDE_CHANNELS
+               else "direct")
     dx = ("winograd" if eligible and f >= WINO_MIN_CHANNELS else "direct") if case["need_dx"] else "none"
     names = [f"conv fwd={fwd} dkernel={dkernel} dx={dx}"]
     if case["n"] == 1:
@@ -118,8 +119,8 @@ def _channels(rng):
     if roll < 0.4:
         return rng.randint(1, WINO_MIN_CHANNELS - 1)
     if roll < 0.75:
-        return rng.randint(WINO_MIN_CHANNELS, WINO_DK_MIN_FILTERS - 1)
-    return rng.randint(WINO_DK_MIN_FILTERS, 80)
+        return rng.randint(WINO_MIN_CHANNELS, WINO_DK_WIDE_CHANNELS - 1)
+    return rng.randint(WINO_DK_WIDE_CHANNELS, 80)
 
 
 def sample_conv(rng, common):
