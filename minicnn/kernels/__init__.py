@@ -360,6 +360,12 @@ def dense_backward(dy, cache, need_dx=True):
 def _check_update_arrays(who, param, grad, **state):
     """param, grad and the state arrays: ndarrays of one float dtype and param's shape; param and
     the state writable (they are updated in place)."""
+    if type(param) is np.ndarray and param.dtype in _FLOAT_DTYPES and param.flags.writeable:
+        shape, dtype = param.shape, param.dtype
+        if type(grad) is np.ndarray and grad.dtype == dtype and grad.shape == shape and all(
+                type(a) is np.ndarray and a.dtype == dtype and a.shape == shape and a.flags.writeable
+                for a in state.values()):
+            return
     arrays = {"param": param, "grad": grad, **state}
     for name, a in arrays.items():
         if not isinstance(a, np.ndarray):

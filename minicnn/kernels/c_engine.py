@@ -102,9 +102,9 @@ def _pointer(arg, who):
     return ffi.from_buffer(_CTYPES[arg.dtype], a, require_writable=arg.writable), a.size
 
 
-def _fresh(array):
-    """(pointer, length) of an array this module has just allocated with np.empty for C to
-    fill: its dtype, contiguity and size are right by construction, so nothing is checked."""
+def _verified(array):
+    """(pointer, length) of an array whose dtype, contiguity, writability and size are known to
+    be right for C: allocated here with np.empty, or checked by the caller just before."""
     return ffi.from_buffer(_CTYPES[array.dtype], array, True), array.size
 
 
@@ -224,7 +224,7 @@ def _conv_forward(x, kernel, bias, strides, pads, relu):
         "mc_conv2d_forward" + sfx, geometry,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
         _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
-        *_fresh(xpad), *_fresh(y), *_fresh(work),
+        *_verified(xpad), *_verified(y), *_verified(work),
     )
     # strides and pads arrive as tuples of ints: the face normalised them
     return y, ConvCache(x.shape, strides, pads, xpad, kernel, bias is not None, y if relu else None)
@@ -251,8 +251,8 @@ def _conv_backward(dy, cache, need_dx, relu_y):
         "mc_conv2d_backward" + sfx, geometry,
         _In("xpad", xpad, dtype, xpad.size), _In("kernel", kernel, dtype, kernel.size),
         _In("dy", dy, dtype, n * oh * ow * f), _In("relu_y", relu_y, dtype, n * oh * ow * f, optional=True),
-        *(_fresh(dx) if need_dx else (ffi.NULL, 0)), *_fresh(dkernel),
-        *(_fresh(dbias) if dbias is not None else (ffi.NULL, 0)), *_fresh(work),
+        *(_verified(dx) if need_dx else (ffi.NULL, 0)), *_verified(dkernel),
+        *(_verified(dbias) if dbias is not None else (ffi.NULL, 0)), *_verified(work),
     )
     return dx, dkernel, dbias
 
@@ -285,7 +285,7 @@ def dense_forward(x, kernel, bias, relu=False):
         "mc_dense_forward" + sfx, n, k, f,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
         _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
-        *_fresh(y), *_fresh(work),
+        *_verified(y), *_verified(work),
     )
     return y, DenseCache(x, kernel, bias is not None, y if relu else None)
 
@@ -307,8 +307,8 @@ def dense_backward(dy, cache, need_dx=True):
         "mc_dense_backward" + sfx, n, k, f,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
         _In("dy", dy, dtype, n * f), _In("relu_y", relu_y, dtype, n * f, optional=True),
-        *(_fresh(dx) if need_dx else (ffi.NULL, 0)), *_fresh(dkernel),
-        *(_fresh(dbias) if dbias is not None else (ffi.NULL, 0)), *_fresh(work),
+        *(_verified(dx) if need_dx else (ffi.NULL, 0)), *_verified(dkernel),
+        *(_verified(dbias) if dbias is not None else (ffi.NULL, 0)), *_verified(work),
     )
     return dx, dkernel, dbias
 
@@ -327,7 +327,7 @@ def maxpool2d_forward(x, pool_size, strides, pads):
     argmax = np.empty((n, oh, ow, c), dtype=np.int32)
     _call(
         "mc_maxpool2d_forward" + sfx, geometry, _In("x", x, dtype, x.size),
-        *_fresh(y), *_fresh(argmax),
+        *_verified(y), *_verified(argmax),
     )
     return y, PoolCache(x.shape, pool_size, strides, pads, argmax)
 
@@ -343,7 +343,7 @@ def maxpool2d_backward(dy, cache):
     dx = np.empty(x_shape, dtype=dtype)
     _call(
         "mc_maxpool2d_backward" + sfx, geometry, _In("dy", dy, dtype, argmax.size),
-        _In("argmax", argmax, _INT32, argmax.size), *_fresh(dx),
+        _In("argmax", argmax, _INT32, argmax.size), *_verified(dx),
     )
     return dx
 
@@ -357,7 +357,7 @@ def relu_forward(x):
     sfx = _suffix(dtype, who)
     x = _contiguous(x, dtype, "x", who)
     y = np.empty(x.shape, dtype=dtype)
-    _call("mc_relu_forward" + sfx, x.size, _In("x", x, dtype, x.size), *_fresh(y))
+    _call("mc_relu_forward" + sfx, x.size, _In("x", x, dtype, x.size), *_verified(y))
     return y
 
 
@@ -370,7 +370,7 @@ def relu_backward(dy, y):
     y = _contiguous(y, dtype, "y", who)
     dx = np.empty(y.shape, dtype=dtype)
     _call("mc_relu_backward" + sfx, y.size, _In("dy", dy, dtype, y.size), _In("y", y, dtype, y.size),
-          *_fresh(dx))
+          *_verified(dx))
     return dx
 
 
@@ -390,6 +390,10 @@ def adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch=None):
         return numpy_engine.adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch)
     grad = _contiguous(grad, dtype, "grad", who)
     n = param.size
+    if m.dtype == v.dtype == dtype and m.size == v.size == n:   # _updatable checked the rest
+        _call("mc_adam_update" + sfx, n, *_verified(param), _In("grad", grad, dtype, n), *_verified(m), *_verified(v),
+              float(lr_t), float(beta_1), float(beta_2), float(epsilon))
+        return
     _call(
         "mc_adam_update" + sfx, n, _Out("param", param, dtype, n), _In("grad", grad, dtype, n),
         _Out("m", m, dtype, n), _Out("v", v, dtype, n),
