@@ -173,38 +173,41 @@ int mc_avgpool2d_backward_f64(const mc_pool_geom *g, const double *dy, int64_t d
  * Training: mean and the biased var of each column, inv_std = 1 / sqrt(var + epsilon),
  * x_hat = (x - mean) * inv_std, y = x_hat * gamma + beta. Inference: the same with the given
  * mean and var. Backward: dbeta = sum dy, dgamma = sum dy * x_hat (both always written) and,
- * when dx is not NULL, dx = (dy - dbeta / m - x_hat * dgamma / m) * gamma * inv_std. */
+ * when dx is not NULL, dx = (dy - dbeta / m - x_hat * dgamma / m) * gamma * inv_std.
+ * relu != 0 fuses the ReLU layer that follows: y = max(y, 0) with mc_relu_forward's rule, and
+ * the backward's relu_y (that y; NULL, length 0, without the ReLU) masks dy as
+ * mc_relu_backward does, so the results are the bits of the two layers run one after the other. */
 int mc_batchnorm_forward_training_f32(int64_t m, int c, const float *x, int64_t x_len,
                                       const float *gamma, int64_t gamma_len, const float *beta,
-                                      int64_t beta_len, double epsilon, float *y, int64_t y_len,
+                                      int64_t beta_len, double epsilon, int relu, float *y, int64_t y_len,
                                       float *mean, int64_t mean_len, float *var, int64_t var_len,
                                       float *x_hat, int64_t x_hat_len, float *inv_std,
                                       int64_t inv_std_len);
 int mc_batchnorm_forward_training_f64(int64_t m, int c, const double *x, int64_t x_len,
                                       const double *gamma, int64_t gamma_len, const double *beta,
-                                      int64_t beta_len, double epsilon, double *y, int64_t y_len,
+                                      int64_t beta_len, double epsilon, int relu, double *y, int64_t y_len,
                                       double *mean, int64_t mean_len, double *var, int64_t var_len,
                                       double *x_hat, int64_t x_hat_len, double *inv_std,
                                       int64_t inv_std_len);
 int mc_batchnorm_forward_inference_f32(int64_t m, int c, const float *x, int64_t x_len,
                                        const float *gamma, int64_t gamma_len, const float *beta,
                                        int64_t beta_len, const float *mean, int64_t mean_len,
-                                       const float *var, int64_t var_len, double epsilon,
+                                       const float *var, int64_t var_len, double epsilon, int relu,
                                        float *y, int64_t y_len);
 int mc_batchnorm_forward_inference_f64(int64_t m, int c, const double *x, int64_t x_len,
                                        const double *gamma, int64_t gamma_len, const double *beta,
                                        int64_t beta_len, const double *mean, int64_t mean_len,
-                                       const double *var, int64_t var_len, double epsilon,
+                                       const double *var, int64_t var_len, double epsilon, int relu,
                                        double *y, int64_t y_len);
 int mc_batchnorm_backward_f32(int64_t m, int c, const float *dy, int64_t dy_len,
                               const float *x_hat, int64_t x_hat_len, const float *inv_std,
                               int64_t inv_std_len, const float *gamma, int64_t gamma_len,
-                              float *dx, int64_t dx_len, float *dgamma, int64_t dgamma_len,
+                              const float *relu_y, int64_t relu_y_len, float *dx, int64_t dx_len, float *dgamma, int64_t dgamma_len,
                               float *dbeta, int64_t dbeta_len);
 int mc_batchnorm_backward_f64(int64_t m, int c, const double *dy, int64_t dy_len,
                               const double *x_hat, int64_t x_hat_len, const double *inv_std,
                               int64_t inv_std_len, const double *gamma, int64_t gamma_len,
-                              double *dx, int64_t dx_len, double *dgamma, int64_t dgamma_len,
+                              const double *relu_y, int64_t relu_y_len, double *dx, int64_t dx_len, double *dgamma, int64_t dgamma_len,
                               double *dbeta, int64_t dbeta_len);
 /* The ReLU layer on n elements: y = x where x > 0 or x is NaN, else +0 (np.maximum(x, 0));
  * dx = dy * (y > 0) (NumPy's product: a NaN dy where y <= 0 stays NaN). */

@@ -16,10 +16,13 @@ static int DN(bn_check)(int64_t m, int c)
     return MC_OK;
 }
 
-/* Statistics and x_hat; y = x_hat * gamma + beta (either may be NULL). */
+/* max(v, 0) as mc_relu_forward computes it (NaN stays, -0.0 becomes +0.0) */
+static inline DR DN(bn_relu)(DR v) { return (v > 0) | (v != v) ? v : (DR)0; }
+
+/* Statistics and x_hat; y = x_hat * gamma + beta (either may be NULL), then the fused ReLU. */
 static void DN(bn_forward_training)(int64_t m, int c, const DR *x, const DR *gamma, const DR *beta,
-                                    DR epsilon, DR *y, DR *mean, DR *var, DR *x_hat, DR *inv_std,
-                                    int threads)
+                                    DR epsilon, int relu, DR *y, DR *mean, DR *var, DR *x_hat,
+                                    DR *inv_std, int threads)
 {
     for (int j = 0; j < c; j++) mean[j] = 0;
     for (int64_t i = 0; i < m; i++)
@@ -51,13 +54,16 @@ static void DN(bn_forward_training)(int64_t m, int c, const DR *x, const DR *gam
             }
             if (beta)
                 for (int j = 0; j < c; j++) yr[j] += beta[j];
+            if (relu)
+                for (int j = 0; j < c; j++) yr[j] = DN(bn_relu)(yr[j]);
         }
     }
 }
 
-/* y = (x - mean) * (inv_std * gamma) + beta with given statistics. */
+/* y = (x - mean) * (inv_std * gamma) + beta with given statistics, then the fused ReLU. */
 static void DN(bn_forward_inference)(int64_t m, int c, const DR *x, const DR *gamma, const DR *beta,
-                                     const DR *mean, const DR *var, DR epsilon, DR *y, int threads)
+                                     const DR *mean, const DR *var, DR epsilon, int relu, DR *y,
+                                     int threads)
 {
     const int64_t blocks = (m + DN_BN_ROWS - 1) / DN_BN_ROWS;
     threads = DN(threads_for)(m * c * 3, threads);
@@ -76,21 +82,31 @@ static void DN(bn_forward_inference)(int64_t m, int c, const DR *x, const DR *ga
             }
             if (beta)
                 for (int j = 0; j < c; j++) yr[j] += beta[j];
+            if (relu)
+                for (int j = 0; j < c; j++) yr[j] = DN(bn_relu)(yr[j]);
         }
     }
+}
+
+/* dy through the fused ReLU: dy * (y > 0), mc_relu_backward's product */
+static inline DR DN(bn_masked)(const DR *dy, const DR *relu_y, int64_t at)
+{
+    return relu_y ? dy[at] * (DR)(relu_y[at] > 0) : dy[at];
 }
 
 /* dbeta = column sums of dy, dgamma = column sums of dy * x_hat, and (dx non-NULL)
  * dx = (dy - dbeta / m - x_hat * (dgamma / m)) * (gamma * inv_std). dgamma and dbeta are
  * always computed (dx needs both); the wrapper drops what the layer does not have. */
 static void DN(bn_backward)(int64_t m, int c, const DR *dy, const DR *x_hat, const DR *inv_std,
-                            const DR *gamma, DR *dx, DR *dgamma, DR *dbeta, int threads)
+                            const DR *gamma, const DR *relu_y, DR *dx, DR *dgamma, DR *dbeta,
+                            int threads)
 {
     for (int j = 0; j < c; j++) { dgamma[j] = 0; dbeta[j] = 0; }
     for (int64_t i = 0; i < m; i++)
         for (int j = 0; j < c; j++) {
-            dbeta[j] += dy[i * c + j];
-            dgamma[j] += dy[i * c + j] * x_hat[i * c + j];
+            const DR g = DN(bn_masked)(dy, relu_y, i * c + j);
+            dbeta[j] += g;
+            dgamma[j] += g * x_hat[i * c + j];
         }
     if (!dx) return;
     const DR rows = (DR)m;
@@ -105,14 +121,16 @@ static void DN(bn_backward)(int64_t m, int c, const DR *dy, const DR *x_hat, con
         for (int64_t i = b * DN_BN_ROWS; i < end; i++)
             for (int j = 0; j < c; j++) {
                 const DR scale = gamma ? gamma[j] * inv_std[j] : inv_std[j];
-                dx[i * c + j] = (dy[i * c + j] - dbeta[j] / rows - x_hat[i * c + j] * (dgamma[j] / rows)) * scale;
+                dx[i * c + j] = (DN(bn_masked)(dy, relu_y, i * c + j) - dbeta[j] / rows -
+                                 x_hat[i * c + j] * (dgamma[j] / rows)) * scale;
             }
     }
 }
 
 int DN(mc_batchnorm_forward_training)(int64_t m, int c, const DR *x, int64_t x_len, const DR *gamma,
                                       int64_t gamma_len, const DR *beta, int64_t beta_len,
-                                      double epsilon, DR *y, int64_t y_len, DR *mean, int64_t mean_len,
+                                      double epsilon, int relu, DR *y, int64_t y_len, DR *mean,
+                                      int64_t mean_len,
                                       DR *var, int64_t var_len, DR *x_hat, int64_t x_hat_len,
                                       DR *inv_std, int64_t inv_std_len)
 {
@@ -125,15 +143,15 @@ int DN(mc_batchnorm_forward_training)(int64_t m, int c, const DR *x, int64_t x_l
         inv_std_len != c || (gamma ? gamma_len != c : gamma_len != 0) ||
         (beta ? beta_len != c : beta_len != 0))
         return MC_ERR_SIZE;
-    DN(bn_forward_training)(m, c, x, gamma, beta, (DR)epsilon, y, mean, var, x_hat, inv_std,
-                            mc_threads_now());
+    DN(bn_forward_training)(m, c, x, gamma, beta, (DR)epsilon, relu != 0, y, mean, var, x_hat,
+                            inv_std, mc_threads_now());
     return MC_OK;
 }
 
 int DN(mc_batchnorm_forward_inference)(int64_t m, int c, const DR *x, int64_t x_len, const DR *gamma,
                                        int64_t gamma_len, const DR *beta, int64_t beta_len,
                                        const DR *mean, int64_t mean_len, const DR *var, int64_t var_len,
-                                       double epsilon, DR *y, int64_t y_len)
+                                       double epsilon, int relu, DR *y, int64_t y_len)
 {
     int err = DN(bn_check)(m, c);
     if (err) return err;
@@ -143,13 +161,15 @@ int DN(mc_batchnorm_forward_inference)(int64_t m, int c, const DR *x, int64_t x_
     if (x_len != m * c || y_len != m * c || mean_len != c || var_len != c ||
         (gamma ? gamma_len != c : gamma_len != 0) || (beta ? beta_len != c : beta_len != 0))
         return MC_ERR_SIZE;
-    DN(bn_forward_inference)(m, c, x, gamma, beta, mean, var, (DR)epsilon, y, mc_threads_now());
+    DN(bn_forward_inference)(m, c, x, gamma, beta, mean, var, (DR)epsilon, relu != 0, y,
+                             mc_threads_now());
     return MC_OK;
 }
 
 int DN(mc_batchnorm_backward)(int64_t m, int c, const DR *dy, int64_t dy_len, const DR *x_hat,
                               int64_t x_hat_len, const DR *inv_std, int64_t inv_std_len,
-                              const DR *gamma, int64_t gamma_len, DR *dx, int64_t dx_len,
+                              const DR *gamma, int64_t gamma_len, const DR *relu_y,
+                              int64_t relu_y_len, DR *dx, int64_t dx_len,
                               DR *dgamma, int64_t dgamma_len, DR *dbeta, int64_t dbeta_len)
 {
     int err = DN(bn_check)(m, c);
@@ -158,9 +178,9 @@ int DN(mc_batchnorm_backward)(int64_t m, int c, const DR *dy, int64_t dy_len, co
     if (!dy || !x_hat || !inv_std || !dgamma || !dbeta) return MC_ERR_NULL;
     if (dy_len != m * c || x_hat_len != m * c || inv_std_len != c || dgamma_len != c ||
         dbeta_len != c || (gamma ? gamma_len != c : gamma_len != 0) ||
-        (dx ? dx_len != m * c : dx_len != 0))
+        (relu_y ? relu_y_len != m * c : relu_y_len != 0) || (dx ? dx_len != m * c : dx_len != 0))
         return MC_ERR_SIZE;
-    DN(bn_backward)(m, c, dy, x_hat, inv_std, gamma, dx, dgamma, dbeta, mc_threads_now());
+    DN(bn_backward)(m, c, dy, x_hat, inv_std, gamma, relu_y, dx, dgamma, dbeta, mc_threads_now());
     return MC_OK;
 }
 #undef DN_BN_ROWS

@@ -12,7 +12,7 @@ import numpy as np
 from . import onnx_export, saving, summary
 from .errors import check_str, quote, shorten
 from .layers import REGISTRY as LAYERS
-from .layers.activations import Softmax, ends_in_softmax
+from .layers.activations import ReLU, Softmax, ends_in_softmax
 from .layers.base import Layer, as_shape, unique_name
 from .registry import MODELS
 from .training.trainer import Trainer
@@ -116,8 +116,20 @@ class Sequential(Trainer):
                     f"{getattr(x, 'shape', type(x).__name__)}"
                 )
             self.build((None,) + x.shape[1:])
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
+        layers = self.layers
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            follower = layers[i + 1] if i + 1 < len(layers) else None
+            if layer.fuses_following_relu and type(follower) is ReLU:
+                # one pass for both (batch normalisation + ReLU): the same numbers, no pass over
+                # the activations for the ReLU; its backward then passes dy on to the layer
+                # before, which applies the mask (docs/architecture.md, "Fusions")
+                x = follower.take_fused_output(layer.forward_with_relu(x, training), training)
+                i += 2
+            else:
+                x = layer.forward(x, training=training)
+                i += 1
         return x
 
     __call__ = forward

@@ -9,7 +9,7 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     max pooling  windows 1-4, strides 1-3, valid and same
     avg pooling  windows 1-5, strides 1-3, valid and same (only the cells inside are averaged)
     batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
-                 inference, gamma and beta each on/off
+                 inference, gamma and beta each on/off, the following ReLU fused on/off
     dense        N 1-9, K and F 1-300, fused ReLU on/off
     relu         1-400,000 elements, with NaN, infinities and signed zeros in half the cases
                  (both passes bit for bit; above 2^17 elements on several threads)
@@ -74,6 +74,7 @@ REQUIRED_BRANCHES = (
     "avgpool",
     "batchnorm training",
     "batchnorm inference",
+    "batchnorm fused relu",
     "dense",
     "relu",
     "relu on threads",
@@ -172,7 +173,7 @@ def sample_avgpool(rng, common):
 def sample_batchnorm(rng, common):
     return dict(common, op="batchnorm", m=_size(rng, 40, 600), c=rng.randint(1, 70),
                 training=rng.random() < 0.7, need_dx=rng.random() < 0.8,
-                center=rng.random() < 0.8, scale=rng.random() < 0.8)
+                center=rng.random() < 0.8, scale=rng.random() < 0.8, relu=rng.random() < 0.4)
 
 
 def sample_dense(rng, common):
@@ -296,16 +297,20 @@ def run_case(case):
         gamma = normal(c) if case["scale"] else None
         beta = normal(c) if case["center"] else None
         mean, var = normal(c), np.abs(normal(c)) + 0.1
-        args = (x, gamma, beta, mean, var, 1e-3, case["training"])
+        args = (x, gamma, beta, mean, var, 1e-3, case["training"], case.get("relu", False))
         ref = _on(kernels, "numpy", lambda: kernels.batchnorm_forward(*args))
         got = _on(kernels, "c", lambda: kernels.batchnorm_forward(*args))
         problems += [_compare(k, g, r, dtype) for k, g, r in zip(("y", "mean", "var"), got[:3], ref[:3])]
         if case["training"]:
             dy = normal(m, c)
+            if case.get("relu"):   # as for the fused convolution: no gradient where y is ~0
+                scale = max(float(np.max(np.abs(ref[0]))), 1.0)
+                dy[np.abs(ref[0]) <= 4 * TOLERANCE[dtype] * scale] = 0
             grads_ref = _on(kernels, "numpy", lambda: kernels.batchnorm_backward(dy, ref[3], case["need_dx"]))
             grads = _on(kernels, "c", lambda: kernels.batchnorm_backward(dy, got[3], case["need_dx"]))
             problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dgamma", "dbeta"), grads, grads_ref)]
         branches = ["batchnorm training" if case["training"] else "batchnorm inference"]
+        branches += ["batchnorm fused relu"] if case.get("relu") else []
     elif case["op"] == "relu":
         x, dy = normal(case["size"]), normal(case["size"])
         if case["special"]:   # NaN, infinities and signed zeros at random places of x and dy

@@ -88,20 +88,26 @@ def test_global_average_pooling_c_matches_numpy(c_settings, shape, dtype):
 BN_SHAPES = [(1, 1), (2, 3), (7, 5), (64, 17), (129, 33), (8192, 16)]   # (M, C); the last is threaded
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["bn", "bn+relu"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("center, scale", [(True, True), (False, True), (True, False), (False, False)])
 @pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
-def test_batch_normalization_c_matches_numpy(c_settings, shape, center, scale, dtype):
+def test_batch_normalization_c_matches_numpy(c_settings, shape, center, scale, dtype, relu):
     rng = np.random.default_rng(shape[0])
     x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
     c = shape[1]
     gamma = rng.standard_normal(c).astype(dtype) if scale else None
     beta = rng.standard_normal(c).astype(dtype) if center else None
-    expected = numpy_engine.batchnorm_forward_training(x, gamma, beta, 1e-3)
-    got = c_engine.batchnorm_forward_training(x, gamma, beta, 1e-3)
+    expected = numpy_engine.batchnorm_forward_training(x, gamma, beta, 1e-3, relu)
+    got = c_engine.batchnorm_forward_training(x, gamma, beta, 1e-3, relu)
     for name, a, b in zip(("y", "mean", "var"), got[:3], expected[:3]):
         assert_parity(a, b, dtype, name)
+    if relu:   # exactly the ReLU layer's rule on the C engine's own pre-ReLU output
+        plain = c_engine.batchnorm_forward_training(x, gamma, beta, 1e-3)[0]
+        assert got[0].tobytes() == c_engine.relu_forward(plain).tobytes()
     dy = rng.standard_normal(shape).astype(dtype)
+    if relu:   # no gradient where the engines' outputs are within rounding of 0 (their masks may differ)
+        dy[np.abs(expected[0]) <= 4 * TOLERANCE[dtype] * max(1.0, float(np.abs(expected[0]).max()))] = 0
     for need_dx in (True, False):
         got_grads = c_engine.batchnorm_backward(dy, got[3], need_dx)
         expected_grads = numpy_engine.batchnorm_backward(dy, expected[3], need_dx)
@@ -109,9 +115,16 @@ def test_batch_normalization_c_matches_numpy(c_settings, shape, center, scale, d
             assert (a is None) == (b is None), name
             if b is not None:
                 assert_parity(a, b, dtype, name)
+    if relu:   # the fused backward is the ReLU layer's backward, then batch normalisation's, bit for bit
+        plain_cache = c_engine.batchnorm_forward_training(x, gamma, beta, 1e-3)[3]
+        for need_dx in (True, False):
+            fused = c_engine.batchnorm_backward(dy, got[3], need_dx)
+            separate = c_engine.batchnorm_backward(c_engine.relu_backward(dy, got[0]), plain_cache, need_dx)
+            for a, b in zip(fused, separate):
+                assert (a is None and b is None) or a.tobytes() == b.tobytes()
     mean, var = rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.1).astype(dtype)
-    assert_parity(c_engine.batchnorm_forward_inference(x, gamma, beta, mean, var, 1e-3),
-                  numpy_engine.batchnorm_forward_inference(x, gamma, beta, mean, var, 1e-3), dtype, "y")
+    assert_parity(c_engine.batchnorm_forward_inference(x, gamma, beta, mean, var, 1e-3, relu),
+                  numpy_engine.batchnorm_forward_inference(x, gamma, beta, mean, var, 1e-3, relu), dtype, "y")
 
 
 def test_layers_run_these_operators_in_c():
@@ -157,7 +170,7 @@ def test_batch_normalization_entry_points_check_every_length():
 
     def training(x_len=m * c, gamma_len=c, y_len=m * c, mean_len=c, x_hat_len=m * c, epsilon=1e-3, rows=m):
         return lib.mc_batchnorm_forward_training_f64(rows, c, _p(x), x_len, _p(gamma), gamma_len, _p(beta), c,
-                                                     epsilon, _p(y), y_len, _p(mean), mean_len, _p(var), c,
+                                                     epsilon, 0, _p(y), y_len, _p(mean), mean_len, _p(var), c,
                                                      _p(x_hat), x_hat_len, _p(inv_std), c)
 
     assert training() == lib.MC_OK
@@ -169,16 +182,20 @@ def test_batch_normalization_entry_points_check_every_length():
     assert training(rows=0, x_len=0, y_len=0, x_hat_len=0) == lib.MC_ERR_GEOMETRY
     assert training(epsilon=0.0) == lib.MC_ERR_GEOMETRY
     assert lib.mc_batchnorm_forward_inference_f64(m, c, _p(x), m * c, ffi.NULL, 0, ffi.NULL, 0, _p(mean), c,
-                                                  _p(var), c - 1, 1e-3, _p(y), m * c) == lib.MC_ERR_SIZE
+                                                  _p(var), c - 1, 1e-3, 0, _p(y), m * c) == lib.MC_ERR_SIZE
     assert lib.mc_batchnorm_forward_inference_f64(m, c, _p(x), m * c, ffi.NULL, 3, ffi.NULL, 0, _p(mean), c,
-                                                  _p(var), c, 1e-3, _p(y), m * c) == lib.MC_ERR_SIZE
+                                                  _p(var), c, 1e-3, 1, _p(y), m * c) == lib.MC_ERR_SIZE
     dgamma, dbeta = np.zeros(c), np.zeros(c)
-    assert lib.mc_batchnorm_backward_f64(m, c, _p(y), m * c, _p(x_hat), m * c, _p(inv_std), c, ffi.NULL, 0,
-                                         ffi.NULL, 0, _p(dgamma), c, _p(dbeta), c) == lib.MC_OK
-    assert lib.mc_batchnorm_backward_f64(m, c, _p(y), m * c, _p(x_hat), m * c, _p(inv_std), c, ffi.NULL, 0,
-                                         _p(x), m * c - 1, _p(dgamma), c, _p(dbeta), c) == lib.MC_ERR_SIZE
-    assert lib.mc_batchnorm_backward_f64(m, c, _p(y), m * c, _p(x_hat), m * c, _p(inv_std), c, ffi.NULL, 0,
-                                         ffi.NULL, 0, ffi.NULL, c, _p(dbeta), c) == lib.MC_ERR_NULL
+    def backward(relu_y=ffi.NULL, relu_y_len=0, dx=ffi.NULL, dx_len=0, dgamma_pointer=_p(dgamma)):
+        return lib.mc_batchnorm_backward_f64(m, c, _p(y), m * c, _p(x_hat), m * c, _p(inv_std), c, ffi.NULL, 0,
+                                             relu_y, relu_y_len, dx, dx_len, dgamma_pointer, c, _p(dbeta), c)
+
+    assert backward() == lib.MC_OK
+    assert backward(relu_y=_p(y), relu_y_len=m * c, dx=_p(x), dx_len=m * c) == lib.MC_OK
+    assert backward(dx=_p(x), dx_len=m * c - 1) == lib.MC_ERR_SIZE
+    assert backward(relu_y=_p(y), relu_y_len=m * c - 1) == lib.MC_ERR_SIZE     # the fused ReLU's y
+    assert backward(relu_y=ffi.NULL, relu_y_len=m * c) == lib.MC_ERR_SIZE
+    assert backward(dgamma_pointer=ffi.NULL) == lib.MC_ERR_NULL
 
 
 # -- the ReLU layer's passes: bit for bit, special values included -------------------------------

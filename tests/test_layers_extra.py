@@ -248,6 +248,45 @@ def test_moving_statistics_are_never_touched_by_the_optimizer():
         assert not np.array_equal(bn.params["gamma"], np.ones(3, np.float32)), "gamma was not trained"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_relu_after_batch_normalization_runs_in_its_pass_with_the_same_bits(backend, dtype, monkeypatch):
+    """Sequential runs BatchNormalization + ReLU as one pass (and the ReLU's backward as part of
+    the normalisation's); outputs, input gradient and weight gradients equal running the layers
+    one by one, bit for bit, for image and vector inputs, training and inference."""
+    name = np.dtype(dtype).name
+    minicnn.set_seed(5)
+
+    def layers():
+        return [Conv2D(6, 3, padding="same", input_shape=(7, 7, 2), dtype=name), BatchNormalization(),
+                minicnn.layers.ReLU(), Flatten(), Dense(8), BatchNormalization(axis=1), minicnn.layers.ReLU(),
+                Dense(3)]
+    model = Sequential(layers())
+    x = np.random.default_rng(0).standard_normal((5, 7, 7, 2)).astype(dtype)
+    dy = np.random.default_rng(1).standard_normal((5, 3)).astype(dtype)
+    relu_calls = []
+    real_relu = minicnn.kernels.relu_forward
+    monkeypatch.setattr(minicnn.kernels, "relu_forward", lambda x: relu_calls.append(x.shape) or real_relu(x))
+
+    for training in (True, False):
+        y_fused = model.forward(x, training=training)
+        assert relu_calls == [], "the ReLU layers ran a pass of their own"
+        if training:
+            dx_fused = model.backward(dy)
+            grads_fused = [g.tobytes() for layer in model.layers for g in layer.grads.values() if g is not None]
+        h = x                                  # the same layers, one at a time: no fusion
+        for layer in model.layers:
+            h = layer.forward(h, training=training)
+        assert len(relu_calls) == 2
+        relu_calls.clear()
+        assert h.tobytes() == y_fused.tobytes()
+        if training:
+            g = dy
+            for layer in reversed(model.layers):
+                g = layer.backward(g)
+            assert g.tobytes() == dx_fused.tobytes()
+            assert grads_fused == [g.tobytes() for layer in model.layers for g in layer.grads.values() if g is not None]
+
+
 # ---- Dropout --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -480,7 +480,7 @@ def global_avgpool2d_backward(dy, cache):
     return cache.engine.global_avgpool2d_backward(dy, cache.engine_cache)
 
 
-def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, training):
+def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, training, relu=False):
     """Batch normalisation of x: (M, C), one column per channel.
 
     training=True: y = gamma * (x - mean) / sqrt(var + epsilon) + beta with the batch's mean
@@ -488,6 +488,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, tra
     statistics are not used and not updated here (the layer updates them).
     training=False: the same with moving_mean and moving_variance; returns (y, None, None, None).
     gamma and beta are (C,) arrays or None (scale=False / center=False).
+    relu=True also applies a ReLU to y in the same pass (relu_forward's rule), and the backward
+    then takes dy with respect to that ReLU's output: the two layers' results, bit for bit.
     """
     who = "batchnorm_forward"
     _check_float_array(x, who, "x", 2)
@@ -507,8 +509,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, tra
     engine = _active
     if not training:
         return engine.batchnorm_forward_inference(x, gamma, beta, moving_mean, moving_variance,
-                                                  float(epsilon)), None, None, None
-    y, mean, var, cache = engine.batchnorm_forward_training(x, gamma, beta, float(epsilon))
+                                                  float(epsilon), bool(relu)), None, None, None
+    y, mean, var, cache = engine.batchnorm_forward_training(x, gamma, beta, float(epsilon), bool(relu))
     return y, mean, var, _Cache("batchnorm", engine, y.shape, y.dtype, cache)
 
 

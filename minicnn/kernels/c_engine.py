@@ -522,7 +522,7 @@ _freed_memory_kept = _keep_freed_memory_from_environment()
 # ---- average pooling, global average pooling, batch normalisation (issue 12) ----
 
 AvgPoolCache = namedtuple("AvgPoolCache", "x_shape pool_size strides pads")
-BatchNormCache = namedtuple("BatchNormCache", "x_hat inv_std gamma has_beta")
+BatchNormCache = namedtuple("BatchNormCache", "x_hat inv_std gamma has_beta relu_y")
 
 
 def avgpool2d_forward(x, pool_size, strides, pads):
@@ -569,8 +569,9 @@ def _vector(value, dtype, name, who, size):
     return None if value is None else _In(name, _contiguous(value, dtype, name, who), dtype, size)
 
 
-def batchnorm_forward_training(x, gamma, beta, epsilon):
-    """x (M, C) -> (y (M, C), batch mean (C,), biased batch variance (C,), cache)."""
+def batchnorm_forward_training(x, gamma, beta, epsilon, relu=False):
+    """x (M, C) -> (y (M, C), batch mean (C,), biased batch variance (C,), cache); relu=True
+    applies the following ReLU layer to y in the same pass (and its mask in the backward)."""
     who = "batchnorm_forward"
     dtype = x.dtype
     sfx = _suffix(dtype, who)
@@ -582,14 +583,14 @@ def batchnorm_forward_training(x, gamma, beta, epsilon):
     _call("mc_batchnorm_forward_training" + sfx, m, c, _In("x", x, dtype, x.size),
           _In("gamma", gamma, dtype, c, optional=True),
           _In("beta", None if beta is None else _contiguous(beta, dtype, "beta", who), dtype, c, optional=True),
-          float(epsilon), _Out("y", y, dtype, y.size), _Out("mean", mean, dtype, c),
-          _Out("var", var, dtype, c), _Out("x_hat", x_hat, dtype, x.size),
-          _Out("inv_std", inv_std, dtype, c))
-    return y, mean, var, BatchNormCache(x_hat, inv_std, gamma, beta is not None)
+          float(epsilon), int(bool(relu)), *_verified(y), *_verified(mean), *_verified(var),
+          *_verified(x_hat), *_verified(inv_std))
+    return y, mean, var, BatchNormCache(x_hat, inv_std, gamma, beta is not None, y if relu else None)
 
 
-def batchnorm_forward_inference(x, gamma, beta, mean, var, epsilon):
-    """y = (x - mean) / sqrt(var + epsilon) * gamma + beta; x (M, C), the rest (C,) or None."""
+def batchnorm_forward_inference(x, gamma, beta, mean, var, epsilon, relu=False):
+    """y = (x - mean) / sqrt(var + epsilon) * gamma + beta, then max(y, 0) when relu; x (M, C),
+    the rest (C,) or None."""
     who = "batchnorm_forward"
     dtype = x.dtype
     sfx = _suffix(dtype, who)
@@ -603,14 +604,14 @@ def batchnorm_forward_inference(x, gamma, beta, mean, var, epsilon):
           _In("beta", optional["beta"], dtype, c, optional=True),
           _In("mean", _contiguous(mean, dtype, "mean", who), dtype, c),
           _In("var", _contiguous(var, dtype, "var", who), dtype, c),
-          float(epsilon), _Out("y", y, dtype, y.size))
+          float(epsilon), int(bool(relu)), *_verified(y))
     return y
 
 
 def batchnorm_backward(dy, cache, need_dx=True):
     """(dx (M, C) or None, dgamma (C,) or None, dbeta (C,) or None) for dy (M, C)."""
     who = "batchnorm_backward"
-    x_hat, inv_std, gamma, has_beta = cache   # a BatchNormCache
+    x_hat, inv_std, gamma, has_beta, relu_y = cache   # a BatchNormCache
     dtype = dy.dtype
     sfx = _suffix(dtype, who)
     dy = _contiguous(dy, dtype, "dy", who)
@@ -619,6 +620,7 @@ def batchnorm_backward(dy, cache, need_dx=True):
     dgamma, dbeta = np.empty(c, dtype=dtype), np.empty(c, dtype=dtype)
     _call("mc_batchnorm_backward" + sfx, m, c, _In("dy", dy, dtype, dy.size),
           _In("x_hat", x_hat, dtype, x_hat.size), _In("inv_std", inv_std, dtype, c),
-          _In("gamma", gamma, dtype, c, optional=True), _Out("dx", dx, dtype, dy.size, optional=True),
+          _In("gamma", gamma, dtype, c, optional=True), _In("relu_y", relu_y, dtype, dy.size, optional=True),
+          _Out("dx", dx, dtype, dy.size, optional=True),
           _Out("dgamma", dgamma, dtype, c), _Out("dbeta", dbeta, dtype, c))
     return dx, dgamma if gamma is not None else None, dbeta if has_beta else None

@@ -267,7 +267,7 @@ def sgd_update(param, grad, velocity, learning_rate, momentum, nesterov, scratch
 # ---- average pooling, global average pooling, batch normalisation (issue 12) ----
 
 AvgPoolCache = namedtuple("AvgPoolCache", "x_shape pool_size strides pads counts")
-BatchNormCache = namedtuple("BatchNormCache", "x_hat inv_std gamma has_beta")
+BatchNormCache = namedtuple("BatchNormCache", "x_hat inv_std gamma has_beta relu_y")
 
 
 def _window_counts(size, window, stride, pad_before, out):
@@ -324,10 +324,11 @@ def global_avgpool2d_backward(dy, x_shape):
     return np.broadcast_to(share[:, None, None, :], x_shape).copy()
 
 
-def batchnorm_forward_training(x, gamma, beta, epsilon):
+def batchnorm_forward_training(x, gamma, beta, epsilon, relu=False):
     """Normalise each column of x: (M, C) by its batch mean and biased variance.
 
-    y = gamma * (x - mean) / sqrt(var + epsilon) + beta  (gamma, beta: (C,) or None).
+    y = gamma * (x - mean) / sqrt(var + epsilon) + beta  (gamma, beta: (C,) or None), then
+    relu_forward(y) when relu (the ReLU layer that follows, fused; its mask in the backward).
     Returns (y, mean (C,), var (C,), cache)."""
     mean = x.mean(axis=0, dtype=x.dtype)
     centered = x - mean
@@ -337,17 +338,20 @@ def batchnorm_forward_training(x, gamma, beta, epsilon):
     y = x_hat * gamma if gamma is not None else x_hat.copy()
     if beta is not None:
         y += beta
-    return y, mean, var, BatchNormCache(x_hat, inv_std, gamma, beta is not None)
+    if relu:
+        y = relu_forward(y)
+    return y, mean, var, BatchNormCache(x_hat, inv_std, gamma, beta is not None, y if relu else None)
 
 
-def batchnorm_forward_inference(x, gamma, beta, mean, var, epsilon):
-    """y = gamma * (x - mean) / sqrt(var + epsilon) + beta with given statistics; x: (M, C)."""
+def batchnorm_forward_inference(x, gamma, beta, mean, var, epsilon, relu=False):
+    """y = gamma * (x - mean) / sqrt(var + epsilon) + beta with given statistics, then
+    relu_forward(y) when relu; x: (M, C)."""
     inv_std = 1 / np.sqrt(var + x.dtype.type(epsilon))
     scale = inv_std * gamma if gamma is not None else inv_std
     y = (x - mean) * scale
     if beta is not None:
         y += beta
-    return y
+    return relu_forward(y) if relu else y
 
 
 def batchnorm_backward(dy, cache, need_dx=True):
@@ -355,7 +359,9 @@ def batchnorm_backward(dy, cache, need_dx=True):
     (dx (M, C) or None, dgamma (C,) or None, dbeta (C,) or None), with the batch statistics'
     own dependence on x included:
         dx = gamma * inv_std / M * (M dy - sum(dy) - x_hat * sum(dy * x_hat))."""
-    x_hat, inv_std, gamma, has_beta = cache   # a BatchNormCache
+    x_hat, inv_std, gamma, has_beta, relu_y = cache   # a BatchNormCache
+    if relu_y is not None:
+        dy = relu_backward(dy, relu_y)
     m = dy.shape[0]
     dbeta = dy.sum(axis=0)
     dgamma = np.sum(dy * x_hat, axis=0)

@@ -42,16 +42,29 @@ class ReLU(Activation):
 
     activation_name = "relu"
     _y = None          # the output of the last training forward; None until there is one
+    _applied_by_previous = False   # see take_fused_output
 
     def _forward(self, x, training):
         y = kernels.relu_forward(x)
         self._y = y if training else None
+        self._applied_by_previous = False
+        return y
+
+    def take_fused_output(self, y, training=False):
+        """The previous layer applied this ReLU itself (BatchNormalization.forward_with_relu)
+        and produced y: remember it as this layer's output, and let the backward pass dy
+        through unchanged, since the previous layer's backward applies the mask."""
+        self._check_input_array(y, expected_shape=self.input_shape)
+        self._y = y if training else None
+        self._applied_by_previous = True
         return y
 
     def _backward(self, dy, need_input_gradient=True):
         if self._y is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
         self._check_grad_array(dy, self._y.shape)
+        if self._applied_by_previous:
+            return dy
         return kernels.relu_backward(dy, self._y)  # a new array: dy is never modified
 
 

@@ -54,6 +54,9 @@ class Layer:
     """Base class: bookkeeping shared by all layers; the maths lives in subclasses."""
 
     activation_name = None   # 'relu' / 'softmax' / 'linear' for layers that apply one
+    # True for layers with forward_with_relu(x, training): Sequential then runs a ReLU layer
+    # that follows them as part of their pass (BatchNormalization).
+    fuses_following_relu = False
 
     def __init__(self, name=None, dtype=None, input_shape=None, trainable=True):
         who = type(self).__name__

@@ -85,11 +85,25 @@ class BatchNormalization(Layer):
             array = np.ascontiguousarray(np.moveaxis(array, -1, self._feature_axis))
         return array
 
+    # Sequential runs a BatchNormalization and the ReLU layer right after it as one pass
+    # (forward_with_relu): the ReLU costs no pass of its own over the activations either way.
+    fuses_following_relu = True
+    _relu_follows = False
+
+    def forward_with_relu(self, x, training=False):
+        """max(self.forward(x, training), 0) in one pass; the backward that follows then takes
+        dy with respect to the ReLU's output. The two layers' numbers, bit for bit."""
+        self._relu_follows = True
+        try:
+            return self.forward(x, training)
+        finally:
+            self._relu_follows = False
+
     def _forward(self, x, training):
         params, state = self.params, self.state
         y, mean, var, cache = kernels.batchnorm_forward(
             self._columns(x), params.get("gamma"), params.get("beta"), state["moving_mean"],
-            state["moving_variance"], self.epsilon, bool(training))
+            state["moving_variance"], self.epsilon, bool(training), relu=self._relu_follows)
         if training:
             keep = x.dtype.type(self.momentum)
             take = x.dtype.type(1.0 - self.momentum)
