@@ -176,7 +176,8 @@ int mc_avgpool2d_backward_f64(const mc_pool_geom *g, const double *dy, int64_t d
  * when dx is not NULL, dx = (dy - dbeta / m - x_hat * dgamma / m) * gamma * inv_std.
  * relu != 0 fuses the ReLU layer that follows: y = max(y, 0) with mc_relu_forward's rule, and
  * the backward's relu_y (that y; NULL, length 0, without the ReLU) masks dy as
- * mc_relu_backward does, so the results are the bits of the two layers run one after the other. */
+ * mc_relu_backward does, so the results are the bits of the two layers run one after the other;
+ * dx is then required (it holds the masked dy on the way). */
 int mc_batchnorm_forward_training_f32(int64_t m, int c, const float *x, int64_t x_len,
                                       const float *gamma, int64_t gamma_len, const float *beta,
                                       int64_t beta_len, double epsilon, int relu, float *y, int64_t y_len,

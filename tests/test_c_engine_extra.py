@@ -193,8 +193,9 @@ def test_batch_normalization_entry_points_check_every_length():
     assert backward() == lib.MC_OK
     assert backward(relu_y=_p(y), relu_y_len=m * c, dx=_p(x), dx_len=m * c) == lib.MC_OK
     assert backward(dx=_p(x), dx_len=m * c - 1) == lib.MC_ERR_SIZE
-    assert backward(relu_y=_p(y), relu_y_len=m * c - 1) == lib.MC_ERR_SIZE     # the fused ReLU's y
+    assert backward(relu_y=_p(y), relu_y_len=m * c - 1, dx=_p(x), dx_len=m * c) == lib.MC_ERR_SIZE  # the ReLU's y
     assert backward(relu_y=ffi.NULL, relu_y_len=m * c) == lib.MC_ERR_SIZE
+    assert backward(relu_y=_p(y), relu_y_len=m * c) == lib.MC_ERR_NULL      # the fused ReLU needs dx
     assert backward(dgamma_pointer=ffi.NULL) == lib.MC_ERR_NULL
 
 

@@ -616,11 +616,12 @@ def batchnorm_backward(dy, cache, need_dx=True):
     sfx = _suffix(dtype, who)
     dy = _contiguous(dy, dtype, "dy", who)
     m, c = dy.shape
-    dx = np.empty_like(dy) if need_dx else None
+    # with the fused ReLU, C passes the masked dy through dx: it needs one even without need_dx
+    dx = np.empty_like(dy) if need_dx or relu_y is not None else None
     dgamma, dbeta = np.empty(c, dtype=dtype), np.empty(c, dtype=dtype)
     _call("mc_batchnorm_backward" + sfx, m, c, _In("dy", dy, dtype, dy.size),
           _In("x_hat", x_hat, dtype, x_hat.size), _In("inv_std", inv_std, dtype, c),
           _In("gamma", gamma, dtype, c, optional=True), _In("relu_y", relu_y, dtype, dy.size, optional=True),
           _Out("dx", dx, dtype, dy.size, optional=True),
           _Out("dgamma", dgamma, dtype, c), _Out("dbeta", dbeta, dtype, c))
-    return dx, dgamma if gamma is not None else None, dbeta if has_beta else None
+    return (dx if need_dx else None), dgamma if gamma is not None else None, dbeta if has_beta else None
