@@ -374,6 +374,18 @@ static int mc_check_dense(int n, int k, int f, int64_t *x, int64_t *kernel, int6
 }
 
 /* ---- the drivers, once per dtype ---- */
+/* Dropout's random bits for element i of a call keyed by `key`: SplitMix64's output function
+ * of key + (i + 1) * the golden-ratio increment (Steele, Lea & Flood 2014), the same in
+ * minicnn/kernels/numpy_engine.py. One of MC_DROPOUT_ONE (2^24) levels: its top 24 bits. */
+#define MC_DROPOUT_ONE ((int64_t)1 << 24)
+static inline uint64_t mc_dropout_bits(uint64_t key, uint64_t i)
+{
+    uint64_t z = key + (i + 1) * UINT64_C(0x9E3779B97F4A7C15);
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+
 #define DR float
 #define DSFX f32
 #include "tmpl_driver.h"

@@ -218,6 +218,17 @@ int mc_relu_backward_f32(int64_t n, const float *dy, int64_t dy_len, const float
                          float *dx, int64_t dx_len);
 int mc_relu_backward_f64(int64_t n, const double *dy, int64_t dy_len, const double *y, int64_t y_len,
                          double *dx, int64_t dx_len);
+/* Dropout on n elements: element i is kept when the top 24 bits of SplitMix64's output for
+ * key + (i + 1) * 0x9E3779B97F4A7C15 are >= threshold (0 .. 2^24: rate * 2^24); y = x * scale
+ * where kept, x * 0 elsewhere, mask[i] = kept. Backward: dx = dy * (mask ? scale : 0). */
+int mc_dropout_forward_f32(int64_t n, const float *x, int64_t x_len, uint64_t key, int64_t threshold,
+                           double scale, float *y, int64_t y_len, uint8_t *mask, int64_t mask_len);
+int mc_dropout_forward_f64(int64_t n, const double *x, int64_t x_len, uint64_t key, int64_t threshold,
+                           double scale, double *y, int64_t y_len, uint8_t *mask, int64_t mask_len);
+int mc_dropout_backward_f32(int64_t n, const float *dy, int64_t dy_len, const uint8_t *mask,
+                            int64_t mask_len, double scale, float *dx, int64_t dx_len);
+int mc_dropout_backward_f64(int64_t n, const double *dy, int64_t dy_len, const uint8_t *mask,
+                            int64_t mask_len, double scale, double *dx, int64_t dx_len);
 /* Optimizer updates, in place on n elements, Keras' rules with each coefficient rounded once to
  * the dtype and every operation rounded on its own in the NumPy optimizer's order (so the
  * results equal minicnn/training/optimizers.py's):

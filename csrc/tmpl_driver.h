@@ -34,6 +34,7 @@
 #include "tmpl_avgpool.h"
 #include "tmpl_batchnorm.h"
 #include "tmpl_relu.h"
+#include "tmpl_dropout.h"
 #include "tmpl_entry.h"
 #include "tmpl_optim.h"
 

@@ -11,6 +11,7 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
                  inference, gamma and beta each on/off, the following ReLU fused on/off
     dense        N 1-9, K and F 1-300, fused ReLU on/off
+    dropout      1-400,000 elements, rates 0-0.9, random 64-bit keys (both passes bit for bit)
     relu         1-400,000 elements, with NaN, infinities and signed zeros in half the cases
                  (both passes bit for bit; above 2^17 elements on several threads)
     all          float32 and float64, 1-4 threads, every SIMD level the CPU has
@@ -78,6 +79,7 @@ REQUIRED_BRANCHES = (
     "dense",
     "relu",
     "relu on threads",
+    "dropout",
 )
 
 
@@ -186,6 +188,11 @@ def sample_relu(rng, common):
     return dict(common, op="relu", size=int(10 ** rng.uniform(0, 5.6)), special=rng.random() < 0.5)
 
 
+def sample_dropout(rng, common):
+    return dict(common, op="dropout", size=int(10 ** rng.uniform(0, 5.6)), rate=rng.choice([0.0, 0.1, 0.5, 0.9]),
+                key=rng.randrange(2**64))
+
+
 def make_cases(count, seed, threads, simd_levels):
     rng = random.Random(seed)
     cases = []
@@ -195,7 +202,7 @@ def make_cases(count, seed, threads, simd_levels):
         roll = rng.random()
         sample = (sample_conv if roll < 0.65 else sample_pool if roll < 0.77 else
                   sample_avgpool if roll < 0.85 else sample_batchnorm if roll < 0.92 else
-                  sample_dense if roll < 0.97 else sample_relu)
+                  sample_dense if roll < 0.96 else sample_relu if roll < 0.98 else sample_dropout)
         cases.append(sample(rng, common))
     return cases
 
@@ -328,6 +335,18 @@ def run_case(case):
         if dx.tobytes() != dx_ref.tobytes():
             problems.append("dx: ReLU gradients differ in their bits")
         branches = ["relu"] + (["relu on threads"] if case["size"] >= 2**17 and effective > 1 else [])
+    elif case["op"] == "dropout":
+        x, dy = normal(case["size"]), normal(case["size"])
+        args = (x, case["rate"], case["key"])
+        y_ref, cache_ref = _on(kernels, "numpy", lambda: kernels.dropout_forward(*args))
+        y, cache = _on(kernels, "c", lambda: kernels.dropout_forward(*args))
+        if y.tobytes() != y_ref.tobytes():
+            problems.append("y: dropout outputs differ in their bits")
+        dx_ref = _on(kernels, "numpy", lambda: kernels.dropout_backward(dy, cache_ref))
+        dx = _on(kernels, "c", lambda: kernels.dropout_backward(dy, cache))
+        if dx.tobytes() != dx_ref.tobytes():
+            problems.append("dx: dropout gradients differ in their bits")
+        branches = ["dropout"]
     else:
         x = normal(case["n"], case["k"])
         kernel = normal(case["k"], case["f"])

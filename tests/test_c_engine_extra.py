@@ -236,3 +236,55 @@ def test_relu_entry_points_refuse_wrong_lengths_and_null():
     assert lib.mc_relu_backward_f32(10, px, 10, px, 10, py, 9) != 0
     with pytest.raises(ValueError, match="dy must have 9 elements, received 10"):
         c_engine.relu_backward(np.ones(10, np.float32), np.ones(9, np.float32))
+
+
+# -- dropout: the mask is a function of (key, index) only ---------------------------------------
+
+def splitmix64_reference(key, i):
+    """SplitMix64's output function in Python integers, from its published definition."""
+    z = (key + (i + 1) * 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return z ^ (z >> 31)
+
+
+def test_the_dropout_bits_are_splitmix64():
+    for key in (0, 1, 2**63 + 12345, 2**64 - 1):
+        bits = numpy_engine.dropout_bits(key, 50)
+        assert [int(b) for b in bits] == [splitmix64_reference(key, i) for i in range(50)]
+    # SplitMix64 seeded with 0: its first output is the published 0xE220A8397B1DCDAF
+    assert splitmix64_reference(0, 0) == 0xE220A8397B1DCDAF
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 9, 8, 17), (4, 128, 64, 9)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rate", [0.0, 0.25, 0.5, 0.9])
+def test_dropout_passes_equal_the_numpy_engine_bit_for_bit(c_settings, shape, dtype, rate):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    flat = x.reshape(-1)
+    flat[:5] = np.array([-0.0, np.nan, np.inf, -np.inf, -1.0], dtype=dtype)[:flat.size]
+    key = int(rng.integers(0, 2**64, dtype=np.uint64))
+    threshold = round(rate * numpy_engine.DROPOUT_ONE)
+    scale = float(dtype(1 / (1 - rate)))
+    with np.errstate(invalid="ignore"):          # inf * 0 is NaN on both engines
+        y_c, cache = c_engine.dropout_forward(x, key, threshold, scale)
+        y_numpy, multiplier = numpy_engine.dropout_forward(x, key, threshold, scale)
+        assert y_c.tobytes() == y_numpy.tobytes()
+        assert np.array_equal(cache.mask.astype(bool), multiplier != 0)
+        dy = rng.standard_normal(shape).astype(dtype)
+        assert c_engine.dropout_backward(dy, cache).tobytes() == numpy_engine.dropout_backward(dy, multiplier).tobytes()
+
+
+def test_dropout_entry_points_refuse_bad_thresholds_lengths_and_null():
+    x, y, mask = np.ones(10, np.float32), np.empty(10, np.float32), np.empty(10, np.uint8)
+    px, py = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y, require_writable=True)
+    pm = ffi.from_buffer("uint8_t[]", mask, require_writable=True)
+    assert lib.mc_dropout_forward_f32(10, px, 10, 7, 1 << 23, 2.0, py, 10, pm, 10) == lib.MC_OK
+    assert lib.mc_dropout_forward_f32(10, px, 10, 7, -1, 2.0, py, 10, pm, 10) == lib.MC_ERR_GEOMETRY
+    assert lib.mc_dropout_forward_f32(10, px, 10, 7, (1 << 24) + 1, 2.0, py, 10, pm, 10) == lib.MC_ERR_GEOMETRY
+    assert lib.mc_dropout_forward_f32(10, px, 10, 7, 0, 1.0, py, 10, pm, 9) == lib.MC_ERR_SIZE
+    assert lib.mc_dropout_forward_f32(10, px, 10, 7, 0, 1.0, py, 10, ffi.NULL, 10) == lib.MC_ERR_NULL
+    assert lib.mc_dropout_backward_f32(10, px, 10, pm, 10, 2.0, py, 11) == lib.MC_ERR_SIZE
+    assert lib.mc_dropout_backward_f32(10, px, 10, ffi.NULL, 10, 2.0, py, 10) == lib.MC_ERR_NULL
+    assert lib.mc_dropout_backward_f32(0, px, 0, pm, 0, 2.0, py, 0) == lib.MC_ERR_GEOMETRY

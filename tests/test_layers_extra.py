@@ -290,7 +290,7 @@ def test_a_relu_after_batch_normalization_runs_in_its_pass_with_the_same_bits(ba
 # ---- Dropout --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dropout_scales_kept_values_exactly_and_preserves_the_mean(dtype):
+def test_dropout_scales_kept_values_exactly_and_preserves_the_mean(backend, dtype):
     rate = 0.3
     x = np.random.default_rng(2).random((1000, 1000)).astype(dtype) + 1
     layer = Dropout(rate, seed=7, dtype=np.dtype(dtype).name)

@@ -13,7 +13,7 @@ The functions: conv2d_forward / conv2d_relu_forward (ReLU fused into the epilogu
 conv2d_backward, maxpool2d_forward / maxpool2d_backward, dense_forward (optional fused ReLU) /
 dense_backward, avgpool2d_forward / avgpool2d_backward, global_avgpool2d_forward /
 global_avgpool2d_backward, batchnorm_forward / batchnorm_backward, relu_forward / relu_backward
-(the ReLU layer), and the in-place optimizer
+(the ReLU layer), dropout_forward / dropout_backward, and the in-place optimizer
 steps optimizer_adam_update / optimizer_sgd_update. Every engine implements all of them. The fused and dense entry points exist for
 speed: a separate ReLU costs a pass over the activations each way, and running the dense
 products on the C engine's own threads keeps OpenBLAS's spinning pool from fighting them for the
@@ -378,6 +378,33 @@ def _check_update_arrays(who, param, grad, **state):
             raise ValueError(f"{who}: {name} must have param's shape {param.shape}, received {a.shape}")
         if name != "grad" and not a.flags.writeable:
             raise ValueError(f"{who}: {name} must be writable (it is updated in place)")
+
+
+def dropout_forward(x, rate, key):
+    """Inverted dropout of x (float32/float64, any shape) for one training step: each element
+    kept or zeroed by the top 24 bits of a SplitMix64 hash of (key, its index), kept with
+    probability 1 - rate (to 2^-24), kept ones multiplied by 1 / (1 - rate) rounded to x's dtype.
+    key: an int in [0, 2^64), drawn by the layer once per step. Returns (y, cache); the same
+    key gives the same mask on every engine and thread count."""
+    who = "dropout_forward"
+    if not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_DTYPES or x.size == 0:
+        raise TypeError(f"{who}: x must be a non-empty float32 or float64 NumPy array, received "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"{who}: rate must be a number in [0, 1), received {rate!r}")
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < 2**64:
+        raise ValueError(f"{who}: key must be an integer in [0, 2**64), received {key!r}")
+    threshold = round(rate * numpy_engine.DROPOUT_ONE)
+    scale = float(x.dtype.type(1.0 / (1.0 - rate)))
+    y, cache = _active.dropout_forward(x, int(key), threshold, scale)
+    return y, _Cache("dropout", _active, y.shape, y.dtype, cache)
+
+
+def dropout_backward(dy, cache):
+    """dx = dy * the forward's mask * 1 / (1 - rate)."""
+    cache = _unpack_cache(cache, "dropout", "dropout_backward")
+    _check_grad(dy, cache.y_shape, cache.dtype, "dropout_backward")
+    return cache.engine.dropout_backward(dy, cache.engine_cache)
 
 
 def relu_forward(x):

@@ -46,6 +46,7 @@ NAME = "c"
 
 _SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 _INT32 = np.dtype(np.int32)
+_UINT8 = np.dtype(np.uint8)
 _ERRORS = {
     1: "the geometry is invalid (shape, stride or padding)",
     2: "a buffer length does not match the geometry",
@@ -74,7 +75,8 @@ class _Out(_In):
     writable = True
 
 
-_CTYPES = {np.dtype(np.float32): "float[]", np.dtype(np.float64): "double[]", _INT32: "int32_t[]"}
+_CTYPES = {np.dtype(np.float32): "float[]", np.dtype(np.float64): "double[]", _INT32: "int32_t[]",
+           _UINT8: "uint8_t[]"}
 
 
 def _pointer(arg, who):
@@ -371,6 +373,37 @@ def relu_backward(dy, y):
     dx = np.empty(y.shape, dtype=dtype)
     _call("mc_relu_backward" + sfx, y.size, _In("dy", dy, dtype, y.size), _In("y", y, dtype, y.size),
           *_verified(dx))
+    return dx
+
+
+# ---- dropout (elementwise; the mask depends on the key and the index only) ----
+
+DropoutCache = namedtuple("DropoutCache", "mask scale")
+
+
+def dropout_forward(x, key, threshold, scale):
+    """(y, cache) for x of any shape: the numpy_engine.dropout_forward mask, drawn in C."""
+    who = "dropout_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    y = np.empty(x.shape, dtype=dtype)
+    mask = np.empty(x.shape, dtype=np.uint8)
+    _call("mc_dropout_forward" + sfx, x.size, _In("x", x, dtype, x.size), int(key), int(threshold),
+          float(scale), *_verified(y), *_verified(mask))
+    return y, DropoutCache(mask, float(scale))
+
+
+def dropout_backward(dy, cache):
+    """dx = dy * (mask ? scale : 0)."""
+    who = "dropout_backward"
+    dtype = dy.dtype
+    sfx = _suffix(dtype, who)
+    dy = _contiguous(dy, dtype, "dy", who)
+    mask = cache.mask
+    dx = np.empty(dy.shape, dtype=dtype)
+    _call("mc_dropout_backward" + sfx, dy.size, _In("dy", dy, dtype, mask.size),
+          _In("mask", mask, _UINT8, mask.size), cache.scale, *_verified(dx))
     return dx
 
 

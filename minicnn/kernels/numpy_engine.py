@@ -225,6 +225,39 @@ def relu_backward(dy, y):
     return dy * (y > 0)
 
 
+# -- dropout --------------------------------------------------------------------------------------
+
+DROPOUT_ONE = 1 << 24     # the mask's levels: a threshold of rate * 2^24
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def dropout_bits(key, n):
+    """SplitMix64's output for key + (i + 1) * 0x9E3779B97F4A7C15, i = 0 .. n-1 (uint64, wrapping
+    as in C): the C engine's mc_dropout_bits, element for element."""
+    z = np.arange(1, n + 1, dtype=np.uint64)
+    z *= _GOLDEN
+    z += np.uint64(key)
+    z ^= z >> np.uint64(30)
+    z *= _MIX1
+    z ^= z >> np.uint64(27)
+    z *= _MIX2
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def dropout_forward(x, key, threshold, scale):
+    """(y, multiplier): element i kept when the top 24 bits of dropout_bits(key)[i] reach
+    threshold; multiplier = scale there and 0 elsewhere (x's dtype), y = x * multiplier."""
+    keep = (dropout_bits(key, x.size) >> np.uint64(40)).astype(np.int64) >= threshold
+    multiplier = keep.reshape(x.shape) * x.dtype.type(scale)
+    return x * multiplier, multiplier
+
+
+def dropout_backward(dy, multiplier):
+    """dx = dy * the forward's multiplier."""
+    return dy * multiplier
+
+
 # -- optimizer updates (the reference sequence of ufuncs; the C engine rounds identically) ------
 
 def adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch=None):

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from .. import seeding
+from .. import kernels, seeding
 from ..errors import quote
 from .base import REGISTRY, Layer
 
@@ -48,22 +48,30 @@ class Dropout(RandomLayer):
         if noise_shape is not None:
             raise ValueError(f"{who}: noise_shape is not supported (only None), received {quote(noise_shape)}")
         self.rate = float(rate)
-        self._multiplier = None
+        self._cache = None       # the kernel face's mask of the last training forward
+        self._identity = False   # rate 0 in training: dx = dy
 
     def _forward(self, x, training):
-        if not training or self.rate == 0.0:
-            self._multiplier = 1 if training else None
+        self._cache, self._identity = None, False
+        if not training:
             return x
-        keep = self._generator().random(x.shape) >= self.rate
-        # Kept cells are multiplied by exactly 1/(1 - rate) rounded to the dtype.
-        self._multiplier = keep * x.dtype.type(1.0 / (1.0 - self.rate))
-        return x * self._multiplier
+        if self.rate == 0.0:
+            self._identity = True
+            return x
+        # One 64-bit key per step from the layer's generator (set_seed or seed=) decides every
+        # element: the kernel face hashes (key, index), the same on every engine and thread
+        # count. Kept cells are multiplied by exactly 1/(1 - rate) rounded to the dtype.
+        key = int(self._generator().integers(0, 2**64, dtype=np.uint64))
+        y, self._cache = kernels.dropout_forward(x, self.rate, key)
+        return y
 
     def _backward(self, dy, need_input_gradient=True):
-        if self._multiplier is None:
+        if self._cache is None and not self._identity:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
         self._check_grad_array(dy, dy.shape[:1] + self.input_shape)
-        return dy * self._multiplier if need_input_gradient else None
+        if not need_input_gradient:
+            return None
+        return dy if self._identity else kernels.dropout_backward(dy, self._cache)
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate}
