@@ -15,6 +15,9 @@ Rows:
                              Adam.step, loss.item())
     infer b1000              probabilities for 1000 images: `model.predict(batch_size=1000)` and
                              torch.no_grad() forward + softmax
+    predict b1               one image at a time, the demo page's path: SINGLE_IMAGES separate
+                             `model.predict(x[i:i+1])` calls, against PyTorch's eager call
+                             (no_grad, forward + softmax of one image); images/s = 1 / latency
     NAME train b32           (--arch NAME) the same two measurements for another architecture
     NAME infer b1000
     recipe b128 (--recipe)   the training step of examples/fashion_mnist.py --recipe best: the
@@ -107,7 +110,8 @@ while os.getppid() == parent:
         pass
 """
 
-Row = namedtuple("Row", "arch kind batch")  # kind: "train" or "infer"
+Row = namedtuple("Row", "arch kind batch")  # kind: "train", "infer" or "predict" (one image a call)
+SINGLE_IMAGES = 200   # calls per timed block of the predict b1 row
 
 
 # -- the architectures -------------------------------------------------------------------------
@@ -253,7 +257,8 @@ def recipe_torch_layers(nn):
 Architecture = namedtuple("Architecture", "input_shape layers torch_layers rows")
 ARCH_ROWS = (("train", 32), ("infer", 1000))
 ARCHITECTURES = {
-    "seed": Architecture((28, 28, 1), seed_layers, seed_torch_layers, (("train", 32), ("train", 128), ("infer", 1000))),
+    "seed": Architecture((28, 28, 1), seed_layers, seed_torch_layers,
+                         (("train", 32), ("train", 128), ("infer", 1000), ("predict", 1))),
     "lenet5": Architecture((28, 28, 1), lenet5_layers, lenet5_torch_layers, ARCH_ROWS),
     "vgg32": Architecture((32, 32, 3), vgg32_layers, vgg32_torch_layers, ARCH_ROWS),
     "stride2": Architecture((28, 28, 1), stride2_layers, stride2_torch_layers, ARCH_ROWS),
@@ -337,6 +342,13 @@ def minicnn_runner(engine, row, x, y):
         def run():
             minicnn.set_backend(engine)
             model.fit(x, y, batch_size=row.batch, epochs=1, shuffle=False, verbose=0)
+    elif row.kind == "predict":
+        singles = [x[i:i + 1] for i in range(len(x))]
+
+        def run():
+            minicnn.set_backend(engine)
+            for image in singles:
+                model.predict(image, verbose=0)
     else:
         def run():
             minicnn.set_backend(engine)
@@ -411,6 +423,8 @@ def available_engines(wanted=None):
 
 
 def images_per_row(row, args):
+    if row.kind == "predict":
+        return SINGLE_IMAGES
     return row.batch * (args.steps if row.kind == "train" else args.infer_batches)
 
 
