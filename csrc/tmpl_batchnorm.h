@@ -101,17 +101,7 @@ static void DN(bn_backward)(int64_t m, int c, const DR *dy, const DR *x_hat, con
          * mc_relu_backward's own loop; the rest reads the masked dy from there and overwrites
          * each element only after reading it. With the mask inside the sums' loop instead,
          * that loop ran ten times slower. */
-        const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
-        const int64_t n = m * c, chunk = 8192, chunks = (n + chunk - 1) / chunk;
-        const int mask_threads = DN(threads_for)(n, threads);
-        (void)mask_threads;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(mask_threads) schedule(static) if (mask_threads > 1 && chunks > 1)
-#endif
-        for (int64_t k = 0; k < chunks; k++) {
-            const int64_t start = k * chunk, len = n - start < chunk ? n - start : chunk;
-            isa->relu_mask(dx + start, dy + start, relu_y + start, (int)len);
-        }
+        DN(relu_mask)(m * c, dy, relu_y, dx, threads);
         dy = dx;
     }
     for (int j = 0; j < c; j++) { dgamma[j] = 0; dbeta[j] = 0; }

@@ -35,6 +35,26 @@ static int DN(threads_for)(int64_t work, int threads)
     return work < MC_PARALLEL_MIN_WORK ? 1 : threads;
 }
 
+/* The elementwise passes (ReLU, dropout, the optimizer updates, the fused ReLU's mask): `body`
+ * runs on consecutive chunks of n elements, the chunks split between `threads` threads in
+ * order. One call through the pointer per chunk of thousands of elements, so the loops inside
+ * `body` stay plain and vectorised; the split never changes a result (no element depends on
+ * another). */
+typedef void (*DN(chunk_body))(int64_t start, int64_t len, const void *args);
+
+static void DN(for_chunks)(int64_t n, int64_t chunk, int threads, DN(chunk_body) body, const void *args)
+{
+    const int64_t chunks = (n + chunk - 1) / chunk;
+    (void)threads;   /* read by the OpenMP pragma only, in builds without OpenMP */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
+#endif
+    for (int64_t k = 0; k < chunks; k++) {
+        const int64_t start = k * chunk;
+        body(start, n - start < chunk ? n - start : chunk, args);
+    }
+}
+
 /* Run igemm over `tiles` of output rows. pixel_ptrs fills the a and c pointers of a tile. */
 typedef struct {
     /* forward: pixel -> (n, p, q); dx: pixel -> (n, hh, ww) inside one phase */

@@ -15,6 +15,30 @@ static int DN(opt_check)(int64_t n, const void *a, int64_t a_len, const void *b,
     return MC_OK;
 }
 
+typedef struct { const DN(mc_isa) *isa; DR *param; const DR *grad; DR *m, *v; DR c[6]; } DN(adam_args);
+
+static void DN(adam_chunk)(int64_t start, int64_t len, const void *args)
+{
+    const DN(adam_args) *a = args;
+    a->isa->adam(a->param + start, a->grad + start, a->m + start, a->v + start, len, a->c);
+}
+
+typedef struct {
+    const DN(mc_isa) *isa;
+    DR *param;
+    const DR *grad;
+    DR *velocity;
+    DR lr, momentum;
+    int nesterov;
+} DN(sgd_args);
+
+static void DN(sgd_chunk)(int64_t start, int64_t len, const void *args)
+{
+    const DN(sgd_args) *a = args;
+    a->isa->sgd(a->param + start, a->grad + start, a->velocity ? a->velocity + start : NULL, len, a->lr,
+                a->momentum, a->nesterov);
+}
+
 int DN(mc_adam_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, int64_t grad_len,
                        DR *m, int64_t m_len, DR *v, int64_t v_len, double lr_t, double beta_1,
                        double beta_2, double epsilon)
@@ -26,18 +50,9 @@ int DN(mc_adam_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, 
     mc_init();
     const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
     /* each coefficient rounded once to the dtype, as NumPy does with a Python float */
-    const DR c[6] = {(DR)beta_1, (DR)(1.0 - beta_1), (DR)beta_2, (DR)(1.0 - beta_2), (DR)epsilon, (DR)lr_t};
-    const int64_t chunks = (n + DN_OPT_CHUNK - 1) / DN_OPT_CHUNK;
-    const int threads = n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now();
-    (void)threads;   /* read by the OpenMP pragma only */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
-#endif
-    for (int64_t k = 0; k < chunks; k++) {
-        const int64_t start = k * DN_OPT_CHUNK;
-        const int64_t len = n - start < DN_OPT_CHUNK ? n - start : DN_OPT_CHUNK;
-        isa->adam(param + start, grad + start, m + start, v + start, len, c);
-    }
+    const DN(adam_args) args = {isa, param, grad, m, v,
+                                {(DR)beta_1, (DR)(1.0 - beta_1), (DR)beta_2, (DR)(1.0 - beta_2), (DR)epsilon, (DR)lr_t}};
+    DN(for_chunks)(n, DN_OPT_CHUNK, n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now(), DN(adam_chunk), &args);
     return MC_OK;
 }
 
@@ -50,19 +65,8 @@ int DN(mc_sgd_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, i
     if (velocity ? velocity_len != n : velocity_len != 0) return MC_ERR_SIZE;
     mc_init();
     const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
-    const DR lr = (DR)learning_rate, mom = (DR)momentum;
-    const int64_t chunks = (n + DN_OPT_CHUNK - 1) / DN_OPT_CHUNK;
-    const int threads = n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now();
-    (void)threads;   /* read by the OpenMP pragma only */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
-#endif
-    for (int64_t k = 0; k < chunks; k++) {
-        const int64_t start = k * DN_OPT_CHUNK;
-        const int64_t len = n - start < DN_OPT_CHUNK ? n - start : DN_OPT_CHUNK;
-        isa->sgd(param + start, grad + start, velocity ? velocity + start : NULL, len, lr, mom,
-                 nesterov != 0);
-    }
+    const DN(sgd_args) args = {isa, param, grad, velocity, (DR)learning_rate, (DR)momentum, nesterov != 0};
+    DN(for_chunks)(n, DN_OPT_CHUNK, n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now(), DN(sgd_chunk), &args);
     return MC_OK;
 }
 #undef DN_OPT_CHUNK

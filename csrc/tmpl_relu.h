@@ -15,24 +15,41 @@ static int DN(relu_check)(int64_t n, const void *a, int64_t a_len, const void *b
     return MC_OK;
 }
 
+typedef struct { const DR *x; DR *y; } DN(relu_forward_args);
+
+static void DN(relu_forward_chunk)(int64_t start, int64_t len, const void *args)
+{
+    const DN(relu_forward_args) *a = args;
+    const DR *x = a->x + start;
+    DR *y = a->y + start;
+    for (int64_t i = 0; i < len; i++) {
+        const DR v = x[i];
+        y[i] = (v > 0) | (v != v) ? v : (DR)0;
+    }
+}
+
+/* dx = dy * (y > 0) over a range: also the fused batch-norm ReLU's first step (tmpl_batchnorm.h) */
+typedef struct { const DR *dy, *y; DR *dx; } DN(relu_mask_args);
+
+static void DN(relu_mask_chunk)(int64_t start, int64_t len, const void *args)
+{
+    const DN(relu_mask_args) *a = args;
+    DN(mc_isa_tables)[mc_level].relu_mask(a->dx + start, a->dy + start, a->y + start, (int)len);
+}
+
+static void DN(relu_mask)(int64_t n, const DR *dy, const DR *y, DR *dx, int threads)
+{
+    const DN(relu_mask_args) args = {dy, y, dx};
+    DN(for_chunks)(n, DN_RELU_CHUNK, DN(threads_for)(n, threads), DN(relu_mask_chunk), &args);
+}
+
 int DN(mc_relu_forward)(int64_t n, const DR *x, int64_t x_len, DR *y, int64_t y_len)
 {
     int err = DN(relu_check)(n, x, x_len, y, y_len);
     if (err) return err;
     mc_init();
-    const int64_t chunks = (n + DN_RELU_CHUNK - 1) / DN_RELU_CHUNK;
-    const int threads = DN(threads_for)(n, mc_threads_now());
-    (void)threads;   /* read by the OpenMP pragma only */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
-#endif
-    for (int64_t k = 0; k < chunks; k++) {
-        const int64_t end = (k + 1) * DN_RELU_CHUNK < n ? (k + 1) * DN_RELU_CHUNK : n;
-        for (int64_t i = k * DN_RELU_CHUNK; i < end; i++) {
-            const DR v = x[i];
-            y[i] = (v > 0) | (v != v) ? v : (DR)0;
-        }
-    }
+    const DN(relu_forward_args) args = {x, y};
+    DN(for_chunks)(n, DN_RELU_CHUNK, DN(threads_for)(n, mc_threads_now()), DN(relu_forward_chunk), &args);
     return MC_OK;
 }
 
@@ -44,18 +61,7 @@ int DN(mc_relu_backward)(int64_t n, const DR *dy, int64_t dy_len, const DR *y, i
     if (!dx) return MC_ERR_NULL;
     if (dx_len != n) return MC_ERR_SIZE;
     mc_init();
-    const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
-    const int64_t chunks = (n + DN_RELU_CHUNK - 1) / DN_RELU_CHUNK;
-    const int threads = DN(threads_for)(n, mc_threads_now());
-    (void)threads;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
-#endif
-    for (int64_t k = 0; k < chunks; k++) {
-        const int64_t start = k * DN_RELU_CHUNK;
-        const int64_t len = n - start < DN_RELU_CHUNK ? n - start : DN_RELU_CHUNK;
-        isa->relu_mask(dx + start, dy + start, y + start, (int)len);
-    }
+    DN(relu_mask)(n, dy, y, dx, mc_threads_now());
     return MC_OK;
 }
 #undef DN_RELU_CHUNK

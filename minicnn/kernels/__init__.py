@@ -387,9 +387,7 @@ def dropout_forward(x, rate, key):
     key: an int in [0, 2^64), drawn by the layer once per step. Returns (y, cache); the same
     key gives the same mask on every engine and thread count."""
     who = "dropout_forward"
-    if not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_DTYPES or x.size == 0:
-        raise TypeError(f"{who}: x must be a non-empty float32 or float64 NumPy array, received "
-                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    _check_float_array(x, who, "x")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ValueError(f"{who}: rate must be a number in [0, 1), received {rate!r}")
     if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < 2**64:
@@ -410,12 +408,7 @@ def dropout_backward(dy, cache):
 def relu_forward(x):
     """y = max(x, 0) elementwise for a float32/float64 array of any shape (the ReLU layer); NaN
     stays NaN and -0.0 becomes +0.0, as with np.maximum(x, 0)."""
-    who = "relu_forward"
-    if not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{who}: x must be a float32 or float64 NumPy array, received "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
-    if x.size == 0:
-        raise ValueError(f"{who}: x must not be empty, received shape {x.shape}")
+    _check_float_array(x, "relu_forward", "x")
     return _active.relu_forward(x)
 
 
@@ -423,8 +416,7 @@ def relu_backward(dy, y):
     """dx = dy * (y > 0) for y = relu_forward(x): the gradient at exactly 0 is 0 (Keras and
     PyTorch); a product, so a NaN in dy stays NaN."""
     who = "relu_backward"
-    if not isinstance(y, np.ndarray) or y.dtype not in _FLOAT_DTYPES or y.size == 0:
-        raise TypeError(f"{who}: y must be the non-empty float array relu_forward returned")
+    _check_float_array(y, who, "y")
     _check_grad(dy, y.shape, y.dtype, who)
     return _active.relu_backward(dy, y)
 
@@ -458,10 +450,11 @@ def optimizer_sgd_update(param, grad, velocity, learning_rate, momentum, nestero
 
 # -- average pooling and batch normalisation --------------------------------------------------
 
-def _check_float_array(value, who, name, ndim):
+def _check_float_array(value, who, name, ndim=None):
+    """A float32/float64 array without empty axes, of `ndim` dimensions (any when None)."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{who}: {name} must be a NumPy array, received {type(value).__name__}")
-    if value.ndim != ndim:
+    if ndim is not None and value.ndim != ndim:
         raise ValueError(f"{who}: {name} must be {ndim}-D, received shape {value.shape}")
     if value.dtype not in (np.float32, np.float64):
         raise TypeError(f"{who}: {name} must be float32 or float64, received dtype {value.dtype}")
