@@ -90,7 +90,13 @@ static void DN(wino_conv)(const DN(mc_isa) *isa, const DN(mc_view) *in, int n, i
     const int vlen = isa->vlen, nb = isa->nvmax * vlen, cin = in->channels;
     const int th = (oh + 1) / 2, tw = (ow + 1) / 2;
     const int64_t per_img = (int64_t)th * tw, tiles = n * per_img;
-    const int64_t blocks = (tiles + DN_WINO_TILES - 1) / DN_WINO_TILES;
+    /* Tiles per block: at most DN_WINO_TILES (the per-thread buffers' size), and as even
+     * between the threads as whole rounds allow: one 14x14 image's 49 tiles were blocks of 36
+     * and 13, so one thread did three quarters of a single-image prediction's layer. Rows of
+     * the GEMMs are independent, so the split never changes a result. */
+    const int64_t rounds = (tiles + (int64_t)parts * DN_WINO_TILES - 1) / ((int64_t)parts * DN_WINO_TILES);
+    const int64_t per_block = (tiles + parts * rounds - 1) / (parts * rounds);
+    const int64_t blocks = (tiles + per_block - 1) / per_block;
     const int fv = (int)DN(round_up)(cout, vlen);
     if (parts > blocks) parts = (int)blocks;
 #ifdef _OPENMP
@@ -108,8 +114,8 @@ static void DN(wino_conv)(const DN(mc_isa) *isa, const DN(mc_view) *in, int n, i
 #pragma omp for schedule(static)
 #endif
         for (int64_t blk = 0; blk < blocks; blk++) {
-            const int64_t t0 = blk * DN_WINO_TILES;
-            const int count = (int)(tiles - t0 < DN_WINO_TILES ? tiles - t0 : DN_WINO_TILES);
+            const int64_t t0 = blk * per_block;
+            const int count = (int)(tiles - t0 < per_block ? tiles - t0 : per_block);
             for (int t = 0; t < count; t++) {
                 const int64_t tile = t0 + t, img = tile / per_img, r = tile % per_img;
                 const DR *d[16];

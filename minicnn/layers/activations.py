@@ -117,8 +117,12 @@ def relu(x):
 def softmax(x, axis=-1):
     """exp(x) / sum(exp(x)) along axis, max-subtracted so large logits cannot overflow."""
     x = np.asarray(x)
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e = x - np.max(x, axis=axis, keepdims=True)
+    if e.dtype.kind != "f":                # integers: exp's float64, as np.exp(ints) gives
+        e = e.astype(np.float64)
+    np.exp(e, out=e)                       # in place: one array for the whole computation
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 def linear(x):
