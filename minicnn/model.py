@@ -127,6 +127,12 @@ class Sequential(Trainer):
                 # before, which applies the mask (docs/architecture.md, "Fusions")
                 x = follower.take_fused_output(layer.forward_with_relu(x, training), training)
                 i += 2
+            elif i > 0 and type(layer).forward is Layer.forward:
+                # Checked once: the first layer checked the input, and each built layer's
+                # output has the next one's input shape and the model's dtype (8 us of a
+                # single-image prediction); the kernel face still checks every array
+                x = layer._forward(x, training)
+                i += 1
             else:
                 x = layer.forward(x, training=training)
                 i += 1

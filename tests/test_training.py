@@ -531,3 +531,24 @@ def test_predict_never_returns_a_view_of_the_input():
     np.testing.assert_array_equal(out, x.reshape(5, -1))
     out[:] = -1                                   # the caller may write to it
     assert (x >= 0).all()
+
+
+def test_the_model_checks_its_input_once_and_still_runs_a_layers_own_forward():
+    """Sequential checks the input at the first layer and then calls the built layers' passes
+    directly (their inputs are the previous layers' outputs); a layer class that overrides
+    forward itself still has that forward called."""
+    calls = []
+
+    class Recording(Flatten):
+        def forward(self, x, training=False):
+            calls.append(x.shape)
+            return super().forward(x, training)
+
+    model = Sequential([Conv2D(2, 3, input_shape=(5, 5, 1)), Recording(), Dense(3)])
+    x = np.random.default_rng(0).random((4, 5, 5, 1), dtype=np.float32)
+    model.forward(x)
+    assert calls == [(4, 3, 3, 2)]
+    with pytest.raises(TypeError, match="input dtype must be float32"):
+        model.forward(x.astype(np.float64))          # the first layer's check
+    with pytest.raises(ValueError, match=r"expected input of shape \(batch, 5, 5, 1\)"):
+        model.forward(x[:, :4])
