@@ -237,19 +237,18 @@ const char *mc_simd_name(int level)
     }
 }
 
-/* The threads a call runs on: the request (set_num_threads, else OMP_NUM_THREADS or all
- * cores), capped at the processors this process may run on (omp_get_num_procs honours the
+/* The threads a call is laid out for: the request (set_num_threads, else OMP_NUM_THREADS or
+ * all cores), capped at the processors this process may run on (omp_get_num_procs honours the
  * affinity mask) and at MC_MAX_PARTS. More threads than processors only wait for each other,
  * and every thread costs a per-thread workspace region: OMP_NUM_THREADS=100000 once asked
- * for 7.6 GB and crashed inside libgomp. */
+ * for 7.6 GB and crashed inside libgomp. The convolutions' kernel gradients sum one partial
+ * gradient per laid-out thread, so this number, not the load, decides their bits. */
 static int mc_threads_now(void)
 {
 #ifdef _OPENMP
     int threads = mc_threads_requested > 0 ? mc_threads_requested : omp_get_max_threads();
     const int procs = omp_get_num_procs();
     if (!mc_threads_beyond_cpus && procs >= 1 && threads > procs) threads = procs;
-    if (!mc_threads_beyond_cpus && mc_threads_load_cap > 0 && threads > mc_threads_load_cap)
-        threads = mc_threads_load_cap;
     if (threads > MC_MAX_PARTS) threads = MC_MAX_PARTS;
     return threads < 1 ? 1 : threads;
 #else
@@ -257,7 +256,18 @@ static int mc_threads_now(void)
 #endif
 }
 
-int mc_max_threads(void) { return mc_threads_now(); }
+/* The threads that run: mc_threads_now() capped by the CPUs other processes leave free
+ * (mc_set_load_cap). A team smaller than the layout only changes which thread computes which
+ * part, never a result. */
+static int mc_team_now(void)
+{
+    const int threads = mc_threads_now();
+    if (!mc_threads_beyond_cpus && mc_threads_load_cap > 0 && threads > mc_threads_load_cap)
+        return mc_threads_load_cap;
+    return threads;
+}
+
+int mc_max_threads(void) { return mc_team_now(); }
 
 int mc_set_algorithm(int algorithm)
 {

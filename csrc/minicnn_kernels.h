@@ -67,8 +67,9 @@ void mc_set_num_threads(int threads);     /* < 1 restores the OpenMP default; ca
  * threads run on a 2-core machine (taking turns) and every thread count is exercised. */
 void mc_allow_threads_beyond_cpus(int allow);
 /* The CPUs other processes leave free (minicnn/kernels/load.py measures them between training
- * steps): a call uses at most this many threads; < 1 removes the cap. Ignored while
- * mc_allow_threads_beyond_cpus is on, so tests run exactly the threads they ask for. */
+ * steps): a call runs at most this many threads; < 1 removes the cap. The work stays laid out
+ * for the uncapped count (the kernel gradients' parts), so the results do not change. Ignored
+ * while mc_allow_threads_beyond_cpus is on, so tests run exactly the threads they ask for. */
 void mc_set_load_cap(int threads);
 /* glibc only: keep up to trim_bytes of freed memory and serve blocks up to 32 MiB from the heap,
  * so that arrays freed and reallocated every batch are not page-faulted in again.

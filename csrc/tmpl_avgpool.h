@@ -98,7 +98,7 @@ int DN(mc_avgpool2d_forward)(const mc_pool_geom *g, const DR *x, int64_t x_len, 
     if (!x || !y) return MC_ERR_NULL;
     if (x_len != (int64_t)g->n * g->h * g->w * g->c || y_len != (int64_t)g->n * oh * ow * g->c)
         return MC_ERR_SIZE;
-    DN(avgpool_forward)(g, x, y, oh, ow, mc_threads_now());
+    DN(avgpool_forward)(g, x, y, oh, ow, mc_team_now());
     return MC_OK;
 }
 
@@ -111,6 +111,6 @@ int DN(mc_avgpool2d_backward)(const mc_pool_geom *g, const DR *dy, int64_t dy_le
     if (!dy || !dx) return MC_ERR_NULL;
     if (dx_len != (int64_t)g->n * g->h * g->w * g->c || dy_len != (int64_t)g->n * oh * ow * g->c)
         return MC_ERR_SIZE;
-    DN(avgpool_backward)(g, dy, dx, oh, ow, mc_threads_now());
+    DN(avgpool_backward)(g, dy, dx, oh, ow, mc_team_now());
     return MC_OK;
 }

@@ -145,7 +145,7 @@ int DN(mc_batchnorm_forward_training)(int64_t m, int c, const DR *x, int64_t x_l
         (beta ? beta_len != c : beta_len != 0))
         return MC_ERR_SIZE;
     DN(bn_forward_training)(m, c, x, gamma, beta, (DR)epsilon, relu != 0, y, mean, var, x_hat,
-                            inv_std, mc_threads_now());
+                            inv_std, mc_team_now());
     return MC_OK;
 }
 
@@ -163,7 +163,7 @@ int DN(mc_batchnorm_forward_inference)(int64_t m, int c, const DR *x, int64_t x_
         (gamma ? gamma_len != c : gamma_len != 0) || (beta ? beta_len != c : beta_len != 0))
         return MC_ERR_SIZE;
     DN(bn_forward_inference)(m, c, x, gamma, beta, mean, var, (DR)epsilon, relu != 0, y,
-                             mc_threads_now());
+                             mc_team_now());
     return MC_OK;
 }
 
@@ -181,7 +181,7 @@ int DN(mc_batchnorm_backward)(int64_t m, int c, const DR *dy, int64_t dy_len, co
         dbeta_len != c || (gamma ? gamma_len != c : gamma_len != 0) ||
         (relu_y ? relu_y_len != m * c : relu_y_len != 0) || (dx ? dx_len != m * c : dx_len != 0))
         return MC_ERR_SIZE;
-    DN(bn_backward)(m, c, dy, x_hat, inv_std, gamma, relu_y, dx, dgamma, dbeta, mc_threads_now());
+    DN(bn_backward)(m, c, dy, x_hat, inv_std, gamma, relu_y, dx, dgamma, dbeta, mc_team_now());
     return MC_OK;
 }
 #undef DN_BN_ROWS

@@ -11,7 +11,7 @@ static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel
     const DN(mc_conv_plan) *plan = w->plan;
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
-    const int F = g->f, C = g->c, threads = plan->threads;
+    const int F = g->f, C = g->c, threads = plan->team;
     const int64_t fpad = DN(round_up)(F, DN_VLEN_MAX);
     DR *packed_bias = DN(region)(w, plan->packed_bias, fpad * (int64_t)sizeof(DR));
     const size_t img_in = (size_t)g->h * g->w * C, img_pad = (size_t)(d.hp * d.wp * C);
@@ -38,7 +38,7 @@ static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel
 static void DN(frame_dy)(DN(mc_backward) *b)
 {
     const mc_conv_geom *g = b->g;
-    const int F = g->f, threads = b->w->plan->threads;
+    const int F = g->f, threads = b->w->plan->team;
     const size_t frame_img = (size_t)(b->hd * b->wd * b->fv);
     (void)threads;
 #ifdef _OPENMP

@@ -45,12 +45,14 @@ static void DN(forward_direct)(const mc_conv_geom *g, const DR *xpad, const DR *
         .c_base = y, .c_img = (ptrdiff_t)(d.oh * d.ow * F), .c_row = (ptrdiff_t)d.ow * F,
         .c_col = F,
     };
-    DN(run_igemm)(isa, &tl, K, aoff, packed, packed_bias, F, relu, plan->threads);
+    DN(run_igemm)(isa, &tl, K, aoff, packed, packed_bias, F, relu, plan->team);
 }
 
-/* dkernel (and dbias) directly: images are split between threads, each thread accumulates
- * MR rows x NB filters at a time with the wgrad microkernel into its own gradient, and the
- * gradients are summed in thread order. */
+/* dkernel (and dbias) directly: the images are split into one part per laid-out thread (as
+ * OpenMP's static schedule would deal them), each part accumulates MR rows x NB filters at a
+ * time with the wgrad microkernel into its own gradient, and the parts are summed in order.
+ * The team that runs them may be smaller (the load caps it): a thread then takes several
+ * parts, and the sums do not change. */
 static void DN(dkernel_direct)(const DN(mc_backward) *b, DR *dkernel, DR *dbias)
 {
     const mc_conv_geom *g = b->g;
@@ -59,8 +61,10 @@ static void DN(dkernel_direct)(const DN(mc_backward) *b, DR *dkernel, DR *dbias)
     const DN(mc_conv_dims) *d = &b->d;
     const int64_t E = (int64_t)sizeof(DR), fpad = b->fpad, K = d->K, fv = b->fv;
     const int vlen = isa->vlen, nb = isa->nvmax * vlen, C = g->c, F = g->f;
-    const int used = plan->threads < g->n ? plan->threads : g->n;
-    const int threads = plan->threads;
+    const int used = plan->threads < g->n ? plan->threads : g->n;   /* parts */
+    const int team = plan->team < used ? plan->team : used;
+    const int threads = plan->team;
+    (void)team;   /* read by the OpenMP pragma only, in builds without OpenMP */
     DR *acc[MC_MAX_PARTS], *stage[MC_MAX_PARTS];
     DN(thread_parts)(b->w, plan->dw_acc, (K * fpad + fpad) * E, acc);
     if (plan->staged) DN(thread_parts)(b->w, plan->dw_stage, d->oh * d->ow * fpad * E, stage);
@@ -69,21 +73,21 @@ static void DN(dkernel_direct)(const DN(mc_backward) *b, DR *dkernel, DR *dbias)
     /* zeroed here: a team smaller than asked for still sums zeros from the rest */
     for (int t = 0; t < used; t++) memset(acc[t], 0, (size_t)(K * fpad + fpad) * sizeof(DR));
 #ifdef _OPENMP
-#pragma omp parallel num_threads(used) if (used > 1)
+#pragma omp parallel num_threads(team) if (team > 1)
 #endif
     {
 #ifdef _OPENMP
-        const int tid = omp_get_thread_num();
+        const int tid = omp_get_thread_num(), members = omp_get_num_threads();
 #else
-        const int tid = 0;
+        const int tid = 0, members = 1;
 #endif
-        DR *mine = acc[tid];
-        DR *mine_bias = mine + K * fpad;
         ptrdiff_t offs[MK_MRMAX];
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int n = 0; n < g->n; n++) {
+        for (int part = tid; part < used; part += members) {
+        DR *mine = acc[part];
+        DR *mine_bias = mine + K * fpad;
+        int64_t first, count;
+        DN(static_share)(g->n, used, part, &first, &count);
+        for (int n = (int)first; n < (int)(first + count); n++) {
             const DR *xi = b->xpad + n * b->img_pad;
             const DR *di = b->src + n * b->src_img;
             ptrdiff_t drow = b->src_row, dcol = b->src_col;
@@ -124,6 +128,7 @@ static void DN(dkernel_direct)(const DN(mc_backward) *b, DR *dkernel, DR *dbias)
                         for (int f = 0; f < F; f++) mine_bias[f] += row[f];
                     }
             }
+        }
         }
     }
 #ifdef _OPENMP
@@ -201,7 +206,7 @@ static void DN(dx_direct)(const DN(mc_backward) *b, const DR *kernel, DR *dx)
                 .c_img = (ptrdiff_t)g->h * g->w * C, .c_row = (ptrdiff_t)sh * g->w * C,
                 .c_col = (ptrdiff_t)sw * C,
             };
-            DN(run_igemm)(isa, &tl, kph, aoff, bp, NULL, C, 0, plan->threads);
+            DN(run_igemm)(isa, &tl, kph, aoff, bp, NULL, C, 0, plan->team);
             tap_base += kph;
         }
     }

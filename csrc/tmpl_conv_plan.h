@@ -42,7 +42,8 @@ static int DN(use_wino)(const mc_conv_geom *g, int pass)
 
 typedef struct {
     int level;                         /* the SIMD level (MC_SIMD_*) every step of the call runs */
-    int threads;                       /* per-thread regions laid out, and the threads used */
+    int threads;                       /* per-thread regions laid out: the kernel gradient's parts */
+    int team;                          /* threads that run (<= threads: the load may cap them) */
     int wino_fwd, wino_dw, wino_dx;    /* the algorithm of each pass */
     int need_frame;                    /* dy copied into a whole-batch frame (backward) */
     int staged;                        /* direct dkernel masks / pads dy one image at a time */
@@ -80,6 +81,22 @@ static int DN(conv_threads)(const mc_conv_geom *g, const DN(mc_conv_dims) *d, in
     return threads < 1 ? 1 : threads > MC_MAX_PARTS ? MC_MAX_PARTS : threads;
 }
 
+/* The team for a layout of `threads`: no more than the load leaves (mc_team_now). */
+static int DN(plan_team)(int threads)
+{
+    const int team = mc_team_now();
+    return team < threads ? team : threads;
+}
+
+/* Part p of `parts` consecutive shares of `count` items, as OpenMP's static schedule deals
+ * them to p's thread: the first count % parts shares one item longer. */
+static void DN(static_share)(int64_t count, int parts, int p, int64_t *first, int64_t *len)
+{
+    const int64_t q = count / parts, r = count % parts;
+    *len = q + (p < r);
+    *first = q * p + (p < r ? p : r);
+}
+
 static void DN(plan_threads)(DN(mc_conv_plan) *p, int64_t fixed_end, int64_t per_thread)
 {
     p->per_thread = DN(round_up)(per_thread, 64);
@@ -97,6 +114,7 @@ static void DN(forward_plan)(const mc_conv_geom *g, int threads, DN(mc_conv_plan
     memset(p, 0, sizeof *p);
     p->level = mc_level;
     p->threads = DN(conv_threads)(g, &d, threads);
+    p->team = DN(plan_team)(p->threads);
     p->wino_fwd = DN(use_wino)(g, MC_PASS_FORWARD);
     p->packed_bias = DN(place)(&at, fpad * E);
     if (p->wino_fwd) {
@@ -127,6 +145,7 @@ static void DN(backward_plan)(const mc_conv_geom *g, int need_dx, int relu, int 
     memset(p, 0, sizeof *p);
     p->level = level;
     p->threads = DN(conv_threads)(g, &d, threads);
+    p->team = DN(plan_team)(p->threads);
     p->wino_dw = DN(use_wino)(g, MC_PASS_DKERNEL);
     /* Winograd dx reads the frame as dy zero-padded by exactly 2 - pad on each side */
     p->wino_dx = need_dx && DN(use_wino)(g, MC_PASS_DX) && d.mt == 2 - g->pad_top &&

@@ -47,7 +47,7 @@ int DN(mc_dropout_forward)(int64_t n, const DR *x, int64_t x_len, uint64_t key, 
     mc_init();
     const DN(dropout_args) args = {x, y, mask, NULL, key, threshold, {(DR)0, (DR)scale}};
     /* the hash makes each element a few times an elementwise pass's work */
-    DN(for_chunks)(n, DN_DROP_CHUNK, DN(threads_for)(n * 4, mc_threads_now()), DN(dropout_forward_chunk), &args);
+    DN(for_chunks)(n, DN_DROP_CHUNK, DN(threads_for)(n * 4, mc_team_now()), DN(dropout_forward_chunk), &args);
     return MC_OK;
 }
 
@@ -59,7 +59,7 @@ int DN(mc_dropout_backward)(int64_t n, const DR *dy, int64_t dy_len, const uint8
     if (dy_len != n || mask_len != n || dx_len != n) return MC_ERR_SIZE;
     mc_init();
     const DN(dropout_args) args = {dy, dx, NULL, mask, 0, 0, {(DR)0, (DR)scale}};
-    DN(for_chunks)(n, DN_DROP_CHUNK, DN(threads_for)(n, mc_threads_now()), DN(dropout_backward_chunk), &args);
+    DN(for_chunks)(n, DN_DROP_CHUNK, DN(threads_for)(n, mc_team_now()), DN(dropout_backward_chunk), &args);
     return MC_OK;
 }
 #undef DN_DROP_CHUNK

@@ -61,7 +61,7 @@ int DN(mc_maxpool2d_forward)(const mc_pool_geom *g, const DR *x, int64_t x_len, 
     const int64_t out = (int64_t)g->n * oh * ow * g->c;
     if (x_len != (int64_t)g->n * g->h * g->w * g->c || y_len != out || argmax_len != out)
         return MC_ERR_SIZE;
-    DN(maxpool_forward)(g, x, y, argmax, oh, ow, mc_threads_now());
+    DN(maxpool_forward)(g, x, y, argmax, oh, ow, mc_team_now());
     return MC_OK;
 }
 
@@ -76,7 +76,7 @@ int DN(mc_maxpool2d_backward)(const mc_pool_geom *g, const DR *dy, int64_t dy_le
     const int64_t out = (int64_t)g->n * oh * ow * g->c;
     if (dx_len != (int64_t)g->n * g->h * g->w * g->c || dy_len != out || argmax_len != out)
         return MC_ERR_SIZE;
-    DN(maxpool_backward)(g, dy, argmax, dx, oh, ow, mc_threads_now());
+    DN(maxpool_backward)(g, dy, argmax, dx, oh, ow, mc_team_now());
     return MC_OK;
 }
 
@@ -95,7 +95,7 @@ int DN(mc_dense_forward)(int n, int k, int f, const DR *x, int64_t x_len, const 
         work_len * (int64_t)sizeof(DR) < DN(dense_forward_bytes)(n, k, f))
         return MC_ERR_SIZE;
     DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
-    DN(dense_forward)(n, k, f, x, kernel, bias, relu, y, &arena, mc_threads_now());
+    DN(dense_forward)(n, k, f, x, kernel, bias, relu, y, &arena, mc_team_now());
     return MC_OK;
 }
 
@@ -118,6 +118,6 @@ int DN(mc_dense_backward)(int n, int k, int f, const DR *x, int64_t x_len, const
         work_len * (int64_t)sizeof(DR) < DN(dense_backward_bytes)(n, k, f))
         return MC_ERR_SIZE;
     DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
-    DN(dense_backward)(n, k, f, x, kernel, dy, relu_y, dx, dkernel, dbias, &arena, mc_threads_now());
+    DN(dense_backward)(n, k, f, x, kernel, dy, relu_y, dx, dkernel, dbias, &arena, mc_team_now());
     return MC_OK;
 }

@@ -52,7 +52,7 @@ int DN(mc_adam_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, 
     /* each coefficient rounded once to the dtype, as NumPy does with a Python float */
     const DN(adam_args) args = {isa, param, grad, m, v,
                                 {(DR)beta_1, (DR)(1.0 - beta_1), (DR)beta_2, (DR)(1.0 - beta_2), (DR)epsilon, (DR)lr_t}};
-    DN(for_chunks)(n, DN_OPT_CHUNK, n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now(), DN(adam_chunk), &args);
+    DN(for_chunks)(n, DN_OPT_CHUNK, n < DN_OPT_PARALLEL_MIN ? 1 : mc_team_now(), DN(adam_chunk), &args);
     return MC_OK;
 }
 
@@ -66,7 +66,7 @@ int DN(mc_sgd_update)(int64_t n, DR *param, int64_t param_len, const DR *grad, i
     mc_init();
     const DN(mc_isa) *isa = &DN(mc_isa_tables)[mc_level];
     const DN(sgd_args) args = {isa, param, grad, velocity, (DR)learning_rate, (DR)momentum, nesterov != 0};
-    DN(for_chunks)(n, DN_OPT_CHUNK, n < DN_OPT_PARALLEL_MIN ? 1 : mc_threads_now(), DN(sgd_chunk), &args);
+    DN(for_chunks)(n, DN_OPT_CHUNK, n < DN_OPT_PARALLEL_MIN ? 1 : mc_team_now(), DN(sgd_chunk), &args);
     return MC_OK;
 }
 #undef DN_OPT_CHUNK

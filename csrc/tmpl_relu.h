@@ -49,7 +49,7 @@ int DN(mc_relu_forward)(int64_t n, const DR *x, int64_t x_len, DR *y, int64_t y_
     if (err) return err;
     mc_init();
     const DN(relu_forward_args) args = {x, y};
-    DN(for_chunks)(n, DN_RELU_CHUNK, DN(threads_for)(n, mc_threads_now()), DN(relu_forward_chunk), &args);
+    DN(for_chunks)(n, DN_RELU_CHUNK, DN(threads_for)(n, mc_team_now()), DN(relu_forward_chunk), &args);
     return MC_OK;
 }
 
@@ -61,7 +61,7 @@ int DN(mc_relu_backward)(int64_t n, const DR *dy, int64_t dy_len, const DR *y, i
     if (!dx) return MC_ERR_NULL;
     if (dx_len != n) return MC_ERR_SIZE;
     mc_init();
-    DN(relu_mask)(n, dy, y, dx, mc_threads_now());
+    DN(relu_mask)(n, dy, y, dx, mc_team_now());
     return MC_OK;
 }
 #undef DN_RELU_CHUNK

@@ -159,7 +159,7 @@ static void DN(wino_conv)(const DN(mc_isa) *isa, const DN(mc_view) *in, int n, i
  * blocks this thread takes, over every image: dU[xi] += V[xi]^T Z[xi]. */
 static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const DN(mc_view) *dy,
                            int n, int F, int64_t fpad, const DR *zeros, DR *const *acc,
-                           DR *const *vbuf, DR *const *zbuf, int with_bias, int parts)
+                           DR *const *vbuf, DR *const *zbuf, int with_bias, int parts, int team)
 {
     const int vlen = isa->vlen, nb = isa->nvmax * vlen, C = in->channels;
     const int oh = dy->h, ow = dy->w, th = (oh + 1) / 2, tw = (ow + 1) / 2;
@@ -169,22 +169,26 @@ static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const D
     /* zeroed here rather than by their threads: a team smaller than asked for (a thread
      * limit) still sums only zeros from the accumulators it never touched */
     for (int t = 0; t < parts; t++) memset(acc[t], 0, (size_t)(16 * C * fpad + fpad) * sizeof(DR));
+    /* one part of the blocks per accumulator, dealt as OpenMP's static schedule would; a team
+     * smaller than the parts (the load caps it) takes several, and the sums do not change */
+    if (team > parts) team = parts;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(parts) if (parts > 1)
+#pragma omp parallel num_threads(team) if (team > 1)
 #endif
     {
 #ifdef _OPENMP
-        const int tid = omp_get_thread_num();
+        const int tid = omp_get_thread_num(), members = omp_get_num_threads();
 #else
-        const int tid = 0;
+        const int tid = 0, members = 1;
 #endif
-        DR *V = vbuf[tid], *Z = zbuf[tid], *dU = acc[tid], *db = acc[tid] + 16 * C * fpad;
+        DR *V = vbuf[tid], *Z = zbuf[tid];
         const ptrdiff_t vs = (ptrdiff_t)DN_WINO_TILES_W * C, zs = (ptrdiff_t)DN_WINO_TILES_W * fv;
         ptrdiff_t offs[MK_MRMAX];
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t blk = 0; blk < blocks; blk++) {
+        for (int part = tid; part < parts; part += members) {
+        DR *dU = acc[part], *db = acc[part] + 16 * C * fpad;
+        int64_t first, share;
+        DN(static_share)(blocks, parts, part, &first, &share);
+        for (int64_t blk = first; blk < first + share; blk++) {
             const int64_t t0 = blk * DN_WINO_TILES_W;
             const int count = (int)(tiles - t0 < DN_WINO_TILES_W ? tiles - t0 : DN_WINO_TILES_W);
             for (int t = 0; t < count; t++) {
@@ -218,6 +222,7 @@ static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const D
                     }
                 }
             }
+        }
         }
     }
 }
@@ -281,10 +286,10 @@ static void DN(forward_winograd)(const mc_conv_geom *g, const DR *xpad, const DR
     memset(zeros, 0, (size_t)zlen * sizeof(DR));
     for (int c = 0; c < C; c++) ident[c] = c;
     DN(wino_pack)(isa, kernel, (ptrdiff_t)3 * C * F, (ptrdiff_t)C * F, F, 1, C, F, U, C * fpad,
-                  plan->threads);
+                  plan->team);
     const DN(mc_view) in = {xpad, (ptrdiff_t)img_pad, (ptrdiff_t)d.wp * C, C, (int)d.hp, (int)d.wp, C};
     DN(wino_conv)(isa, &in, g->n, (int)d.oh, (int)d.ow, y, F, U, C * fpad, packed_bias, relu, ident,
-                  zeros, vbuf, mbuf, plan->threads);
+                  zeros, vbuf, mbuf, plan->team);
 }
 
 /* dkernel (and dbias) by Winograd: each thread that gets a block of tiles accumulates its own
@@ -308,8 +313,9 @@ static void DN(dkernel_winograd)(const DN(mc_backward) *b, DR *dkernel, DR *dbia
     const int64_t tile_blocks = ((int64_t)g->n * ((b->d.oh + 1) / 2) * ((b->d.ow + 1) / 2) +
                                  DN_WINO_TILES_W - 1) / DN_WINO_TILES_W;
     const int used = plan->threads < tile_blocks ? plan->threads : (int)tile_blocks;
-    DN(wino_wgrad)(b->isa, &in, &dyv, g->n, F, fpad, b->zeros, acc, vbuf, zbuf, dbias != NULL, used);
-    DN(wino_unpack_dw)(acc, used, C, F, fpad, dkernel, plan->threads);
+    DN(wino_wgrad)(b->isa, &in, &dyv, g->n, F, fpad, b->zeros, acc, vbuf, zbuf, dbias != NULL, used,
+                   plan->team);
+    DN(wino_unpack_dw)(acc, used, C, F, fpad, dkernel, plan->team);
     if (dbias)
         for (int f = 0; f < F; f++) {
             DR s = acc[0][16 * C * fpad + f];
@@ -333,9 +339,9 @@ static void DN(dx_winograd)(const DN(mc_backward) *b, const DR *kernel, DR *dx)
     DN(thread_parts)(b->w, plan->wdx_m, 16 * DN_WINO_TILES * cpad * E, mbuf);
     for (int f = 0; f < F; f++) ident[f] = f;
     const ptrdiff_t cf = (ptrdiff_t)C * F;
-    DN(wino_pack)(b->isa, kernel + 8 * cf, -3 * cf, -cf, 1, F, F, C, U, F * cpad, plan->threads);
+    DN(wino_pack)(b->isa, kernel + 8 * cf, -3 * cf, -cf, 1, F, F, C, U, F * cpad, plan->team);
     const DN(mc_view) in = {b->frame, (ptrdiff_t)(b->hd * b->wd * b->fv), (ptrdiff_t)(b->wd * b->fv),
                             (ptrdiff_t)b->fv, (int)b->hd, (int)b->wd, F};
     DN(wino_conv)(b->isa, &in, g->n, g->h, g->w, dx, C, U, F * cpad, NULL, 0, ident, b->zeros,
-                  vbuf, mbuf, plan->threads);
+                  vbuf, mbuf, plan->team);
 }

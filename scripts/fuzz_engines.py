@@ -14,7 +14,8 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     dropout      1-400,000 elements, rates 0-0.9, random 64-bit keys (both passes bit for bit)
     relu         1-400,000 elements, with NaN, infinities and signed zeros in half the cases
                  (both passes bit for bit; above 2^17 elements on several threads)
-    all          float32 and float64, 1-4 threads, every SIMD level the CPU has
+    all          float32 and float64, 1-4 threads, every SIMD level the CPU has; a fifth of the
+                 cases laid out for two threads with one running (the load cap)
 
 The sampling is steered so that every branch of the C engine is reached: stride-1 3x3 kernels
 (Winograd-eligible) often, C_in and filters on both sides of 16 and of 64 (auto mode's
@@ -80,6 +81,7 @@ REQUIRED_BRANCHES = (
     "relu",
     "relu on threads",
     "dropout",
+    "team below the threads laid out",
 )
 
 
@@ -198,7 +200,11 @@ def make_cases(count, seed, threads, simd_levels):
     cases = []
     for index in range(count):
         common = dict(index=index, seed=rng.randrange(2**31), dtype=rng.choice(["float32", "float64"]),
-                      threads=rng.choice(threads), simd=rng.choice(simd_levels))
+                      threads=rng.choice(threads), simd=rng.choice(simd_levels), team_cap=None)
+        if 2 in threads and rng.random() < 0.2:
+            # as under load: laid out for two threads, one runs (kernels.load's cap); every
+            # result must be the one two threads give
+            common.update(threads=2, team_cap=1)
         roll = rng.random()
         sample = (sample_conv if roll < 0.65 else sample_pool if roll < 0.77 else
                   sample_avgpool if roll < 0.85 else sample_batchnorm if roll < 0.92 else
@@ -244,7 +250,14 @@ def run_case(case):
 
     dtype = case["dtype"]
     rng = np.random.default_rng(case["seed"])
-    c_engine.set_num_threads(case["threads"], beyond_cpus=True)
+    if case.get("team_cap"):
+        # the load cap, which a run beyond the CPUs ignores: two threads laid out (this
+        # machine has them), fewer running
+        c_engine.set_num_threads(case["threads"], beyond_cpus=False)
+        c_engine.set_load_cap(case["team_cap"])
+    else:
+        c_engine.set_load_cap(None)
+        c_engine.set_num_threads(case["threads"], beyond_cpus=True)
     c_engine.set_simd_level(case["simd"])
     c_engine.set_algorithm("auto")
     effective = c_engine.engine_info()["threads"]
@@ -272,6 +285,13 @@ def run_case(case):
         grads_ref = _on(kernels, "numpy", lambda: kernels.conv2d_backward(dy, cache_ref, case["need_dx"]))
         grads = _on(kernels, "c", lambda: kernels.conv2d_backward(dy, cache, case["need_dx"]))
         problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dkernel", "dbias"), grads, grads_ref)]
+        if case.get("team_cap"):   # the capped team's sums are the full team's, bit for bit
+            c_engine.set_load_cap(None)
+            full = _on(kernels, "c", lambda: kernels.conv2d_backward(dy, cache, case["need_dx"]))
+            c_engine.set_load_cap(case["team_cap"])
+            for name, a, b in zip(("dx", "dkernel", "dbias"), grads, full):
+                if (a is None) != (b is None) or (a is not None and a.tobytes() != b.tobytes()):
+                    problems.append(f"{name}: a capped team changed the bits")
         branches = conv_branches(case, effective)
     elif case["op"] == "pool":
         x = normal(case["n"], case["h"], case["w"], case["c"])
@@ -362,6 +382,8 @@ def run_case(case):
         grads = _on(kernels, "c", lambda: kernels.dense_backward(dy, cache, case["need_dx"]))
         problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dkernel", "dbias"), grads, grads_ref)]
         branches = ["dense"]
+    if case.get("team_cap") and effective < case["threads"]:
+        branches = branches + ["team below the threads laid out"]
     return [p for p in problems if p], branches
 
 

@@ -185,3 +185,29 @@ def test_a_busy_neighbour_takes_a_thread_away(c_engine):
         for neighbour in neighbours:
             neighbour.kill()
             neighbour.wait()
+
+
+@pytest.mark.parametrize("filters", [(32, 64), (16, 32)], ids=["winograd-dkernel", "direct-dkernel"])
+def test_a_capped_team_computes_the_same_bits(c_engine, filters):
+    """The load only decides how many threads run, not how the kernel gradients are split and
+    summed: training under a cap of one thread gives the uncapped run's weights bit for bit
+    (conv2's kernel gradient on Winograd with 32 -> 64 channels, direct with 16 -> 32)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to see a cap")
+    x = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
+    y = np.arange(64) % 10
+    kernels.set_adaptive_threads(False)
+
+    def train(cap):
+        c_engine.set_load_cap(cap)
+        minicnn.set_seed(7)
+        model = seed_model(filters=filters, units=32)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+        threads = minicnn.backend_info()["threads"]
+        return b"".join(w.tobytes() for w in model.get_weights()), threads
+
+    uncapped, threads_uncapped = train(None)
+    capped, threads_capped = train(1)
+    assert threads_capped == 1 and threads_uncapped >= 2
+    assert capped == uncapped

@@ -519,8 +519,9 @@ def set_num_threads(threads, beyond_cpus=False):
 
 
 def set_load_cap(threads):
-    """At most `threads` threads per call while other processes keep the remaining CPUs busy
-    (minicnn/kernels/load.py); None or 0 removes the cap. Ignored while beyond_cpus is on."""
+    """At most `threads` threads run per call while other processes keep the remaining CPUs
+    busy (minicnn/kernels/load.py); None or 0 removes the cap. The work stays split for the
+    uncapped thread count, so the results are the same bits. Ignored while beyond_cpus is on."""
     lib.mc_set_load_cap(int(threads or 0))
 
 

@@ -14,7 +14,8 @@ how much CPU time the rest of the machine used on the CPUs this process may run 
 A neighbour counts once it uses more than `threshold` of a CPU on average (0.6: two of our
 threads next to one busy process leave it 0.67 of a CPU; background noise stays well below).
 On a quiet machine the cap is the CPU count, so it costs nothing there; the measurement is one
-read of /proc/stat a quarter of a second. Where /proc/stat cannot be read (not Linux), there is
+read of /proc/stat a quarter of a second. The cap changes which threads run, never a result:
+the C engine keeps the work split for the uncapped count (docs/architecture.md). Where /proc/stat cannot be read (not Linux), there is
 no cap.
 """
 import math
