@@ -186,8 +186,10 @@ def sample_dense(rng, common):
 
 
 def sample_relu(rng, common):
-    # up to 400,000 elements: above 2^17 the C engine splits the array between threads
-    return dict(common, op="relu", size=int(10 ** rng.uniform(0, 5.6)), special=rng.random() < 0.5)
+    # up to 400,000 elements: from 2^17 the C engine splits the array between threads, so a
+    # third of the cases are drawn there (the coverage requires that branch)
+    size = rng.randint(2**17, 400_000) if rng.random() < 0.35 else int(10 ** rng.uniform(0, 5.1))
+    return dict(common, op="relu", size=size, special=rng.random() < 0.5)
 
 
 def sample_dropout(rng, common):
