@@ -83,52 +83,52 @@ static void DN(dkernel_direct)(const DN(mc_backward) *b, DR *dkernel, DR *dbias)
 #endif
         ptrdiff_t offs[MK_MRMAX];
         for (int part = tid; part < used; part += members) {
-        DR *mine = acc[part];
-        DR *mine_bias = mine + K * fpad;
-        int64_t first, count;
-        DN(static_share)(g->n, used, part, &first, &count);
-        for (int n = (int)first; n < (int)(first + count); n++) {
-            const DR *xi = b->xpad + n * b->img_pad;
-            const DR *di = b->src + n * b->src_img;
-            ptrdiff_t drow = b->src_row, dcol = b->src_col;
-            if (plan->staged) {
-                DR *st = stage[tid];
-                for (int64_t px = 0; px < d->oh * d->ow; px++) {
-                    const size_t at = n * b->img_dy + (size_t)(px * F);
-                    if (b->relu_y)
-                        isa->relu_mask(st + px * fv, b->dy + at, b->relu_y + at, F);
-                    else
-                        memcpy(st + px * fv, b->dy + at, (size_t)F * sizeof(DR));
-                    for (int64_t f = F; f < fv; f++) st[px * fv + f] = 0;
-                }
-                di = st;
-                drow = (ptrdiff_t)(d->ow * fv);
-                dcol = (ptrdiff_t)fv;
-            }
-            for (int blk = 0; blk < nbw; blk++) {
-                const int nv = DN(block_vectors)(F, blk, nb, vlen);
-                const int mr_max = isa->mr[nv];
-                for (int64_t m0 = 0; m0 < K; m0 += mr_max) {
-                    const int mr = (int)(K - m0 < mr_max ? K - m0 : mr_max);
-                    for (int t = 0; t < mr_max; t++) {
-                        const int64_t m = m0 + (t < mr ? t : mr - 1);
-                        const int64_t c = m % C, j = (m / C) % g->kw, i = m / C / g->kw;
-                        offs[t] = (ptrdiff_t)((i * d->wp + j) * C + c);
+            DR *mine = acc[part];
+            DR *mine_bias = mine + K * fpad;
+            int64_t first, count;
+            DN(static_share)(g->n, used, part, &first, &count);
+            for (int n = (int)first; n < (int)(first + count); n++) {
+                const DR *xi = b->xpad + n * b->img_pad;
+                const DR *di = b->src + n * b->src_img;
+                ptrdiff_t drow = b->src_row, dcol = b->src_col;
+                if (plan->staged) {
+                    DR *st = stage[tid];
+                    for (int64_t px = 0; px < d->oh * d->ow; px++) {
+                        const size_t at = n * b->img_dy + (size_t)(px * F);
+                        if (b->relu_y)
+                            isa->relu_mask(st + px * fv, b->dy + at, b->relu_y + at, F);
+                        else
+                            memcpy(st + px * fv, b->dy + at, (size_t)F * sizeof(DR));
+                        for (int64_t f = F; f < fv; f++) st[px * fv + f] = 0;
                     }
-                    (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
-                        xi, (ptrdiff_t)g->stride_h * d->wp * C, (ptrdiff_t)g->stride_w * C,
-                        (int)d->oh, (int)d->ow, offs, di + blk * nb, drow, dcol,
-                        mine + m0 * fpad + blk * nb, (ptrdiff_t)fpad, mr);
+                    di = st;
+                    drow = (ptrdiff_t)(d->ow * fv);
+                    dcol = (ptrdiff_t)fv;
+                }
+                for (int blk = 0; blk < nbw; blk++) {
+                    const int nv = DN(block_vectors)(F, blk, nb, vlen);
+                    const int mr_max = isa->mr[nv];
+                    for (int64_t m0 = 0; m0 < K; m0 += mr_max) {
+                        const int mr = (int)(K - m0 < mr_max ? K - m0 : mr_max);
+                        for (int t = 0; t < mr_max; t++) {
+                            const int64_t m = m0 + (t < mr ? t : mr - 1);
+                            const int64_t c = m % C, j = (m / C) % g->kw, i = m / C / g->kw;
+                            offs[t] = (ptrdiff_t)((i * d->wp + j) * C + c);
+                        }
+                        (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
+                            xi, (ptrdiff_t)g->stride_h * d->wp * C, (ptrdiff_t)g->stride_w * C,
+                            (int)d->oh, (int)d->ow, offs, di + blk * nb, drow, dcol,
+                            mine + m0 * fpad + blk * nb, (ptrdiff_t)fpad, mr);
+                    }
+                }
+                if (dbias) {
+                    for (int64_t p = 0; p < d->oh; p++)
+                        for (int64_t q = 0; q < d->ow; q++) {
+                            const DR *row = di + p * drow + q * dcol;
+                            for (int f = 0; f < F; f++) mine_bias[f] += row[f];
+                        }
                 }
             }
-            if (dbias) {
-                for (int64_t p = 0; p < d->oh; p++)
-                    for (int64_t q = 0; q < d->ow; q++) {
-                        const DR *row = di + p * drow + q * dcol;
-                        for (int f = 0; f < F; f++) mine_bias[f] += row[f];
-                    }
-            }
-        }
         }
     }
 #ifdef _OPENMP

@@ -185,44 +185,44 @@ static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(mc_view) *in, const D
         const ptrdiff_t vs = (ptrdiff_t)DN_WINO_TILES_W * C, zs = (ptrdiff_t)DN_WINO_TILES_W * fv;
         ptrdiff_t offs[MK_MRMAX];
         for (int part = tid; part < parts; part += members) {
-        DR *dU = acc[part], *db = acc[part] + 16 * C * fpad;
-        int64_t first, share;
-        DN(static_share)(blocks, parts, part, &first, &share);
-        for (int64_t blk = first; blk < first + share; blk++) {
-            const int64_t t0 = blk * DN_WINO_TILES_W;
-            const int count = (int)(tiles - t0 < DN_WINO_TILES_W ? tiles - t0 : DN_WINO_TILES_W);
-            for (int t = 0; t < count; t++) {
-                const int64_t tile = t0 + t, img = tile / per_img, r = tile % per_img;
-                const int ti = (int)(r / tw), tj = (int)(r % tw);
-                const DR *d[16], *gcell[4];
-                DN(wino_cells)(in, img, ti, tj, zeros, d);
-                isa->wino_in(d, C, V + (ptrdiff_t)t * C, vs);
-                for (int k = 0; k < 4; k++) {
-                    const int p = 2 * ti + k / 2, q = 2 * tj + k % 2;
-                    gcell[k] = p < oh && q < ow ? dy->base + img * dy->img + p * dy->row + q * dy->col : NULL;
-                }
-                isa->wino_dy(gcell, F, fv, Z + (ptrdiff_t)t * fv, zs);
-            }
-            if (with_bias) {
-                /* Z[5] = (A dY A^T)[1][1] is the sum of the tile's four gradient cells */
+            DR *dU = acc[part], *db = acc[part] + 16 * C * fpad;
+            int64_t first, share;
+            DN(static_share)(blocks, parts, part, &first, &share);
+            for (int64_t blk = first; blk < first + share; blk++) {
+                const int64_t t0 = blk * DN_WINO_TILES_W;
+                const int count = (int)(tiles - t0 < DN_WINO_TILES_W ? tiles - t0 : DN_WINO_TILES_W);
                 for (int t = 0; t < count; t++) {
-                    const DR *z5 = Z + 5 * zs + (ptrdiff_t)t * fv;
-                    for (int f = 0; f < F; f++) db[f] += z5[f];
+                    const int64_t tile = t0 + t, img = tile / per_img, r = tile % per_img;
+                    const int ti = (int)(r / tw), tj = (int)(r % tw);
+                    const DR *d[16], *gcell[4];
+                    DN(wino_cells)(in, img, ti, tj, zeros, d);
+                    isa->wino_in(d, C, V + (ptrdiff_t)t * C, vs);
+                    for (int k = 0; k < 4; k++) {
+                        const int p = 2 * ti + k / 2, q = 2 * tj + k % 2;
+                        gcell[k] = p < oh && q < ow ? dy->base + img * dy->img + p * dy->row + q * dy->col : NULL;
+                    }
+                    isa->wino_dy(gcell, F, fv, Z + (ptrdiff_t)t * fv, zs);
                 }
-            }
-            for (int xi = 0; xi < 16; xi++) {
-                for (int b = 0; b * nb < F; b++) {
-                    const int nv = DN(block_vectors)(F, b, nb, vlen), mr_max = isa->mr[nv];
-                    for (int m0 = 0; m0 < C; m0 += mr_max) {
-                        const int mr = C - m0 < mr_max ? C - m0 : mr_max;
-                        for (int t = 0; t < mr_max; t++) offs[t] = m0 + (t < mr ? t : mr - 1);
-                        (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
-                            V + xi * vs, 0, C, 1, count, offs, Z + xi * zs + b * nb, 0, fv,
-                            dU + (xi * C + m0) * fpad + b * nb, (ptrdiff_t)fpad, mr);
+                if (with_bias) {
+                    /* Z[5] = (A dY A^T)[1][1] is the sum of the tile's four gradient cells */
+                    for (int t = 0; t < count; t++) {
+                        const DR *z5 = Z + 5 * zs + (ptrdiff_t)t * fv;
+                        for (int f = 0; f < F; f++) db[f] += z5[f];
+                    }
+                }
+                for (int xi = 0; xi < 16; xi++) {
+                    for (int b = 0; b * nb < F; b++) {
+                        const int nv = DN(block_vectors)(F, b, nb, vlen), mr_max = isa->mr[nv];
+                        for (int m0 = 0; m0 < C; m0 += mr_max) {
+                            const int mr = C - m0 < mr_max ? C - m0 : mr_max;
+                            for (int t = 0; t < mr_max; t++) offs[t] = m0 + (t < mr ? t : mr - 1);
+                            (mr <= isa->mr_half[nv] ? isa->wgrad_half[nv] : isa->wgrad[nv])(
+                                V + xi * vs, 0, C, 1, count, offs, Z + xi * zs + b * nb, 0, fv,
+                                dU + (xi * C + m0) * fpad + b * nb, (ptrdiff_t)fpad, mr);
+                        }
                     }
                 }
             }
-        }
         }
     }
 }
