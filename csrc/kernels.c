@@ -70,6 +70,9 @@
 #define MC_PARALLEL_MIN_WORK ((int64_t)1 << 17)
 /* Most threads (and so per-thread workspace regions) a call uses. */
 #define MC_MAX_PARTS 64
+/* Most cells of a max-pool window whose backward a convolution's backward takes over
+ * (conv2d_backward_from_maxpool): 4x4. */
+#define MC_POOL_FUSE_CELLS 16
 /* Winograd pays off once the channels its GEMMs reduce over are this many (measured:
  * docs/performance.md); the passes decide separately. */
 #define MC_WINO_MIN_CHANNELS 16
@@ -128,6 +131,8 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
         void (*wino_dy)(const real *const *, int, int, real *, ptrdiff_t);                    \
         void (*relu_mask)(real *, const real *, const real *, int);                           \
         void (*pool_max)(real *, int32_t *, const real *, int32_t, int);                      \
+        void (*pool_expand)(real *const *, const int32_t *, int, const int32_t *, const real *,\
+                            const real *, int);                                               \
         void (*adam)(real *, const real *, real *, real *, int64_t, const real *);            \
         void (*sgd)(real *, const real *, real *, int64_t, real, real, int);                  \
     } mc_isa_##sfx;
@@ -139,7 +144,7 @@ MC_TABLE_TYPE(double, f64)
      {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, {0, mk_igemm_h1_##s, mk_igemm_h2_##s, 0, 0},   \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
      mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s,          \
-     mk_adam_##s, mk_sgd_##s}
+     mk_pool_expand_##s, mk_adam_##s, mk_sgd_##s}
 #define MC_TABLE4(vlen, s)                                                                    \
     {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, mk_igemm_3_##s, mk_igemm_4_##s},                      \
@@ -147,7 +152,7 @@ MC_TABLE_TYPE(double, f64)
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
      {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
      mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s,          \
-     mk_adam_##s, mk_sgd_##s}
+     mk_pool_expand_##s, mk_adam_##s, mk_sgd_##s}
 
 #if MC_X86
 static const mc_isa_f32 mc_isa_tables_f32[3] = {

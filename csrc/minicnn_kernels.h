@@ -122,6 +122,34 @@ int mc_conv2d_backward_f64(const mc_conv_geom *g,
                            double *dbias, int64_t dbias_len,
                            double *work, int64_t work_len);
 
+/* Backward of a convolution followed by a max pool, from the pool's gradient: the same
+ * dx/dkernel/dbias bits as mc_maxpool2d_backward then mc_conv2d_backward, without the
+ * whole-batch gradient of the convolution's output in between. pg is the pool's geometry
+ * over this layer's output (windows that neither overlap nor touch padding, at most 16 cells:
+ * MC_ERR_GEOMETRY otherwise); pool_dy and argmax are the pool's gradient and winners; pooled
+ * (NULL without a fused ReLU) is the pool's output, whose sign is the ReLU's mask at each
+ * winner. Workspace: mc_conv2d_backward_workspace(g, elem_size, need_dx, 1). */
+int mc_conv2d_backward_from_maxpool_f32(const mc_conv_geom *g, const mc_pool_geom *pg,
+                                        const float *xpad, int64_t xpad_len,
+                                        const float *kernel, int64_t kernel_len,
+                                        const float *pool_dy, int64_t pool_dy_len,
+                                        const float *pooled, int64_t pooled_len,
+                                        const int32_t *argmax, int64_t argmax_len,
+                                        float *dx, int64_t dx_len,
+                                        float *dkernel, int64_t dkernel_len,
+                                        float *dbias, int64_t dbias_len,
+                                        float *work, int64_t work_len);
+int mc_conv2d_backward_from_maxpool_f64(const mc_conv_geom *g, const mc_pool_geom *pg,
+                                        const double *xpad, int64_t xpad_len,
+                                        const double *kernel, int64_t kernel_len,
+                                        const double *pool_dy, int64_t pool_dy_len,
+                                        const double *pooled, int64_t pooled_len,
+                                        const int32_t *argmax, int64_t argmax_len,
+                                        double *dx, int64_t dx_len,
+                                        double *dkernel, int64_t dkernel_len,
+                                        double *dbias, int64_t dbias_len,
+                                        double *work, int64_t work_len);
+
 /* Dense: y (n, f) = act(x (n, k) @ kernel (k, f) + bias), Keras' layout. */
 int64_t mc_dense_forward_workspace(int n, int k, int f, int elem_size);
 int64_t mc_dense_backward_workspace(int n, int k, int f, int elem_size);

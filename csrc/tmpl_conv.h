@@ -34,11 +34,59 @@ static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel
     return MC_OK;
 }
 
+/* Image n's dy as the kernel and input gradients read it, into out (rows `row` elements apart,
+ * pixels fv apart): F values masked by the fused ReLU, then zeros up to fv. From the layer's
+ * own dy, or rebuilt from the gradient of the max pool that followed (b->pool): each window's
+ * gradient at its winner and zeros elsewhere, the numbers the pool's backward would have
+ * handed over and this layer's mask would have made of them, without the whole-batch dy
+ * array the two passes wrote and read in between (12.8 MB for the seed's first layer at
+ * batch 128). The pool's windows do not overlap (checked at the entry point). */
+static void DN(image_dy)(const DN(mc_backward) *b, int64_t n, DR *out, ptrdiff_t row)
+{
+    const int F = b->g->f;
+    const int64_t oh = b->d.oh, ow = b->d.ow, fv = b->fv;
+    if (!b->pool) {
+        for (int64_t p = 0; p < oh; p++)
+            for (int64_t q = 0; q < ow; q++) {
+                const size_t at = n * b->img_dy + (size_t)((p * ow + q) * F);
+                DR *o = out + p * row + q * fv;
+                if (b->relu_y)
+                    b->isa->relu_mask(o, b->dy + at, b->relu_y + at, F);
+                else
+                    memcpy(o, b->dy + at, (size_t)F * sizeof(DR));
+                for (int64_t f = F; f < fv; f++) o[f] = 0;
+            }
+        return;
+    }
+    const mc_pool_geom *pg = b->pool;
+    const int64_t ph = b->pool_oh, pw = b->pool_ow, pooled_img = ph * pw * F;
+    /* cells outside every window, and the lanes past F, stay zero */
+    if (ph * pg->stride_h != oh || pw * pg->stride_w != ow || pg->stride_h != pg->pool_h ||
+        pg->stride_w != pg->pool_w || fv != F)
+        for (int64_t p = 0; p < oh; p++) memset(out + p * row, 0, (size_t)(ow * fv) * sizeof(DR));
+    DR *cells[MC_POOL_FUSE_CELLS];
+    int32_t base[MC_POOL_FUSE_CELLS];
+    const int ncells = pg->pool_h * pg->pool_w;
+    for (int64_t i = 0; i < ph; i++)
+        for (int64_t j = 0; j < pw; j++) {
+            int k = 0;
+            for (int r = 0; r < pg->pool_h; r++)
+                for (int s = 0; s < pg->pool_w; s++, k++) {
+                    const int64_t p = i * pg->stride_h + r, q = j * pg->stride_w + s;
+                    cells[k] = out + p * row + q * fv;
+                    base[k] = (int32_t)((p * ow + q) * F);
+                }
+            const int64_t at = n * pooled_img + (i * pw + j) * F;
+            b->isa->pool_expand(cells, base, ncells, b->argmax + at, b->dy + at,
+                                b->relu_y ? b->relu_y + at : NULL, F);
+        }
+}
+
 /* dy (masked by the fused ReLU) into the zero-margined, whole-vector rows of the frame. */
 static void DN(frame_dy)(DN(mc_backward) *b)
 {
     const mc_conv_geom *g = b->g;
-    const int F = g->f, threads = b->w->plan->team;
+    const int threads = b->w->plan->team;
     const size_t frame_img = (size_t)(b->hd * b->wd * b->fv);
     (void)threads;
 #ifdef _OPENMP
@@ -47,16 +95,7 @@ static void DN(frame_dy)(DN(mc_backward) *b)
     for (int n = 0; n < g->n; n++) {
         DR *fr = b->frame + n * frame_img;
         memset(fr, 0, frame_img * sizeof(DR));
-        for (int64_t p = 0; p < b->d.oh; p++) {
-            for (int64_t q = 0; q < b->d.ow; q++) {
-                const size_t at = n * b->img_dy + (size_t)((p * b->d.ow + q) * F);
-                DR *o = fr + ((p + b->mt) * b->wd + q + b->ml) * b->fv;
-                if (b->relu_y)
-                    b->isa->relu_mask(o, b->dy + at, b->relu_y + at, F);
-                else
-                    memcpy(o, b->dy + at, (size_t)F * sizeof(DR));
-            }
-        }
+        DN(image_dy)(b, n, fr + (b->mt * b->wd + b->ml) * b->fv, (ptrdiff_t)(b->wd * b->fv));
     }
     b->src = b->frame + (b->mt * b->wd + b->ml) * b->fv;
     b->src_img = (ptrdiff_t)frame_img;
@@ -64,8 +103,10 @@ static void DN(frame_dy)(DN(mc_backward) *b)
     b->src_col = (ptrdiff_t)b->fv;
 }
 
+/* pool/argmax: NULL, or the max pool after this layer whose gradient dy then is */
 static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
-                              const DR *dy, const DR *relu_y, DR *dx, DR *dkernel, DR *dbias,
+                              const DR *dy, const DR *relu_y, const mc_pool_geom *pool,
+                              const int32_t *argmax, DR *dx, DR *dkernel, DR *dbias,
                               const DN(mc_work) *w)
 {
     const DN(mc_conv_plan) *plan = w->plan;
@@ -88,6 +129,12 @@ static int DN(conv_backward)(const mc_conv_geom *g, const DR *xpad, const DR *ke
     b.dy = dy;
     b.relu_y = relu_y;
     b.xpad = xpad;
+    b.pool = pool;
+    b.argmax = argmax;
+    if (pool) {
+        b.pool_oh = (b.d.oh - pool->pool_h) / pool->stride_h + 1;
+        b.pool_ow = (b.d.ow - pool->pool_w) / pool->stride_w + 1;
+    }
     b.src = dy;
     b.src_img = (ptrdiff_t)b.img_dy;
     b.src_row = (ptrdiff_t)b.d.ow * g->f;

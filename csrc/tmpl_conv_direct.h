@@ -11,6 +11,8 @@
  * No include guard: a template, included once per dtype by csrc/tmpl_driver.h.
  */
 
+static void DN(image_dy)(const DN(mc_backward) *b, int64_t n, DR *out, ptrdiff_t row);   /* tmpl_conv.h */
+
 /* The forward pass directly: every tile of MR output pixels x NB filters runs the igemm
  * microkernel straight on the padded image (the kernel taps are a table of offsets). */
 static void DN(forward_direct)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
@@ -93,14 +95,7 @@ static void DN(dkernel_direct)(const DN(mc_backward) *b, DR *dkernel, DR *dbias)
                 ptrdiff_t drow = b->src_row, dcol = b->src_col;
                 if (plan->staged) {
                     DR *st = stage[tid];
-                    for (int64_t px = 0; px < d->oh * d->ow; px++) {
-                        const size_t at = n * b->img_dy + (size_t)(px * F);
-                        if (b->relu_y)
-                            isa->relu_mask(st + px * fv, b->dy + at, b->relu_y + at, F);
-                        else
-                            memcpy(st + px * fv, b->dy + at, (size_t)F * sizeof(DR));
-                        for (int64_t f = F; f < fv; f++) st[px * fv + f] = 0;
-                    }
+                    DN(image_dy)(b, n, st, (ptrdiff_t)(d->ow * fv));
                     di = st;
                     drow = (ptrdiff_t)(d->ow * fv);
                     dcol = (ptrdiff_t)fv;

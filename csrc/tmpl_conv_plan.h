@@ -236,6 +236,11 @@ typedef struct {
     /* dy as the kernel gradient reads it: the frame's interior, or dy itself */
     const DR *src;
     ptrdiff_t src_img, src_row, src_col;
+    /* or, from conv2d_backward_from_maxpool, the gradient of the max pool that followed:
+     * dy is then that pool's (pool_oh x pool_ow windows over this layer's output) */
+    const mc_pool_geom *pool;
+    const int32_t *argmax;         /* the pool's winners; relu_y is then the pooled output */
+    int64_t pool_oh, pool_ow;
 } DN(mc_backward);
 
 /* Workspace bytes of one call: the plan the call itself will lay out. */

@@ -47,7 +47,45 @@ int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_l
         work_len * (int64_t)sizeof(DR) < plan.bytes)
         return MC_ERR_SIZE;
     const DN(mc_work) w = DN(bind)(&plan, work, work_len);
-    return DN(conv_backward)(g, xpad, kernel, dy, relu_y, dx, dkernel, dbias, &w);
+    return DN(conv_backward)(g, xpad, kernel, dy, relu_y, NULL, NULL, dx, dkernel, dbias, &w);
+}
+
+int DN(mc_conv2d_backward_from_maxpool)(const mc_conv_geom *g, const mc_pool_geom *pg,
+                                        const DR *xpad, int64_t xpad_len, const DR *kernel,
+                                        int64_t kernel_len, const DR *pool_dy, int64_t pool_dy_len,
+                                        const DR *pooled, int64_t pooled_len,
+                                        const int32_t *argmax, int64_t argmax_len, DR *dx,
+                                        int64_t dx_len, DR *dkernel, int64_t dkernel_len, DR *dbias,
+                                        int64_t dbias_len, DR *work, int64_t work_len)
+{
+    mc_conv_sizes s;
+    int64_t ph, pw;
+    int err = mc_check_conv(g, &s);
+    if (err) return err;
+    if ((err = mc_check_pool(pg, &ph, &pw))) return err;
+    mc_init();
+    /* the pool reads this layer's output; its windows neither overlap nor reach padding */
+    DN(mc_conv_dims) d;
+    DN(conv_dims)(g, &d);
+    if (pg->n != g->n || pg->h != d.oh || pg->w != d.ow || pg->c != g->f || pg->pad_top ||
+        pg->pad_bottom || pg->pad_left || pg->pad_right || pg->stride_h < pg->pool_h ||
+        pg->stride_w < pg->pool_w || pg->pool_h * pg->pool_w > MC_POOL_FUSE_CELLS)
+        return MC_ERR_GEOMETRY;
+    if (!xpad || !kernel || !pool_dy || !argmax || !dkernel || !work) return MC_ERR_NULL;
+    const int64_t pooled_size = (int64_t)g->n * ph * pw * g->f;
+    if (xpad_len != s.xpad || kernel_len != s.kernel || pool_dy_len != pooled_size ||
+        argmax_len != pooled_size || dkernel_len != s.kernel ||
+        (pooled ? pooled_len != pooled_size : pooled_len != 0) ||
+        (dx ? dx_len != s.x : dx_len != 0) || (dbias ? dbias_len != g->f : dbias_len != 0))
+        return MC_ERR_SIZE;
+    DN(mc_conv_plan) plan;
+    /* laid out as a backward whose dy must be masked: staged or framed, never read in place */
+    DN(backward_plan)(g, dx != NULL, 1, mc_threads_now(), &plan);
+    if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
+        work_len * (int64_t)sizeof(DR) < plan.bytes)
+        return MC_ERR_SIZE;
+    const DN(mc_work) w = DN(bind)(&plan, work, work_len);
+    return DN(conv_backward)(g, xpad, kernel, pool_dy, pooled, pg, argmax, dx, dkernel, dbias, &w);
 }
 
 int DN(mc_maxpool2d_forward)(const mc_pool_geom *g, const DR *x, int64_t x_len, DR *y,

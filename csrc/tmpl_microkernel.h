@@ -289,6 +289,39 @@ static MK_ATTR void MK_NAME(mk_pool_max)(MK_REAL *best, int32_t *arg, const MK_R
     }
 }
 
+/* The gradient a max pool hands back, written out densely for one window: cell k of the
+ * window (out[k], C channels, argmax value base[k] + c for channel c) gets v = (0 + dy) * m
+ * where the window's winner is that cell and +0 elsewhere; m = (mask > 0) with a mask (the
+ * pooled values of a fused ReLU: the winner's own y), 1 without. (0 + dy) and dy * m are the
+ * pool's backward (dx = 0, dx[winner] += dy) and the ReLU's mask (dy * (y > 0)) to the bit.
+ * Every cell is written whole, so no memset and no scatter through the indexes. */
+static MK_ATTR void MK_NAME(mk_pool_expand)(MK_REAL *const *out, const int32_t *base, int cells,
+                                            const int32_t *argmax, const MK_REAL *dy,
+                                            const MK_REAL *mask, int C)
+{
+    typedef int32_t idx_vec __attribute__((vector_size(MK_VLEN * 4)));
+    const MK_V zero = {0}, one = zero + 1;
+    idx_vec lane;
+    for (int k = 0; k < MK_VLEN; k++) lane[k] = k;
+    int c = 0;
+    for (; c + MK_VLEN <= C; c += MK_VLEN) {
+        idx_vec a;
+        memcpy(&a, argmax + c, sizeof a);
+        a -= lane + c;   /* the winner's cell base, in every lane */
+        MK_V v = zero + MK_NAME(mk_load)(dy + c);
+        if (mask) v = v * (MK_V)((MK_MASK)one & (MK_NAME(mk_load)(mask + c) > zero));
+        for (int k = 0; k < cells; k++) {
+            const MK_MASK won = __builtin_convertvector(a == (idx_vec){0} + base[k], MK_MASK);
+            MK_NAME(mk_store)(out[k] + c, (MK_V)((MK_MASK)v & won));
+        }
+    }
+    for (; c < C; c++) {
+        MK_REAL v = (MK_REAL)0 + dy[c];
+        if (mask) v = v * (MK_REAL)(mask[c] > 0);
+        for (int k = 0; k < cells; k++) out[k][c] = argmax[c] - c == base[k] ? v : (MK_REAL)0;
+    }
+}
+
 /* The optimizer updates, in place on n elements. Every operation rounds on its own, in the
  * order of the NumPy optimizer's ufuncs (MK_NO_CONTRACT: no fused multiply-adds), so the C
  * engine's parameters equal the NumPy engine's bit for bit. MK_VSQRT is the instruction set's

@@ -164,8 +164,19 @@ class Sequential(Trainer):
             end -= 1
             if not isinstance(layers[end], Softmax) and end >= first:   # Dense/Conv2D with softmax
                 dy = layers[end].backward_preactivation(dy, need_input_gradient or end > first)
-        for position in range(end - 1, first - 1, -1):
-            dy = layers[position].backward(dy, need_input_gradient=need_input_gradient or position > first)
+        position = end - 1
+        while position >= first:
+            layer = layers[position]
+            if position > first and layers[position - 1].takes_gradient_from(layer):
+                # the convolution takes the max pool's gradient itself (kernels.conv2d_backward_
+                # from_maxpool): the same bits, one pass fewer over its output's gradient
+                # (docs/architecture.md, "Fusions")
+                dy = layers[position - 1].backward_from_maxpool(
+                    dy, layer, need_input_gradient=need_input_gradient or position - 1 > first)
+                position -= 2
+            else:
+                dy = layer.backward(dy, need_input_gradient=need_input_gradient or position > first)
+                position -= 1
         return dy if need_input_gradient else None
 
     # -- weights ----------------------------------------------------------------------------

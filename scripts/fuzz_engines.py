@@ -5,7 +5,9 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
 
     convolution  batch 1-9, H and W 1-40, C_in and filters 1-80, kernels 1-7 (non-square too),
                  strides 1-3, valid and same padding (TensorFlow's rule, pads_2d), bias on/off,
-                 input gradient on/off, fused ReLU (conv2d_relu_forward) on/off
+                 input gradient on/off, fused ReLU (conv2d_relu_forward) on/off; a third of
+                 them also take a following max pool's gradient (conv2d_backward_from_maxpool,
+                 windows 1-4 that do not overlap), bit for bit against the two backwards apart
     max pooling  windows 1-4, strides 1-3, valid and same
     avg pooling  windows 1-5, strides 1-3, valid and same (only the cells inside are averaged)
     batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
@@ -72,6 +74,9 @@ REQUIRED_BRANCHES = (
     "conv dx=winograd, batch < threads",
     "conv fused relu",
     "conv no dx",
+    "conv from maxpool",
+    "conv from maxpool, framed",
+    "conv from maxpool, staged",
     "pool",
     "avgpool",
     "batchnorm training",
@@ -145,9 +150,16 @@ def sample_conv(rng, common):
         oh, ow = output_shape_2d(h, w, kernel, strides, padding)
         if n * oh * ow * kernel[0] * kernel[1] * c * f <= MAX_CONV_WORK:
             break
+    pool = None
+    if rng.random() < 0.35:
+        # a max pool over the output whose backward the convolution's takes over: windows up
+        # to 4x4 that do not overlap (strides a window or more) and stay inside
+        ph, pw = rng.randint(1, min(4, oh)), rng.randint(1, min(4, ow))
+        pool = (ph, pw, ph + (rng.random() < 0.2), pw + (rng.random() < 0.2))
     return dict(common, op="conv", n=n, h=h, w=w, c=c, f=f, kernel=kernel, strides=strides,
                 padding=padding, pads=pads_2d(h, w, kernel, strides, padding),
-                bias=rng.random() < 0.8, need_dx=rng.random() < 0.75, relu=rng.random() < 0.4)
+                bias=rng.random() < 0.8, need_dx=rng.random() < 0.75, relu=rng.random() < 0.4,
+                pool=pool)
 
 
 def sample_pool(rng, common):
@@ -295,6 +307,20 @@ def run_case(case):
                 if (a is None) != (b is None) or (a is not None and a.tobytes() != b.tobytes()):
                     problems.append(f"{name}: a capped team changed the bits")
         branches = conv_branches(case, effective)
+        if case.get("pool"):
+            # the convolution's backward from the following max pool's gradient: the bits of
+            # the pool's backward and then the convolution's (those are compared with NumPy above)
+            ph, pw, sh, sw = case["pool"]
+            kernels.set_backend("c")
+            pooled, pool_cache = kernels.maxpool2d_forward(y, (ph, pw), (sh, sw), (0, 0, 0, 0))
+            dpool = normal(*pooled.shape)
+            fused = kernels.conv2d_backward_from_maxpool(dpool, cache, pool_cache, case["need_dx"])
+            apart = kernels.conv2d_backward(kernels.maxpool2d_backward(dpool, pool_cache), cache, case["need_dx"])
+            for name, a, b in zip(("dx", "dkernel", "dbias"), fused, apart):
+                if (a is None) != (b is None) or (a is not None and a.tobytes() != b.tobytes()):
+                    problems.append(f"{name}: the backward from the max pool changed the bits")
+            framed = case["need_dx"] or "dkernel=winograd" in branches[0]
+            branches += ["conv from maxpool", "conv from maxpool, " + ("framed" if framed else "staged")]
     elif case["op"] == "pool":
         x = normal(case["n"], case["h"], case["w"], case["c"])
         if rng.random() < 0.5:

@@ -309,6 +309,37 @@ def maxpool2d_backward(dy, cache):
     return cache.engine.maxpool2d_backward(dy, cache.engine_cache)
 
 
+def maxpool_follows_conv_exactly(pool_size, strides, pads):
+    """Whether conv2d_backward_from_maxpool takes a max pool of this geometry: windows that
+    neither overlap nor reach padding, of at most 16 cells (the C engine's limit)."""
+    return (pads == (0, 0, 0, 0) and strides[0] >= pool_size[0] and strides[1] >= pool_size[1]
+            and pool_size[0] * pool_size[1] <= 16)
+
+
+def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
+    """conv2d_backward(maxpool2d_backward(dy, pool_cache), cache, need_dx), bit for bit, for a
+    max pool over the convolution's output (see maxpool_follows_conv_exactly); returns
+    (dx or None, dkernel, dbias or None).
+
+    dy: the gradient of the pool's output. The C engine spreads it to each window's winner
+    inside the convolution's backward, image by image, instead of writing and reading back the
+    whole batch's gradient of the convolution's output.
+    """
+    who = "conv2d_backward_from_maxpool"
+    cache = _unpack_cache(cache, "conv2d", who)
+    pool_cache = _unpack_cache(pool_cache, "maxpool2d", who)
+    _check_grad(dy, pool_cache.y_shape, pool_cache.dtype, who)
+    pool = pool_cache.engine_cache
+    if pool_cache.engine is not cache.engine or pool.x_shape != cache.y_shape:
+        raise ValueError(f"{who}: the pool's cache must come from a max pool over this convolution's "
+                         f"output {cache.y_shape} on the same engine, received one over {pool.x_shape}")
+    if not maxpool_follows_conv_exactly(pool.pool_size, pool.strides, pool.pads):
+        raise ValueError(f"{who}: the pool's windows must neither overlap nor reach padding and have "
+                         f"at most 16 cells; received pool_size {pool.pool_size}, strides {pool.strides}, "
+                         f"pads {pool.pads}")
+    return cache.engine.conv2d_backward_from_maxpool(dy, cache.engine_cache, pool, need_dx)
+
+
 def conv2d_relu_forward(x, kernel, bias, strides, pads):
     """max(conv2d_forward(x, kernel, bias, strides, pads), 0) as one operation; returns (y, cache).
 

@@ -191,7 +191,7 @@ def _conv_geometry(x_shape, kernel_shape, strides, pads):
 # kernel gradient reads it), so later changes to x cannot leak in; relu_y is the fused ReLU's
 # output (C masks dy by relu_y > 0) or None.
 ConvCache = namedtuple("ConvCache", "x_shape strides pads xpad kernel has_bias relu_y")
-PoolCache = namedtuple("PoolCache", "x_shape pool_size strides pads argmax")
+PoolCache = namedtuple("PoolCache", "x_shape pool_size strides pads argmax y")   # y: for conv2d_backward_from_maxpool
 DenseCache = namedtuple("DenseCache", "x kernel has_bias relu_y")
 
 
@@ -253,6 +253,37 @@ def _conv_backward(dy, cache, need_dx, relu_y):
         "mc_conv2d_backward" + sfx, geometry,
         _In("xpad", xpad, dtype, xpad.size), _In("kernel", kernel, dtype, kernel.size),
         _In("dy", dy, dtype, n * oh * ow * f), _In("relu_y", relu_y, dtype, n * oh * ow * f, optional=True),
+        *(_verified(dx) if need_dx else (ffi.NULL, 0)), *_verified(dkernel),
+        *(_verified(dbias) if dbias is not None else (ffi.NULL, 0)), *_verified(work),
+    )
+    return dx, dkernel, dbias
+
+
+def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
+    """conv2d_backward(maxpool2d_backward(dy, pool_cache), cache, need_dx) in one C call, for a
+    max pool (windows that neither overlap nor touch padding) over this convolution's output:
+    each window's gradient is spread to its winner inside C, image by image, so the
+    whole-batch gradient of the convolution's output is never written or read back (with a
+    fused ReLU, the pool's own output is its mask at the winners). The same bits."""
+    who = "conv2d_backward_from_maxpool"
+    xpad, kernel = cache.xpad, cache.kernel
+    dtype = xpad.dtype
+    sfx = _suffix(dtype, who)
+    dy = _contiguous(dy, dtype, "dy", who)
+    x_shape, pool_size, strides, pads, argmax, pooled = pool_cache   # a PoolCache
+    geometry = _conv_geometry(cache.x_shape, kernel.shape, cache.strides, cache.pads)
+    pool_geometry = _pool_geometry(x_shape, pool_size, strides, pads)
+    mask = pooled if cache.relu_y is not None else None
+    dx = np.empty(cache.x_shape, dtype=dtype) if need_dx else None
+    dkernel = np.empty(kernel.shape, dtype=dtype)
+    dbias = np.empty((kernel.shape[3],), dtype=dtype) if cache.has_bias else None
+    work = _workspace(dtype, lib.mc_conv2d_backward_workspace(geometry, dtype.itemsize, int(bool(need_dx)), 1),
+                      who)
+    _call(
+        "mc_conv2d_backward_from_maxpool" + sfx, geometry, pool_geometry,
+        _In("xpad", xpad, dtype, xpad.size), _In("kernel", kernel, dtype, kernel.size),
+        _In("dy", dy, dtype, argmax.size), _In("pooled", mask, dtype, argmax.size, optional=True),
+        _In("argmax", argmax, _INT32, argmax.size),
         *(_verified(dx) if need_dx else (ffi.NULL, 0)), *_verified(dkernel),
         *(_verified(dbias) if dbias is not None else (ffi.NULL, 0)), *_verified(work),
     )
@@ -331,13 +362,13 @@ def maxpool2d_forward(x, pool_size, strides, pads):
         "mc_maxpool2d_forward" + sfx, geometry, _In("x", x, dtype, x.size),
         *_verified(y), *_verified(argmax),
     )
-    return y, PoolCache(x.shape, pool_size, strides, pads, argmax)
+    return y, PoolCache(x.shape, pool_size, strides, pads, argmax, y)
 
 
 def maxpool2d_backward(dy, cache):
     """dy (N, OH, OW, C) -> dx (N, H, W, C): each gradient goes to its window's winner."""
     who = "maxpool2d_backward"
-    x_shape, pool_size, strides, pads, argmax = cache   # a PoolCache
+    x_shape, pool_size, strides, pads, argmax, _ = cache   # a PoolCache
     dtype = dy.dtype
     sfx = _suffix(dtype, who)
     dy = _contiguous(dy, dtype, "dy", who)

@@ -189,6 +189,11 @@ def maxpool2d_backward(dy, cache):
     return dxp[:, top:top + h, left:left + w, :]
 
 
+def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
+    """The max pool's backward, then the convolution's (the C engine does both in one pass)."""
+    return conv2d_backward(maxpool2d_backward(dy, pool_cache), cache, need_dx)
+
+
 def dense_forward(x, kernel, bias, relu):
     """y = x @ kernel + bias (then max(y, 0) when relu). x: (N, K), kernel: (K, F) -> y: (N, F)."""
     y = x @ kernel

@@ -222,7 +222,10 @@ class WithActivation:
         if self._cache is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
         dx, dkernel, dbias = self._kernel_backward(dz, self._cache, need_dx=need_input_gradient)
+        self._keep_gradients(dkernel, dbias)
+        return dx
+
+    def _keep_gradients(self, dkernel, dbias):
         self.grads["kernel"] = dkernel
         if self.use_bias:
             self.grads["bias"] = dbias
-        return dx

@@ -115,6 +115,12 @@ class Layer:
             self.build(x.shape[1:])   # the shape this batch has, checked by build
         return self._forward(x, training)
 
+    def takes_gradient_from(self, following):
+        """Whether Sequential.backward may hand `following`'s (the next layer's) dy straight to
+        this layer, whose backward_from_... then does the follower's backward too: a max pool's
+        into the convolution under it (Conv2D). No other layer does."""
+        return False
+
     def backward(self, dy, need_input_gradient=True):
         """dx for an upstream gradient dy of the forward output's shape; fills self.grads.
 

@@ -3,6 +3,7 @@ from .. import kernels
 from ..errors import quote
 from .activations import WithActivation
 from .base import LARGEST_DIMENSION, REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
+from .pooling import MaxPooling2D
 
 
 @REGISTRY.register()
@@ -53,6 +54,26 @@ class Conv2D(WithActivation, Layer):
 
     # the kernel face's function itself: no extra call per step
     _kernel_backward = staticmethod(kernels.conv2d_backward)
+
+    def takes_gradient_from(self, following):
+        """True for a MaxPooling2D right after this layer (exactly these classes: a subclass may
+        have its own backward) when this layer's activation is none or the ReLU in its kernel
+        and the pool's windows neither overlap nor reach padding, both run in training."""
+        return (type(self) is Conv2D and type(following) is MaxPooling2D
+                and (self.activation is None or self.relu_in_kernel)
+                and self._cache is not None and following._cache is not None
+                and kernels.maxpool_follows_conv_exactly(following.pool_size, following.strides,
+                                                         following.pads))
+
+    def backward_from_maxpool(self, dy, pool, need_input_gradient=True):
+        """self.backward(pool.backward(dy)) as one pass, the same bits
+        (kernels.conv2d_backward_from_maxpool); fills grads, returns dx or None."""
+        if self._cache is None or pool._cache is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
+        dx, dkernel, dbias = kernels.conv2d_backward_from_maxpool(
+            dy, self._cache, pool._cache, need_dx=need_input_gradient)
+        self._keep_gradients(dkernel, dbias)
+        return dx
 
     def get_config(self):
         return {
