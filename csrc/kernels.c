@@ -70,9 +70,12 @@
 #define MC_PARALLEL_MIN_WORK ((int64_t)1 << 17)
 /* Most threads (and so per-thread workspace regions) a call uses. */
 #define MC_MAX_PARTS 64
-/* Most cells of a max-pool window whose backward a convolution's backward takes over
- * (conv2d_backward_from_maxpool): 4x4. */
+/* Most cells of a max-pool window that a convolution's passes take over (the fused
+ * convolution + max pool, csrc/tmpl_conv_pool.h): 4x4. */
 #define MC_POOL_FUSE_CELLS 16
+/* The fused forward runs the convolution on chunks of images whose output is about this many
+ * bytes, so the pool reads it while it is still in the caches (docs/performance.md). */
+#define MC_FUSE_CHUNK_BYTES ((int64_t)1 << 20)
 /* Winograd pays off once the channels its GEMMs reduce over are this many (measured:
  * docs/performance.md); the passes decide separately. */
 #define MC_WINO_MIN_CHANNELS 16
@@ -374,6 +377,22 @@ static int mc_check_pool(const mc_pool_geom *g, int64_t *oh, int64_t *ow)
     return MC_OK;
 }
 
+/* A max pool that a convolution's passes take over (after mc_check_conv passed): its input is
+ * the convolution's output, and its windows neither overlap nor reach padding and have at most
+ * MC_POOL_FUSE_CELLS cells, so every output cell belongs to one window at most. */
+static int mc_check_conv_pool(const mc_conv_geom *g, const mc_pool_geom *pg, int64_t *ph, int64_t *pw)
+{
+    const int err = mc_check_pool(pg, ph, pw);
+    if (err) return err;
+    const int64_t oh = ((int64_t)g->h + g->pad_top + g->pad_bottom - g->kh) / g->stride_h + 1;
+    const int64_t ow = ((int64_t)g->w + g->pad_left + g->pad_right - g->kw) / g->stride_w + 1;
+    if (pg->n != g->n || pg->h != oh || pg->w != ow || pg->c != g->f || pg->pad_top ||
+        pg->pad_bottom || pg->pad_left || pg->pad_right || pg->stride_h < pg->pool_h ||
+        pg->stride_w < pg->pool_w || pg->pool_h * pg->pool_w > MC_POOL_FUSE_CELLS)
+        return MC_ERR_GEOMETRY;
+    return MC_OK;
+}
+
 static int mc_check_dense(int n, int k, int f, int64_t *x, int64_t *kernel, int64_t *y)
 {
     const int positive[] = {n, k, f};
@@ -434,6 +453,18 @@ int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int n
     relu = relu != 0;
     return mc_elements(elem_size == 4 ? conv_backward_bytes_f32(g, need_dx, relu, threads)
                                       : conv_backward_bytes_f64(g, need_dx, relu, threads),
+                       elem_size);
+}
+
+int64_t mc_conv2d_forward_maxpool_workspace(const mc_conv_geom *g, const mc_pool_geom *pg, int elem_size)
+{
+    mc_conv_sizes s;
+    int64_t ph, pw;
+    if (mc_check_conv(g, &s) || mc_check_conv_pool(g, pg, &ph, &pw) || (elem_size != 4 && elem_size != 8))
+        return -1;
+    const int threads = mc_threads_now();
+    return mc_elements(elem_size == 4 ? conv_pool_forward_bytes_f32(g, threads)
+                                      : conv_pool_forward_bytes_f64(g, threads),
                        elem_size);
 }
 

@@ -122,6 +122,29 @@ int mc_conv2d_backward_f64(const mc_conv_geom *g,
                            double *dbias, int64_t dbias_len,
                            double *work, int64_t work_len);
 
+/* A convolution and the max pool over its output as one forward: pooled and argmax are
+ * mc_maxpool2d_forward's outputs on mc_conv2d_forward's y, to the bit, and xpad is the
+ * convolution's as always; y itself is not kept (scratch in the workspace, a chunk of images
+ * at a time), so the backward is mc_conv2d_backward_from_maxpool. The pool as there
+ * (MC_ERR_GEOMETRY otherwise). */
+int64_t mc_conv2d_forward_maxpool_workspace(const mc_conv_geom *g, const mc_pool_geom *pg, int elem_size);
+int mc_conv2d_forward_maxpool_f32(const mc_conv_geom *g, const mc_pool_geom *pg,
+                                  const float *x, int64_t x_len,
+                                  const float *kernel, int64_t kernel_len,
+                                  const float *bias, int64_t bias_len, int relu,
+                                  float *xpad, int64_t xpad_len,
+                                  float *pooled, int64_t pooled_len,
+                                  int32_t *argmax, int64_t argmax_len,
+                                  float *work, int64_t work_len);
+int mc_conv2d_forward_maxpool_f64(const mc_conv_geom *g, const mc_pool_geom *pg,
+                                  const double *x, int64_t x_len,
+                                  const double *kernel, int64_t kernel_len,
+                                  const double *bias, int64_t bias_len, int relu,
+                                  double *xpad, int64_t xpad_len,
+                                  double *pooled, int64_t pooled_len,
+                                  int32_t *argmax, int64_t argmax_len,
+                                  double *work, int64_t work_len);
+
 /* Backward of a convolution followed by a max pool, from the pool's gradient: the same
  * dx/dkernel/dbias bits as mc_maxpool2d_backward then mc_conv2d_backward, without the
  * whole-batch gradient of the convolution's output in between. pg is the pool's geometry

@@ -8,9 +8,11 @@
  *   tmpl_conv_plan.h    algorithm choice per pass and the workspace plan of one call
  *   tmpl_winograd.h     Winograd F(2x2, 3x3): forward, kernel gradient, input gradient
  *   tmpl_conv_direct.h  direct convolution: forward, kernel gradient, input gradient
- *   tmpl_conv.h         the convolution drivers: forward, and backward as named steps
+ *   tmpl_conv.h         the convolution drivers: forward, and backward as named steps (which
+ *                       can take a following max pool's gradient: image_dy)
  *   tmpl_dense.h        dense products on the same microkernels
  *   tmpl_pool.h         max pooling
+ *   tmpl_conv_pool.h    a convolution and the max pool after it, forward in chunks of images
  *   tmpl_avgpool.h      average pooling with its entry points
  *   tmpl_batchnorm.h    batch normalisation with its entry points
  *   tmpl_entry.h        the public entry points (checks, then run)
@@ -31,6 +33,7 @@
 #include "tmpl_conv.h"
 #include "tmpl_dense.h"
 #include "tmpl_pool.h"
+#include "tmpl_conv_pool.h"
 #include "tmpl_avgpool.h"
 #include "tmpl_relu.h"
 #include "tmpl_batchnorm.h"

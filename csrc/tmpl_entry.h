@@ -62,15 +62,8 @@ int DN(mc_conv2d_backward_from_maxpool)(const mc_conv_geom *g, const mc_pool_geo
     int64_t ph, pw;
     int err = mc_check_conv(g, &s);
     if (err) return err;
-    if ((err = mc_check_pool(pg, &ph, &pw))) return err;
+    if ((err = mc_check_conv_pool(g, pg, &ph, &pw))) return err;
     mc_init();
-    /* the pool reads this layer's output; its windows neither overlap nor reach padding */
-    DN(mc_conv_dims) d;
-    DN(conv_dims)(g, &d);
-    if (pg->n != g->n || pg->h != d.oh || pg->w != d.ow || pg->c != g->f || pg->pad_top ||
-        pg->pad_bottom || pg->pad_left || pg->pad_right || pg->stride_h < pg->pool_h ||
-        pg->stride_w < pg->pool_w || pg->pool_h * pg->pool_w > MC_POOL_FUSE_CELLS)
-        return MC_ERR_GEOMETRY;
     if (!xpad || !kernel || !pool_dy || !argmax || !dkernel || !work) return MC_ERR_NULL;
     const int64_t pooled_size = (int64_t)g->n * ph * pw * g->f;
     if (xpad_len != s.xpad || kernel_len != s.kernel || pool_dy_len != pooled_size ||
@@ -86,6 +79,31 @@ int DN(mc_conv2d_backward_from_maxpool)(const mc_conv_geom *g, const mc_pool_geo
         return MC_ERR_SIZE;
     const DN(mc_work) w = DN(bind)(&plan, work, work_len);
     return DN(conv_backward)(g, xpad, kernel, pool_dy, pooled, pg, argmax, dx, dkernel, dbias, &w);
+}
+
+int DN(mc_conv2d_forward_maxpool)(const mc_conv_geom *g, const mc_pool_geom *pg, const DR *x,
+                                  int64_t x_len, const DR *kernel, int64_t kernel_len,
+                                  const DR *bias, int64_t bias_len, int relu, DR *xpad,
+                                  int64_t xpad_len, DR *pooled, int64_t pooled_len,
+                                  int32_t *argmax, int64_t argmax_len, DR *work, int64_t work_len)
+{
+    mc_conv_sizes s;
+    int64_t ph, pw;
+    int err = mc_check_conv(g, &s);
+    if (err) return err;
+    if ((err = mc_check_conv_pool(g, pg, &ph, &pw))) return err;
+    mc_init();
+    if (!x || !kernel || !xpad || !pooled || !argmax || !work) return MC_ERR_NULL;
+    const int64_t pooled_size = (int64_t)g->n * ph * pw * g->f;
+    if (x_len != s.x || kernel_len != s.kernel || xpad_len != s.xpad || pooled_len != pooled_size ||
+        argmax_len != pooled_size || (bias ? bias_len != g->f : bias_len != 0))
+        return MC_ERR_SIZE;
+    const int threads = mc_threads_now();
+    if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
+        work_len * (int64_t)sizeof(DR) < DN(conv_pool_forward_bytes)(g, threads))
+        return MC_ERR_SIZE;
+    DN(conv_pool_forward)(g, pg, x, kernel, bias, relu, xpad, pooled, argmax, work, work_len, threads);
+    return MC_OK;
 }
 
 int DN(mc_maxpool2d_forward)(const mc_pool_geom *g, const DR *x, int64_t x_len, DR *y,

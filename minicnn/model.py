@@ -127,6 +127,12 @@ class Sequential(Trainer):
                 # before, which applies the mask (docs/architecture.md, "Fusions")
                 x = follower.take_fused_output(layer.forward_with_relu(x, training), training)
                 i += 2
+            elif follower is not None and layer.fuses_following_maxpool(follower):
+                # a convolution and its max pool as one call, in chunks of images, so the
+                # convolution's output is pooled while still in the caches and never kept; the
+                # backward then takes the pool's gradient (docs/architecture.md, "Fusions")
+                x = layer.forward_with_maxpool(x, follower, training, check_input=i == 0)
+                i += 2
             elif i > 0 and type(layer).forward is Layer.forward:
                 # Checked once: the first layer checked the input, and each built layer's
                 # output has the next one's input shape and the model's dtype (8 us of a

@@ -6,8 +6,9 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     convolution  batch 1-9, H and W 1-40, C_in and filters 1-80, kernels 1-7 (non-square too),
                  strides 1-3, valid and same padding (TensorFlow's rule, pads_2d), bias on/off,
                  input gradient on/off, fused ReLU (conv2d_relu_forward) on/off; a third of
-                 them also take a following max pool's gradient (conv2d_backward_from_maxpool,
-                 windows 1-4 that do not overlap), bit for bit against the two backwards apart
+                 them also run with a following max pool (windows 1-4 that do not overlap):
+                 conv2d_maxpool_forward and conv2d_backward_from_maxpool, bit for bit against
+                 the two layers' passes apart
     max pooling  windows 1-4, strides 1-3, valid and same
     avg pooling  windows 1-5, strides 1-3, valid and same (only the cells inside are averaged)
     batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
@@ -60,6 +61,7 @@ if MINICNN_HOME not in sys.path:
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 WINO_MIN_CHANNELS = 16          # csrc/kernels.c MC_WINO_MIN_CHANNELS
 WINO_DK_WIDE_CHANNELS = 64        # csrc/kernels.c MC_WINO_DK_WIDE_CHANNELS (C_in or F)
+FUSE_CHUNK_BYTES = 1 << 20      # csrc/kernels.c MC_FUSE_CHUNK_BYTES (conv + max pool forward)
 MAX_CONV_WORK = 60_000_000      # multiply-adds of one convolution pass (keeps cases fast)
 SIMD_LEVELS = ("avx512", "avx2", "sse2")
 
@@ -77,6 +79,7 @@ REQUIRED_BRANCHES = (
     "conv from maxpool",
     "conv from maxpool, framed",
     "conv from maxpool, staged",
+    "conv with maxpool forward in several chunks",
     "pool",
     "avgpool",
     "batchnorm training",
@@ -147,11 +150,16 @@ def sample_conv(rng, common):
         if padding == "valid" and (kernel[0] > h or kernel[1] > w):
             padding = "same"
         c, f = _channels(rng), _channels(rng)
+        wide_output = rng.random() < 0.06
+        if wide_output:
+            # a batch whose output outgrows one chunk of the forward with a max pool (more
+            # than MC_FUSE_CHUNK_BYTES): few input channels keep the work in bounds
+            n, h, w, c, f = rng.randint(5, 9), rng.randint(28, 40), rng.randint(28, 40), rng.randint(1, 4), rng.randint(48, 80)
         oh, ow = output_shape_2d(h, w, kernel, strides, padding)
         if n * oh * ow * kernel[0] * kernel[1] * c * f <= MAX_CONV_WORK:
             break
     pool = None
-    if rng.random() < 0.35:
+    if wide_output or rng.random() < 0.35:
         # a max pool over the output whose backward the convolution's takes over: windows up
         # to 4x4 that do not overlap (strides a window or more) and stay inside
         ph, pw = rng.randint(1, min(4, oh)), rng.randint(1, min(4, ow))
@@ -316,11 +324,21 @@ def run_case(case):
             dpool = normal(*pooled.shape)
             fused = kernels.conv2d_backward_from_maxpool(dpool, cache, pool_cache, case["need_dx"])
             apart = kernels.conv2d_backward(kernels.maxpool2d_backward(dpool, pool_cache), cache, case["need_dx"])
-            for name, a, b in zip(("dx", "dkernel", "dbias"), fused, apart):
-                if (a is None) != (b is None) or (a is not None and a.tobytes() != b.tobytes()):
-                    problems.append(f"{name}: the backward from the max pool changed the bits")
+            # and the forward as one call (chunks of images; no convolution output kept)
+            pooled_fused, cache_fused, pool_cache_fused = kernels.conv2d_maxpool_forward(
+                *args, (ph, pw), (sh, sw), relu=case["relu"])
+            if pooled_fused.tobytes() != pooled.tobytes():
+                problems.append("pooled: the forward with the max pool changed the bits")
+            both = kernels.conv2d_backward_from_maxpool(dpool, cache_fused, pool_cache_fused, case["need_dx"])
+            for name, a, b, c in zip(("dx", "dkernel", "dbias"), fused, apart, both):
+                for other in (b, c):
+                    if (a is None) != (other is None) or (a is not None and a.tobytes() != other.tobytes()):
+                        problems.append(f"{name}: the passes with the max pool changed the bits")
             framed = case["need_dx"] or "dkernel=winograd" in branches[0]
             branches += ["conv from maxpool", "conv from maxpool, " + ("framed" if framed else "staged")]
+            per_chunk = max(1, FUSE_CHUNK_BYTES // (y.shape[1] * y.shape[2] * y.shape[3] * y.itemsize))
+            if per_chunk < case["n"]:
+                branches.append("conv with maxpool forward in several chunks")
     elif case["op"] == "pool":
         x = normal(case["n"], case["h"], case["w"], case["c"])
         if rng.random() < 0.5:

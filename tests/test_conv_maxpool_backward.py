@@ -1,10 +1,12 @@
-"""A convolution's backward that takes the following max pool's gradient itself
-(kernels.conv2d_backward_from_maxpool, Sequential's conv + max-pool fusion in backward).
+"""A convolution and the max pool after it as one operation each way: the forward
+(kernels.conv2d_maxpool_forward, in chunks of images, keeping no convolution output) and the
+convolution's backward that takes the pool's gradient itself (conv2d_backward_from_maxpool);
+Sequential's conv + max-pool fusion.
 
-It must give exactly the bits of the two backwards apart (the pool's, then the convolution's):
-on both engines, every SIMD level, 1-4 threads, float32 and float64, with and without the
-fused ReLU and the input gradient, with NaN, infinities and signed zeros in the gradient and
-in the activations, on pools that tile the output and pools that leave cells out.
+Both must give exactly the bits of the two layers' passes apart: on both engines, every SIMD
+level, 1-4 threads, float32 and float64, with and without the fused ReLU and the input
+gradient, with NaN, infinities and signed zeros in the gradient and in the activations, on
+pools that tile the output and pools that leave cells out, on batches of several chunks.
 """
 import numpy as np
 import pytest
@@ -32,10 +34,13 @@ GEOMETRIES = [
     (2, 9, 9, 20, 24, 5, (2, 3), (2, 4)),
     (5, 9, 9, 3, 7, 1, (4, 4), (4, 4)),
     (2, 6, 6, 3, 9, 3, (1, 1), (1, 1)),
+    (23, 28, 28, 1, 32, 3, (2, 2), (2, 2)),     # the seed's first layer: 3 chunks of 10, 10, 3
 ]
 
 
-def _gradients_both_ways(geometry, relu, need_dx, dtype, seed, specials):
+def _both_ways(geometry, relu, need_dx, dtype, seed, specials):
+    """[pooled, the pool's dx, dx, dkernel, dbias] three ways: both passes fused, the layers'
+    passes apart, and the fused backward after the forwards apart."""
     n, h, w, c, f, k, pool, strides = geometry
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, c)).astype(dtype)
@@ -43,22 +48,31 @@ def _gradients_both_ways(geometry, relu, need_dx, dtype, seed, specials):
         x[0, 0, 0, 0] = np.nan   # a NaN activation wins its window and is masked by the ReLU
     kernel = rng.standard_normal((k, k, c, f)).astype(dtype)
     bias = rng.standard_normal(f).astype(dtype)
+    pads = ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2)
     forward = kernels.conv2d_relu_forward if relu else kernels.conv2d_forward
-    y, cache = forward(x, kernel, bias, (1, 1), ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2))
+    y, cache = forward(x, kernel, bias, (1, 1), pads)
     pooled, pool_cache = kernels.maxpool2d_forward(y, pool, strides, (0, 0, 0, 0))
+    pooled_fused, cache_fused, pool_cache_fused = kernels.conv2d_maxpool_forward(
+        x, kernel, bias, (1, 1), pads, pool, strides, relu=relu)
     dpool = rng.standard_normal(pooled.shape).astype(dtype)
     if specials:
         flat = dpool.reshape(-1)
         flat[::5] = -0.0
         flat[1], flat[2], flat[3] = np.inf, -np.inf, np.nan
     with np.errstate(invalid="ignore"):   # inf * 0 and NaN sums: the same on both paths
-        fused = kernels.conv2d_backward_from_maxpool(dpool, cache, pool_cache, need_dx)
+        fused = kernels.conv2d_backward_from_maxpool(dpool, cache_fused, pool_cache_fused, need_dx)
+        from_unfused_forward = kernels.conv2d_backward_from_maxpool(dpool, cache, pool_cache, need_dx)
         apart = kernels.conv2d_backward(kernels.maxpool2d_backward(dpool, pool_cache), cache, need_dx)
-    return fused, apart
+        # the fused forward's pool cache serves the pool's own backward too
+        pool_grads = [kernels.maxpool2d_backward(dpool, c) for c in (pool_cache_fused, pool_cache)]
+    return ([pooled_fused, pool_grads[0], *fused], [pooled, pool_grads[1], *apart],
+            [pooled, pool_grads[1], *from_unfused_forward])
 
 
-def _assert_same_bits(fused, apart):
-    for name, a, b in zip(("dx", "dkernel", "dbias"), fused, apart):
+def _assert_same_bits(fused, apart, *more):
+    if more:
+        _assert_same_bits(fused, *more)
+    for name, a, b in zip(("pooled", "pool's dx", "dx", "dkernel", "dbias"), fused, apart):
         assert (a is None) == (b is None), name
         if a is not None:
             assert a.dtype == b.dtype and a.shape == b.shape, name
@@ -67,11 +81,11 @@ def _assert_same_bits(fused, apart):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g[:5])) + f"-pool{g[6]}s{g[7]}")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_backward_from_the_pool_gives_the_bits_of_the_two_backwards(backend, geometry, dtype):
+def test_the_fused_passes_give_the_bits_of_the_two_layers_passes(backend, geometry, dtype):
     for relu in (True, False):
         for need_dx in (True, False):
             for specials in (False, True):
-                _assert_same_bits(*_gradients_both_ways(geometry, relu, need_dx, dtype, 7, specials))
+                _assert_same_bits(*_both_ways(geometry, relu, need_dx, dtype, 7, specials))
 
 
 @requires_c
@@ -85,7 +99,7 @@ def test_every_simd_level_and_thread_count_gives_the_same_bits(level, threads):
     try:
         for geometry in GEOMETRIES:
             for dtype in (np.float32, np.float64):
-                _assert_same_bits(*_gradients_both_ways(geometry, True, geometry[0] % 2 == 0, dtype, 3, True))
+                _assert_same_bits(*_both_ways(geometry, True, geometry[0] % 2 == 0, dtype, 3, True))
     finally:
         c_engine.set_num_threads(None)
         c_engine.set_simd_level(c_engine.simd_levels()[0])
@@ -102,6 +116,15 @@ def test_pools_it_cannot_take_are_refused_by_name(backend):
         pooled, pool_cache = kernels.maxpool2d_forward(y, pool, strides, pads)
         with pytest.raises(ValueError, match="overlap nor reach padding"):
             kernels.conv2d_backward_from_maxpool(np.ones_like(pooled), cache, pool_cache)
+    for pool, strides in [((2, 2), (1, 1)), ((5, 5), (5, 5))]:
+        with pytest.raises(ValueError, match="must not overlap and have at most 16 cells"):
+            kernels.conv2d_maxpool_forward(x, kernel, None, (1, 1), (1, 1, 1, 1), pool, strides, relu=True)
+    with pytest.raises(ValueError, match="does not fit the convolution's output"):
+        kernels.conv2d_maxpool_forward(x, kernel, None, (1, 1), (0, 0, 0, 0), (1, 7), (1, 7))
+    pooled, under_cache, pool_cache = kernels.conv2d_maxpool_forward(x, kernel, None, (1, 1), (1, 1, 1, 1),
+                                                                     (2, 2), (2, 2), relu=True)
+    with pytest.raises(TypeError, match="its backward is conv2d_backward_from_maxpool"):
+        kernels.conv2d_backward(np.ones((2, 8, 8, 4)), under_cache)
     # a pool over another array than this convolution's output
     other, other_cache = kernels.maxpool2d_forward(np.ones((2, 6, 6, 4)), (2, 2), (2, 2), (0, 0, 0, 0))
     with pytest.raises(ValueError, match="over this convolution's output"):
@@ -166,6 +189,36 @@ def test_the_entry_point_checks_every_length_and_the_pool_geometry():
         assert call(pool) == lib.MC_ERR_GEOMETRY, pool
 
 
+@requires_c
+def test_the_fused_forward_entry_point_checks_every_length_and_the_pool_geometry():
+    n, h, w, c, f = 2, 6, 6, 2, 3
+    conv = ffi.new("mc_conv_geom *", dict(n=n, h=h, w=w, c=c, kh=3, kw=3, f=f, stride_h=1, stride_w=1,
+                                          pad_top=1, pad_bottom=1, pad_left=1, pad_right=1))
+    pool_fields = dict(n=n, h=h, w=w, c=f, pool_h=2, pool_w=2, stride_h=2, stride_w=2,
+                       pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
+    x, kernel, bias, xpad = np.zeros(n * h * w * c), np.zeros(9 * c * f), np.zeros(f), np.zeros(n * 8 * 8 * c)
+    pooled, argmax = np.zeros(n * 3 * 3 * f), np.zeros(n * 3 * 3 * f, np.int32)
+    work = np.zeros(lib.mc_conv2d_forward_maxpool_workspace(conv, ffi.new("mc_pool_geom *", pool_fields), 8))
+    lengths = dict(x_len=x.size, kernel_len=kernel.size, bias_len=f, xpad_len=xpad.size, pooled_len=pooled.size,
+                   argmax_len=argmax.size, work_len=work.size)
+
+    def call(pool=None, **change):
+        args = {**lengths, **change}
+        geometry = ffi.new("mc_pool_geom *", dict(pool_fields, **(pool or {})))
+        return lib.mc_conv2d_forward_maxpool_f64(
+            conv, geometry, _p(x), args["x_len"], _p(kernel), args["kernel_len"], _p(bias), args["bias_len"], 1,
+            _p(xpad), args["xpad_len"], _p(pooled), args["pooled_len"], _p(argmax, "int32_t[]"),
+            args["argmax_len"], _p(work), args["work_len"])
+
+    assert call() == lib.MC_OK
+    for name, length in lengths.items():
+        assert call(**{name: length - 1}) == lib.MC_ERR_SIZE, name
+    for pool in (dict(stride_w=1), dict(pad_left=1), dict(w=w - 1), dict(c=f - 1), dict(n=n - 1),
+                 dict(pool_h=4, pool_w=5, stride_h=4, stride_w=5)):
+        assert call(pool) == lib.MC_ERR_GEOMETRY, pool
+        assert lib.mc_conv2d_forward_maxpool_workspace(conv, ffi.new("mc_pool_geom *", dict(pool_fields, **pool)), 8) == -1
+
+
 def _pool_model(name, dtype="float32"):
     minicnn.set_seed(11)
     return Sequential([
@@ -183,29 +236,54 @@ def _pool_model(name, dtype="float32"):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_sequential_hands_each_eligible_pool_gradient_to_its_convolution(backend, dtype, monkeypatch):
-    """The model's backward takes the fused path exactly for the eligible pairs and gives the
-    gradients of running every layer's backward on its own, bit for bit."""
+def test_sequential_runs_each_eligible_pair_as_one_call_each_way(backend, dtype, monkeypatch):
+    """The model's forward and backward take the fused path exactly for the eligible pairs and
+    give the outputs and gradients of running every layer on its own, bit for bit."""
     model = _pool_model("fused", dtype)
     x = np.random.default_rng(0).standard_normal((3, 10, 10, 2)).astype(dtype)
     dy = np.random.default_rng(1).standard_normal((3, 3)).astype(dtype)
     calls = []
-    real = kernels.conv2d_backward_from_maxpool
+    originals = {name: getattr(kernels, name) for name in ("conv2d_maxpool_forward", "conv2d_backward_from_maxpool")}
+    for name, real in originals.items():
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    for training in (True, False):
+        y_fused = model.forward(x, training=training)
+        assert calls == ["conv2d_maxpool_forward"] * 2, "conv+relu/pool 2 and conv/pool 2 stride 3 run fused"
+        calls.clear()
+        if training:
+            dx_fused = model.backward(dy)
+            assert calls == ["conv2d_backward_from_maxpool"] * 2
+            calls.clear()
+            grads_fused = [g.tobytes() for layer in model.layers for g in layer.grads.values()]
+        h = x                                  # the same layers, one at a time: no fusion
+        for layer in model.layers:
+            h = layer.forward(h, training=training)
+        assert calls == [] and h.tobytes() == y_fused.tobytes()
+        if training:
+            g = dy
+            for layer in reversed(model.layers):
+                g = layer.backward(g)
+            assert g.tobytes() == dx_fused.tobytes()
+            assert grads_fused == [g.tobytes() for layer in model.layers for g in layer.grads.values()]
+    model.forward(x, training=True)
+    calls.clear()
+    real = originals["conv2d_backward_from_maxpool"]
     monkeypatch.setattr(kernels, "conv2d_backward_from_maxpool",
                         lambda dy, cache, pool_cache, need_dx=True: calls.append(need_dx) or real(dy, cache, pool_cache, need_dx))
-    model.forward(x, training=True)
-    dx_fused = model.backward(dy)
-    grads_fused = [g.tobytes() for layer in model.layers for g in layer.grads.values()]
-    assert calls == [True, True], "the pairs conv+relu/pool 2 and conv/pool 2 stride 3 take the fused path"
-    g = dy
-    for layer in reversed(model.layers):
-        g = layer.backward(g)
-    assert g.tobytes() == dx_fused.tobytes()
-    assert grads_fused == [g.tobytes() for layer in model.layers for g in layer.grads.values()]
-    calls.clear()
-    model.forward(x, training=True)
     model.backward(dy, need_input_gradient=False)
     assert calls == [True, False], "the first convolution computes no input gradient"
+    # after the fused forward, the convolution's own backward says what to call instead
+    model.forward(x, training=True)
+    with pytest.raises(TypeError, match="conv2d_backward_from_maxpool"):
+        model.layers[0].backward(np.ones((3, 10, 10, 8), dtype))
+
+
+def test_a_model_of_one_pair_checks_its_input_once_fused():
+    """The pair as the model's first layers still gets the input check of a first layer."""
+    model = Sequential([Conv2D(4, 3, activation="relu", input_shape=(6, 6, 1)), MaxPooling2D(2)])
+    model.forward(np.zeros((1, 6, 6, 1), "float32"))
+    with pytest.raises(ValueError, match="6, 6, 1"):
+        model.forward(np.zeros((1, 6, 5, 1), "float32"))
 
 
 def test_training_with_the_fusion_gives_the_same_weights(backend, monkeypatch):
@@ -216,7 +294,7 @@ def test_training_with_the_fusion_gives_the_same_weights(backend, monkeypatch):
     weights = []
     for fused in (True, False):
         if not fused:
-            monkeypatch.setattr(Conv2D, "takes_gradient_from", lambda self, following: False)
+            monkeypatch.setattr(Conv2D, "fuses_following_maxpool", lambda self, following: False)
         model = _pool_model(f"fused_{fused}")
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         model.fit(x, y, batch_size=16, epochs=3, shuffle=True, verbose=0)

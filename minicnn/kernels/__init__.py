@@ -34,7 +34,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import load, numpy_engine
-from .geometry import output_shape_2d, pads_2d  # noqa: F401  (re-exported for layers/tests)
+from .geometry import output_shape_2d, pads_2d, window_output_shape  # noqa: F401  (output_shape_2d, pads_2d: re-exported for layers/tests)
 
 _BACKEND_ENV = "MINICNN_BACKEND"
 _BUILD_HINT = (
@@ -256,10 +256,13 @@ def _check_conv_arguments(x, kernel, bias, strides, pads, who):
 _Cache = namedtuple("_Cache", "kind engine y_shape dtype engine_cache")
 
 
-def _unpack_cache(cache, kind, who):
-    """The face cache of a `kind` forward, or a TypeError naming what was expected."""
-    if not (isinstance(cache, _Cache) and cache.kind == kind):
+def _unpack_cache(cache, kind, who, also=None):
+    """The face cache of a `kind` (or `also`) forward, or a TypeError naming what was expected."""
+    if not (isinstance(cache, _Cache) and cache.kind in (kind, also)):
         made_by = {"conv2d": "conv2d_forward or conv2d_relu_forward"}.get(kind, f"{kind}_forward")
+        if isinstance(cache, _Cache) and cache.kind == "conv2d_under_maxpool":
+            raise TypeError(f"{who}: this convolution's forward ran with its max pool (conv2d_maxpool_forward), "
+                            f"which keeps no output of its own; its backward is conv2d_backward_from_maxpool")
         raise TypeError(f"{who}: cache must be the one {made_by} returned, received {type(cache).__name__}")
     return cache
 
@@ -316,6 +319,35 @@ def maxpool_follows_conv_exactly(pool_size, strides, pads):
             and pool_size[0] * pool_size[1] <= 16)
 
 
+def conv2d_maxpool_forward(x, kernel, bias, strides, pads, pool_size, pool_strides, relu=False):
+    """maxpool2d_forward((conv2d_relu_forward if relu else conv2d_forward)(x, kernel, bias,
+    strides, pads)[0], pool_size, pool_strides, (0, 0, 0, 0)) as one operation, bit for bit;
+    returns (pooled, conv cache, pool cache).
+
+    Shapes as the two forwards; the pool (see maxpool_follows_conv_exactly) has no padding.
+    The C engine runs the images in chunks whose convolution output is read by the pool while
+    still in the caches and never kept, so the convolution's backward is
+    conv2d_backward_from_maxpool(dy, conv cache, pool cache); maxpool2d_backward takes the pool
+    cache as usual.
+    """
+    who = "conv2d_maxpool_forward"
+    strides, pads = _check_conv_arguments(x, kernel, bias, strides, pads, who)
+    pool_size = _int_tuple(pool_size, 2, 1, who, "pool_size")
+    pool_strides = _int_tuple(pool_strides, 2, 1, who, "pool_strides")
+    if not maxpool_follows_conv_exactly(pool_size, pool_strides, (0, 0, 0, 0)):
+        raise ValueError(f"{who}: the pool's windows must not overlap and have at most 16 cells; received "
+                         f"pool_size {pool_size}, pool_strides {pool_strides}")
+    y_shape = (x.shape[0], *window_output_shape(x.shape[1], x.shape[2], kernel.shape[:2], strides, pads),
+               kernel.shape[3])
+    if y_shape[1] < pool_size[0] or y_shape[2] < pool_size[1]:
+        raise ValueError(f"{who}: a {pool_size[0]}x{pool_size[1]} pool does not fit the convolution's "
+                         f"output {y_shape[1:3]}")
+    pooled, cache, pool_cache = _active.conv2d_maxpool_forward(x, kernel, bias, strides, pads, bool(relu),
+                                                               pool_size, pool_strides)
+    return (pooled, _Cache("conv2d_under_maxpool", _active, y_shape, pooled.dtype, cache),
+            _Cache("maxpool2d", _active, pooled.shape, pooled.dtype, pool_cache))
+
+
 def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
     """conv2d_backward(maxpool2d_backward(dy, pool_cache), cache, need_dx), bit for bit, for a
     max pool over the convolution's output (see maxpool_follows_conv_exactly); returns
@@ -326,7 +358,7 @@ def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
     whole batch's gradient of the convolution's output.
     """
     who = "conv2d_backward_from_maxpool"
-    cache = _unpack_cache(cache, "conv2d", who)
+    cache = _unpack_cache(cache, "conv2d", who, also="conv2d_under_maxpool")
     pool_cache = _unpack_cache(pool_cache, "maxpool2d", who)
     _check_grad(dy, pool_cache.y_shape, pool_cache.dtype, who)
     pool = pool_cache.engine_cache

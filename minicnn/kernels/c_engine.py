@@ -188,9 +188,10 @@ def _conv_geometry(x_shape, kernel_shape, strides, pads):
 
 
 # What each forward hands its backward. The convolution keeps its zero-padded copy of x (the
-# kernel gradient reads it), so later changes to x cannot leak in; relu_y is the fused ReLU's
-# output (C masks dy by relu_y > 0) or None.
-ConvCache = namedtuple("ConvCache", "x_shape strides pads xpad kernel has_bias relu_y")
+# kernel gradient reads it), so later changes to x cannot leak in; relu tells whether a ReLU
+# was fused, relu_y is its output (C masks dy by relu_y > 0), or None: without the ReLU, or
+# when the forward ran with the max pool after it (conv2d_maxpool_forward keeps no output).
+ConvCache = namedtuple("ConvCache", "x_shape strides pads xpad kernel has_bias relu relu_y")
 PoolCache = namedtuple("PoolCache", "x_shape pool_size strides pads argmax y")   # y: for conv2d_backward_from_maxpool
 DenseCache = namedtuple("DenseCache", "x kernel has_bias relu_y")
 
@@ -229,7 +230,7 @@ def _conv_forward(x, kernel, bias, strides, pads, relu):
         *_verified(xpad), *_verified(y), *_verified(work),
     )
     # strides and pads arrive as tuples of ints: the face normalised them
-    return y, ConvCache(x.shape, strides, pads, xpad, kernel, bias is not None, y if relu else None)
+    return y, ConvCache(x.shape, strides, pads, xpad, kernel, bias is not None, relu, y if relu else None)
 
 
 def _conv_backward(dy, cache, need_dx, relu_y):
@@ -259,6 +260,39 @@ def _conv_backward(dy, cache, need_dx, relu_y):
     return dx, dkernel, dbias
 
 
+def conv2d_maxpool_forward(x, kernel, bias, strides, pads, relu, pool_size, pool_strides):
+    """maxpool2d_forward(conv2d_forward(x, ...)) (relu: conv2d_relu_forward) in one C call that
+    runs the images in chunks, so the convolution's output is read by the pool while still in
+    the caches and is never kept: returns (pooled, conv cache, pool cache), whose backward is
+    conv2d_backward_from_maxpool. The same bits as the two forwards apart."""
+    who = "conv2d_maxpool_forward"
+    dtype = x.dtype
+    sfx = _suffix(dtype, who)
+    x = _contiguous(x, dtype, "x", who)
+    kernel = _contiguous(kernel, dtype, "kernel", who)
+    bias = _contiguous(bias, dtype, "bias", who)
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    top, bottom, left, right = pads
+    oh, ow = window_output_shape(h, w, (kh, kw), strides, pads)
+    no_pads = (0, 0, 0, 0)
+    ph, pw = window_output_shape(oh, ow, pool_size, pool_strides, no_pads)
+    geometry = _conv_geometry(x.shape, kernel.shape, strides, pads)
+    pool_geometry = _pool_geometry((n, oh, ow, f), pool_size, pool_strides, no_pads)
+    xpad = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype)
+    pooled = np.empty((n, ph, pw, f), dtype=dtype)
+    argmax = np.empty((n, ph, pw, f), dtype=np.int32)
+    work = _workspace(dtype, lib.mc_conv2d_forward_maxpool_workspace(geometry, pool_geometry, dtype.itemsize), who)
+    _call(
+        "mc_conv2d_forward_maxpool" + sfx, geometry, pool_geometry,
+        _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
+        _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
+        *_verified(xpad), *_verified(pooled), *_verified(argmax), *_verified(work),
+    )
+    return (pooled, ConvCache(x.shape, strides, pads, xpad, kernel, bias is not None, bool(relu), None),
+            PoolCache((n, oh, ow, f), pool_size, pool_strides, no_pads, argmax, pooled))
+
+
 def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
     """conv2d_backward(maxpool2d_backward(dy, pool_cache), cache, need_dx) in one C call, for a
     max pool (windows that neither overlap nor touch padding) over this convolution's output:
@@ -273,7 +307,7 @@ def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
     x_shape, pool_size, strides, pads, argmax, pooled = pool_cache   # a PoolCache
     geometry = _conv_geometry(cache.x_shape, kernel.shape, cache.strides, cache.pads)
     pool_geometry = _pool_geometry(x_shape, pool_size, strides, pads)
-    mask = pooled if cache.relu_y is not None else None
+    mask = pooled if cache.relu else None
     dx = np.empty(cache.x_shape, dtype=dtype) if need_dx else None
     dkernel = np.empty(kernel.shape, dtype=dtype)
     dbias = np.empty((kernel.shape[3],), dtype=dtype) if cache.has_bias else None

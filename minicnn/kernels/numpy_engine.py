@@ -189,6 +189,13 @@ def maxpool2d_backward(dy, cache):
     return dxp[:, top:top + h, left:left + w, :]
 
 
+def conv2d_maxpool_forward(x, kernel, bias, strides, pads, relu, pool_size, pool_strides):
+    """The convolution's forward, then the max pool's (the C engine does both in one call)."""
+    y, cache = (conv2d_relu_forward if relu else conv2d_forward)(x, kernel, bias, strides, pads)
+    pooled, pool_cache = maxpool2d_forward(y, pool_size, pool_strides, (0, 0, 0, 0))
+    return pooled, cache, pool_cache
+
+
 def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
     """The max pool's backward, then the convolution's (the C engine does both in one pass)."""
     return conv2d_backward(maxpool2d_backward(dy, pool_cache), cache, need_dx)

@@ -115,6 +115,11 @@ class Layer:
             self.build(x.shape[1:])   # the shape this batch has, checked by build
         return self._forward(x, training)
 
+    def fuses_following_maxpool(self, following):
+        """Whether Sequential.forward may run this layer and `following` (the next layer) as one
+        call, forward_with_maxpool: a convolution and its max pool (Conv2D). No other layer."""
+        return False
+
     def takes_gradient_from(self, following):
         """Whether Sequential.backward may hand `following`'s (the next layer's) dy straight to
         this layer, whose backward_from_... then does the follower's backward too: a max pool's

@@ -46,7 +46,39 @@ class Conv2D(WithActivation, Layer):
         return self._build_kernel_and_activation(self.kernel_size + (channels, self.filters),
                                                  (out_h, out_w, self.filters))
 
+    # Sequential runs a Conv2D and the MaxPooling2D right after it as one call each way
+    # (forward_with_maxpool, backward_from_maxpool) when fuses_following_maxpool says so
+    _pool_follows = None
+
+    def fuses_following_maxpool(self, following):
+        """True for a built MaxPooling2D right after this layer (exactly these classes: a
+        subclass may have passes of its own) when this layer's activation is none or the ReLU
+        in its kernel and the pool's windows neither overlap nor reach padding."""
+        return (type(self) is Conv2D and type(following) is MaxPooling2D and following.built
+                and (self.activation is None or self.relu_in_kernel)
+                and kernels.maxpool_follows_conv_exactly(following.pool_size, following.strides,
+                                                         following.pads))
+
+    def forward_with_maxpool(self, x, pool, training=False, check_input=True):
+        """pool.forward(self.forward(x, training), training) as one call
+        (kernels.conv2d_maxpool_forward: the two layers' numbers, bit for bit, without keeping
+        this layer's output); both layers keep their caches for backward_from_maxpool.
+        check_input=False skips the input check (Sequential checked the model's input once)."""
+        self._pool_follows = pool
+        try:
+            return self.forward(x, training) if check_input else self._forward(x, training)
+        finally:
+            self._pool_follows = None
+
     def _forward(self, x, training):
+        pool = self._pool_follows
+        if pool is not None:
+            pooled, cache, pool_cache = kernels.conv2d_maxpool_forward(
+                x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads,
+                pool.pool_size, pool.strides, relu=self.relu_in_kernel)
+            self._cache = cache if training else None
+            pool.take_fused_cache(pool_cache, training)
+            return pooled
         convolve = kernels.conv2d_relu_forward if self.relu_in_kernel else kernels.conv2d_forward
         y, cache = convolve(x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads)
         self._cache = cache if training else None
@@ -56,14 +88,10 @@ class Conv2D(WithActivation, Layer):
     _kernel_backward = staticmethod(kernels.conv2d_backward)
 
     def takes_gradient_from(self, following):
-        """True for a MaxPooling2D right after this layer (exactly these classes: a subclass may
-        have its own backward) when this layer's activation is none or the ReLU in its kernel
-        and the pool's windows neither overlap nor reach padding, both run in training."""
-        return (type(self) is Conv2D and type(following) is MaxPooling2D
-                and (self.activation is None or self.relu_in_kernel)
-                and self._cache is not None and following._cache is not None
-                and kernels.maxpool_follows_conv_exactly(following.pool_size, following.strides,
-                                                         following.pads))
+        """True when fuses_following_maxpool(following) and both layers ran forward in
+        training (together or one by one: backward_from_maxpool takes either cache)."""
+        return (self.fuses_following_maxpool(following) and self._cache is not None
+                and following._cache is not None)
 
     def backward_from_maxpool(self, dy, pool, need_input_gradient=True):
         """self.backward(pool.backward(dy)) as one pass, the same bits

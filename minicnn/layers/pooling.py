@@ -61,6 +61,11 @@ class MaxPooling2D(_Pooling2D):
     _pool_forward = staticmethod(kernels.maxpool2d_forward)
     _pool_backward = staticmethod(kernels.maxpool2d_backward)
 
+    def take_fused_cache(self, cache, training):
+        """Keep the cache of the forward the convolution before this pool ran for it
+        (Conv2D.forward_with_maxpool), as this layer's own forward would."""
+        self._cache = cache if training else None
+
 
 @REGISTRY.register()
 class AveragePooling2D(_Pooling2D):
