@@ -145,6 +145,12 @@ class Layer:
     def _backward(self, dy, need_input_gradient):
         raise NotImplementedError
 
+    def inference_ops(self):
+        """forward(x, training=False) of this built layer as the kernel face's ops (listed by
+        kernels.inference_plan), for the small-batch fast path of predict; None when the layer
+        has no such description, and models then run it the general way."""
+        return None
+
     # -- weights ----------------------------------------------------------------------------
     weight_names = ()
 
