@@ -393,3 +393,15 @@ def test_two_threads_predicting_with_one_model_never_share_buffers():
         thread.join()
     assert failures == []
     assert _plan(model, inputs[0]) is plan   # both threads ran the one plan, each on its own buffers
+
+
+def test_softmax_gives_the_bits_of_np_max_and_np_sum():
+    from minicnn.layers.activations import softmax
+    rng = np.random.default_rng(11)
+    for shape, axis in [((1, 10), -1), ((6, 300), -1), ((3, 5, 40), 1), ((9, 4), 0)]:
+        for dtype in (np.float32, np.float64, np.int64):
+            x = rng.normal(0, 30, shape).astype(dtype)
+            e = x - np.max(x, axis=axis, keepdims=True)
+            e = np.exp(e.astype(np.float64) if e.dtype.kind != "f" else e)
+            expected = e / np.sum(e, axis=axis, keepdims=True)
+            assert softmax(x, axis).tobytes() == expected.tobytes()

@@ -772,7 +772,7 @@ class InferencePlan:
     def __init__(self, x_shape, dtype, calls, queries, out_shape, final_shape, tail):
         self.x_shape, self.dtype = x_shape, dtype
         self._ctype = _CTYPES[dtype]
-        self._calls = calls          # [(C function, arguments with _Scratch/_INPUT/_OUTPUT)]
+        self._calls = calls          # [(C function, arguments with _Scratch/_WORK/_INPUT/_OUTPUT)]
         self._queries = queries      # [() -> workspace elements one step needs now]
         self._out_shape, self._final_shape, self._tail = out_shape, final_shape, tail
         self._threads = threading.local()
@@ -797,8 +797,9 @@ class InferencePlan:
                     resolved.extend((ffi.from_buffer(self._ctype, work, True), work.size))
                 else:
                     resolved.append(arg)
-            per_call = _INPUT in resolved or _OUTPUT in resolved
-            calls.append((function, resolved if per_call else tuple(resolved)))
+            # the input's and output's places, filled in by run(); None: nothing to fill in
+            fill = tuple(i for i, a in enumerate(resolved) if a is _INPUT or a is _OUTPUT) or None
+            calls.append((function, tuple(resolved), fill))
         self._threads.bound = (work.size, calls)
         return calls
 
@@ -812,13 +813,16 @@ class InferencePlan:
         y = np.empty(self._out_shape, dtype=self.dtype)
         x_pointer = ffi.from_buffer(self._ctype, x, False)
         y_pointer = ffi.from_buffer(self._ctype, y, True)
-        for function, args in calls:
-            if type(args) is list:
-                args = [x_pointer if a is _INPUT else y_pointer if a is _OUTPUT else a for a in args]
+        for function, args, fill in calls:
+            if fill is not None:
+                args = list(args)
+                for i in fill:
+                    args[i] = x_pointer if args[i] is _INPUT else y_pointer
             status = function(*args)
             if status != 0:
                 raise ValueError(f"inference plan: {_ERRORS.get(status, f'error {status}')}")
-        y = y.reshape(self._final_shape)
+        if self._final_shape != self._out_shape:
+            y = y.reshape(self._final_shape)
         for function in self._tail:
             y = function(y)
         return y

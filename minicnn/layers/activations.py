@@ -128,11 +128,13 @@ def relu(x):
 def softmax(x, axis=-1):
     """exp(x) / sum(exp(x)) along axis, max-subtracted so large logits cannot overflow."""
     x = np.asarray(x)
-    e = x - np.max(x, axis=axis, keepdims=True)
+    # the ufuncs' reduce methods are what np.max and np.sum call (the same bits), without their
+    # Python wrappers: 3 of a single-image prediction's 6 us of softmax
+    e = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     if e.dtype.kind != "f":                # integers: exp's float64, as np.exp(ints) gives
         e = e.astype(np.float64)
     np.exp(e, out=e)                       # in place: one array for the whole computation
-    e /= np.sum(e, axis=axis, keepdims=True)
+    e /= np.add.reduce(e, axis=axis, keepdims=True)
     return e
 
 
