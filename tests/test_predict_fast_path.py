@@ -277,7 +277,7 @@ def _convolution_heavy_model():
 
 
 def _workspace_need(model, x):
-    return max(query() for query in _plan(model, x)._queries)
+    return max(query(*args) for query, args in _plan(model, x)._queries)
 
 
 def test_more_threads_between_two_predictions_grow_the_workspace(restore_engine_settings):
@@ -334,6 +334,17 @@ def test_a_subclass_that_overrides_forward_runs_the_general_path():
     fast = model.predict(x, verbose=0)
     assert _plan(model, x) is None
     assert fast.tobytes() == model.forward(x, training=False).tobytes()
+
+
+def test_an_unhashable_model_subclass_runs_the_general_path():
+    class ComparableSequential(Sequential):
+        def __eq__(self, other):
+            return self is other
+
+    minicnn.set_seed(0)
+    model = ComparableSequential([Flatten(input_shape=(4, 4, 1)), Dense(3)])
+    x = _images(2, size=4)
+    assert model.predict(x, verbose=0).tobytes() == model.forward(x, training=False).tobytes()
 
 
 def test_a_model_without_c_work_runs_the_general_path():

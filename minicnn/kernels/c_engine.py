@@ -773,7 +773,7 @@ class InferencePlan:
         self.x_shape, self.dtype = x_shape, dtype
         self._ctype = _CTYPES[dtype]
         self._calls = calls          # [(C function, arguments with _Scratch/_WORK/_INPUT/_OUTPUT)]
-        self._queries = queries      # [() -> workspace elements one step needs now]
+        self._queries = queries      # [(C query, its arguments)]: workspace elements a step needs now
         self._out_shape, self._final_shape, self._tail = out_shape, final_shape, tail
         self._threads = threading.local()
 
@@ -809,7 +809,7 @@ class InferencePlan:
                 and x.flags.c_contiguous):
             raise ValueError(f"inference plan: x must be a C-contiguous {self.dtype} array of shape "
                              f"{self.x_shape}, received {getattr(x, 'shape', type(x).__name__)}")
-        calls = self._bound(max([query() for query in self._queries], default=0))
+        calls = self._bound(max([query(*args) for query, args in self._queries], default=0))
         y = np.empty(self._out_shape, dtype=self.dtype)
         x_pointer = ffi.from_buffer(self._ctype, x, False)
         y_pointer = ffi.from_buffer(self._ctype, y, True)
@@ -868,7 +868,7 @@ def inference_plan(steps, x_shape, dtype):
             n, h, w, c = in_shape
             xpad = _Scratch((n, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype)
             args = [geometry, source, *weights[0], *weights[1], int(relu), xpad, out, _WORK]
-            queries.append(lambda g=geometry: lib.mc_conv2d_forward_workspace(g, itemsize))
+            queries.append((lib.mc_conv2d_forward_workspace, (geometry, itemsize)))
         elif kind in ("maxpool2d", "avgpool2d"):
             _, pool_size, strides, pads = op
             geometry = _pool_geometry(in_shape, pool_size, strides, pads)
@@ -878,7 +878,7 @@ def inference_plan(steps, x_shape, dtype):
             _, kernel, bias, relu = op
             n, k, f = in_shape[0], in_shape[1], kernel.shape[1]
             args = [n, k, f, source, *weights[0], *weights[1], int(relu), out, _WORK]
-            queries.append(lambda n=n, k=k, f=f: lib.mc_dense_forward_workspace(n, k, f, itemsize))
+            queries.append((lib.mc_dense_forward_workspace, (n, k, f, itemsize)))
         elif kind == "batchnorm":
             _, gamma, beta, mean, var, epsilon, relu = op
             m, c = int(np.prod(in_shape[:-1])), in_shape[-1]

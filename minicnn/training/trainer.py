@@ -374,7 +374,10 @@ class Trainer:
         by one): see _CachedPlan."""
         if not self.built:
             return None
-        plans = _inference_plans.get(self)
+        try:
+            plans = _inference_plans.get(self)
+        except TypeError:   # a subclass that defines __eq__ without __hash__: no cache for it
+            return None
         if plans is None:
             plans = _inference_plans[self] = {}
         key = (x_batch.shape, x_batch.dtype)
