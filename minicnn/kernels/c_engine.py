@@ -754,11 +754,17 @@ class _Scratch:
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
 
 
+class _Unbindable(Exception):
+    """A step this engine binds only by copying an array every call: no plan, the general path."""
+
+
 def _weight_pointer(array, dtype):
-    """(pointer, length) of a weight C reads in place, or None when it cannot be bound (another
-    dtype, not C-contiguous: the general path copies such arrays every call instead)."""
+    """(pointer, length) of a weight C reads in place ((NULL, 0) for None); _Unbindable for an
+    array of another dtype or not C-contiguous, which the general path copies every call."""
+    if array is None:
+        return ffi.NULL, 0
     if type(array) is not np.ndarray or array.dtype != dtype or not array.flags.c_contiguous:
-        return None
+        raise _Unbindable
     return ffi.from_buffer(_CTYPES[dtype], array, False), array.size
 
 
@@ -835,13 +841,17 @@ def inference_plan(steps, x_shape, dtype):
     steps: [(op, x_shape, y_shape)] that the face checked by running each op (kernels.inference_plan
     lists the ops); x_shape, dtype: the input's.
     """
-    dtype = np.dtype(dtype)
-    sfx = _SUFFIX[dtype]
-    itemsize = dtype.itemsize
+    try:
+        return _bind_steps(steps, tuple(x_shape), np.dtype(dtype))
+    except _Unbindable:
+        return None
+
+
+def _bind_steps(steps, x_shape, dtype):
+    sfx, itemsize = _SUFFIX[dtype], dtype.itemsize
     calls, queries, tail = [], [], []
     source = _INPUT          # what the next C step reads: the input, or a buffer
-    planned = []             # (arguments, output slot) of each C step, to mark the last one's output
-    out_shape = final_shape = None
+    last = out_shape = final_shape = None
     for op, in_shape, y_shape in steps:
         kind = op[0]
         if kind == "reshape":
@@ -851,23 +861,15 @@ def inference_plan(steps, x_shape, dtype):
             tail.append(op[1])
             continue
         if tail:
-            return None
-        weights = []
-        for array in op[1:] if kind in ("conv2d", "dense", "batchnorm") else ():
-            if isinstance(array, np.ndarray):
-                pointer = _weight_pointer(array, dtype)
-                if pointer is None:
-                    return None
-                weights.append(pointer)
-            elif array is None:
-                weights.append((ffi.NULL, 0))
+            raise _Unbindable   # Python between two C steps: not worth a plan
         out = _Scratch(y_shape, dtype)
         if kind == "conv2d":
             _, kernel, bias, strides, pads, relu = op
             geometry = _conv_geometry(in_shape, kernel.shape, strides, pads)
             n, h, w, c = in_shape
             xpad = _Scratch((n, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype)
-            args = [geometry, source, *weights[0], *weights[1], int(relu), xpad, out, _WORK]
+            args = [geometry, source, *_weight_pointer(kernel, dtype), *_weight_pointer(bias, dtype),
+                    int(relu), xpad, out, _WORK]
             queries.append((lib.mc_conv2d_forward_workspace, (geometry, itemsize)))
         elif kind in ("maxpool2d", "avgpool2d"):
             _, pool_size, strides, pads = op
@@ -877,28 +879,28 @@ def inference_plan(steps, x_shape, dtype):
         elif kind == "dense":
             _, kernel, bias, relu = op
             n, k, f = in_shape[0], in_shape[1], kernel.shape[1]
-            args = [n, k, f, source, *weights[0], *weights[1], int(relu), out, _WORK]
+            args = [n, k, f, source, *_weight_pointer(kernel, dtype), *_weight_pointer(bias, dtype),
+                    int(relu), out, _WORK]
             queries.append((lib.mc_dense_forward_workspace, (n, k, f, itemsize)))
         elif kind == "batchnorm":
             _, gamma, beta, mean, var, epsilon, relu = op
-            m, c = int(np.prod(in_shape[:-1])), in_shape[-1]
-            args = [m, c, source, *weights[0], *weights[1], *weights[2], *weights[3], float(epsilon),
-                    int(relu), out]
+            vectors = [p for vector in (gamma, beta, mean, var) for p in _weight_pointer(vector, dtype)]
+            args = [int(np.prod(in_shape[:-1])), in_shape[-1], source, *vectors, float(epsilon), int(relu), out]
         elif kind == "relu":
             args = [int(np.prod(in_shape)), source, out]
         else:
-            return None
+            raise _Unbindable
         function = getattr(lib, f"mc_{kind}_forward{'_inference' if kind == 'batchnorm' else ''}{sfx}")
         # a buffer argument stands for (pointer, length); the input's length is known here
         args = [a for arg in args for a in ((arg, int(np.prod(x_shape))) if arg is _INPUT else (arg,))]
         calls.append((function, args))
-        planned.append((args, out))
+        last = (args, out)
         source, out_shape = out, y_shape
         final_shape = y_shape
     if not calls:
-        return None
+        raise _Unbindable
     # the last C step writes the array run() returns, fresh each call
-    args, last = planned[-1]
-    position = args.index(last)
+    args, out = last
+    position = args.index(out)
     args[position:position + 1] = [_OUTPUT, int(np.prod(out_shape))]
-    return InferencePlan(tuple(x_shape), dtype, calls, queries, tuple(out_shape), tuple(final_shape), tuple(tail))
+    return InferencePlan(x_shape, dtype, calls, queries, tuple(out_shape), tuple(final_shape), tuple(tail))
