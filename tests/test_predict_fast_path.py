@@ -116,6 +116,15 @@ def test_uint8_images_are_converted_once_and_give_the_general_paths_bytes():
     _assert_fast_equals_general(model, images)
 
 
+def test_a_read_only_input_and_a_view_into_a_larger_array_give_the_general_paths_bytes():
+    minicnn.set_seed(0)
+    model = seed_model()
+    images = _images(6)
+    images.setflags(write=False)
+    _assert_fast_equals_general(model, images[2:3])
+    _assert_fast_equals_general(model, images[3:5])
+
+
 def test_evaluate_of_a_small_batch_uses_the_plan_and_the_general_paths_numbers():
     minicnn.set_seed(0)
     model = seed_model()
@@ -416,3 +425,17 @@ def test_softmax_gives_the_bits_of_np_max_and_np_sum():
             e = np.exp(e.astype(np.float64) if e.dtype.kind != "f" else e)
             expected = e / np.sum(e, axis=axis, keepdims=True)
             assert softmax(x, axis).tobytes() == expected.tobytes()
+
+
+def test_a_dropped_model_drops_its_plans():
+    import gc
+    import weakref
+
+    minicnn.set_seed(0)
+    model = seed_model()
+    model.predict(_images(1), verbose=0)
+    alive, cached = weakref.ref(model), len(trainer._inference_plans)
+    del model
+    gc.collect()
+    assert alive() is None   # the plan cache holds no reference to the model
+    assert len(trainer._inference_plans) == cached - 1
