@@ -461,8 +461,12 @@ class _CachedPlan:
         self.plan = kernels.inference_plan(ops, x_shape, dtype)
 
     def current(self, layers):
-        return (self.engine == kernels.get_backend() and self.layers == tuple(layers)
-                and all(getattr(layer, kind).get(key) is array for layer, kind, key, array in self.weights))
+        if self.engine != kernels.get_backend() or self.layers != tuple(layers):
+            return False
+        for layer, kind, key, array in self.weights:
+            if getattr(layer, kind).get(key) is not array:
+                return False
+        return True
 
 
 def _own_inference_ops(layer):
