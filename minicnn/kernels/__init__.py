@@ -606,3 +606,59 @@ def batchnorm_backward(dy, cache, need_dx=True):
 
 
 _select_from_environment()
+
+
+# -- inference plans (the small-batch fast path; c_engine.py, "inference plans", says why) ------
+
+def inference_plan(ops, x_shape, dtype):
+    """A prepared forward(x, training=False) for inputs of x_shape (batch axis included) and
+    dtype, or None when the active engine has none for these ops: the caller then runs its
+    layers one by one. plan.run(x) returns the general path's bits.
+
+    ops, in order (the arrays are the layers' own, read in place by the plan):
+        ("conv2d", kernel, bias, strides, pads, relu)      ("dense", kernel, bias, relu)
+        ("maxpool2d" or "avgpool2d", pool_size, strides, pads)
+        ("batchnorm", gamma, beta, moving_mean, moving_variance, epsilon, relu)  on (..., C)
+        ("relu",)   ("reshape", shape without the batch axis)   ("function", f): y = f(y)
+    A batchnorm followed by a relu becomes one op, as Sequential.forward runs those layers.
+    Every op is checked here the general path's way, by running it once through this face on
+    zeros, before the engine binds any pointer.
+    """
+    make = getattr(_active, "inference_plan", None)
+    if make is None:
+        return None
+    fused = []
+    for op in ops:
+        if op[0] == "relu" and fused and fused[-1][0] == "batchnorm" and not fused[-1][-1]:
+            fused[-1] = fused[-1][:-1] + (True,)
+        else:
+            fused.append(tuple(op))
+    x = np.zeros(x_shape, dtype=dtype)
+    steps = []
+    for op in fused:
+        y = _run_inference_op(op, x)
+        steps.append((op, x.shape, y.shape))
+        x = y
+    return make(steps, tuple(x_shape), dtype)
+
+
+def _run_inference_op(op, x):
+    kind = op[0]
+    if kind == "conv2d":
+        _, kernel, bias, strides, pads, relu = op
+        return (conv2d_relu_forward if relu else conv2d_forward)(x, kernel, bias, strides, pads)[0]
+    if kind in ("maxpool2d", "avgpool2d"):
+        return (maxpool2d_forward if kind == "maxpool2d" else avgpool2d_forward)(x, *op[1:])[0]
+    if kind == "dense":
+        return dense_forward(x, *op[1:])[0]
+    if kind == "batchnorm":
+        _, gamma, beta, mean, var, epsilon, relu = op
+        columns = x.reshape(-1, x.shape[-1])
+        return batchnorm_forward(columns, gamma, beta, mean, var, epsilon, False, relu)[0].reshape(x.shape)
+    if kind == "relu":
+        return relu_forward(x)
+    if kind == "reshape":
+        return x.reshape((x.shape[0],) + tuple(op[1]))
+    if kind == "function":
+        return op[1](x)
+    raise ValueError(f"inference_plan: unknown op {kind!r}")

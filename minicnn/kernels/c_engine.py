@@ -724,3 +724,183 @@ def batchnorm_backward(dy, cache, need_dx=True):
           _Out("dx", dx, dtype, dy.size, optional=True),
           _Out("dgamma", dgamma, dtype, c), _Out("dbeta", dbeta, dtype, c))
     return (dx if need_dx else None), dgamma if gamma is not None else None, dbeta if has_beta else None
+
+
+# ---- inference plans: a whole forward bound to C once (the small-batch fast path) ----
+#
+# Why: at batch 1 the seed model's C work takes ~70 us, and the general path spent about as
+# long again in Python around it: the face's checks, this wrapper's pointer conversions and
+# allocations, layer after layer, on arrays the library made itself. A plan does that work
+# once: the face checks every op (kernels.inference_plan) and the plan keeps the geometry
+# structs and the weights' pointers; each thread binds its own activation buffers to pointers
+# on first use. A call then only checks the input, asks C for the workspace each step needs
+# under the current threads, SIMD level and algorithm (cheap; a grown need rebinds), and calls
+# C: the same functions and arguments as the general path, so the same bits.
+# The weights are bound by pointer: writes into them (set_weights, load_weights, optimizer
+# steps) are seen; whoever caches a plan must drop it when a weight array is replaced
+# (minicnn/training/trainer.py does).
+
+# placeholders in a step's arguments: the input's and the output's pointers, known per call only,
+# and the thread's workspace (pointer, length)
+_INPUT, _OUTPUT, _WORK = object(), object(), object()
+
+
+class _Scratch:
+    """A per-thread buffer of `shape` and `dtype` a plan binds (an activation, xpad, argmax)."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+
+class _Unbindable(Exception):
+    """A step this engine binds only by copying an array every call: no plan, the general path."""
+
+
+def _weight_pointer(array, dtype):
+    """(pointer, length) of a weight C reads in place ((NULL, 0) for None); _Unbindable for an
+    array of another dtype or not C-contiguous, which the general path copies every call."""
+    if array is None:
+        return ffi.NULL, 0
+    if type(array) is not np.ndarray or array.dtype != dtype or not array.flags.c_contiguous:
+        raise _Unbindable
+    return ffi.from_buffer(_CTYPES[dtype], array, False), array.size
+
+
+class InferencePlan:
+    """forward(x, training=False) for inputs of one shape and dtype, bound to C.
+
+    Made by inference_plan from the face's checked steps; run(x) gives the general path's bits.
+    Thread-safe: each Python thread gets its own buffers and workspace.
+    """
+
+    def __init__(self, x_shape, dtype, calls, queries, out_shape, final_shape, tail):
+        self.x_shape, self.dtype = x_shape, dtype
+        self._ctype = _CTYPES[dtype]
+        self._calls = calls          # [(C function, arguments with _Scratch/_WORK/_INPUT/_OUTPUT)]
+        self._queries = queries      # [(C query, its arguments)]: workspace elements a step needs now
+        self._out_shape, self._final_shape, self._tail = out_shape, final_shape, tail
+        self._threads = threading.local()
+
+    def _bound(self, work_size):
+        """This thread's calls, every argument but the per-call input and output resolved."""
+        bound = getattr(self._threads, "bound", None)
+        if bound is not None and bound[0] >= work_size:
+            return bound[1]
+        work = np.empty(max(work_size, 1), dtype=self.dtype)
+        pointers = {}
+        calls = []
+        for function, args in self._calls:
+            resolved = []
+            for arg in args:
+                if type(arg) is _Scratch:
+                    if arg not in pointers:
+                        buffer = np.empty(arg.shape, dtype=arg.dtype)
+                        pointers[arg] = (ffi.from_buffer(_CTYPES[arg.dtype], buffer, True), buffer.size)
+                    resolved.extend(pointers[arg])
+                elif arg is _WORK:
+                    resolved.extend((ffi.from_buffer(self._ctype, work, True), work.size))
+                else:
+                    resolved.append(arg)
+            # the input's and output's places, filled in by run(); None: nothing to fill in
+            fill = tuple(i for i, a in enumerate(resolved) if a is _INPUT or a is _OUTPUT) or None
+            calls.append((function, tuple(resolved), fill))
+        self._threads.bound = (work.size, calls)
+        return calls
+
+    def run(self, x):
+        """The model's output for x (C-contiguous, exactly the planned shape and dtype): a new array."""
+        if not (type(x) is np.ndarray and x.shape == self.x_shape and x.dtype == self.dtype
+                and x.flags.c_contiguous):
+            raise ValueError(f"inference plan: x must be a C-contiguous {self.dtype} array of shape "
+                             f"{self.x_shape}, received {getattr(x, 'shape', type(x).__name__)}")
+        calls = self._bound(max([query(*args) for query, args in self._queries], default=0))
+        y = np.empty(self._out_shape, dtype=self.dtype)
+        x_pointer = ffi.from_buffer(self._ctype, x, False)
+        y_pointer = ffi.from_buffer(self._ctype, y, True)
+        for function, args, fill in calls:
+            if fill is not None:
+                args = list(args)
+                for i in fill:
+                    args[i] = x_pointer if args[i] is _INPUT else y_pointer
+            status = function(*args)
+            if status != 0:
+                raise ValueError(f"inference plan: {_ERRORS.get(status, f'error {status}')}")
+        if self._final_shape != self._out_shape:
+            y = y.reshape(self._final_shape)
+        for function in self._tail:
+            y = function(y)
+        return y
+
+
+def inference_plan(steps, x_shape, dtype):
+    """An InferencePlan for `steps`, or None when one cannot be bound (a weight C would need
+    copied, a Python function before a C step, no C step at all).
+
+    steps: [(op, x_shape, y_shape)] that the face checked by running each op (kernels.inference_plan
+    lists the ops); x_shape, dtype: the input's.
+    """
+    try:
+        return _bind_steps(steps, tuple(x_shape), np.dtype(dtype))
+    except _Unbindable:
+        return None
+
+
+def _bind_steps(steps, x_shape, dtype):
+    sfx, itemsize = _SUFFIX[dtype], dtype.itemsize
+    calls, queries, tail = [], [], []
+    source = _INPUT          # what the next C step reads: the input, or a buffer
+    last = out_shape = final_shape = None
+    for op, in_shape, y_shape in steps:
+        kind = op[0]
+        if kind == "reshape":
+            final_shape = y_shape
+            continue
+        if kind == "function":
+            tail.append(op[1])
+            continue
+        if tail:
+            raise _Unbindable   # Python between two C steps: not worth a plan
+        out = _Scratch(y_shape, dtype)
+        if kind == "conv2d":
+            _, kernel, bias, strides, pads, relu = op
+            geometry = _conv_geometry(in_shape, kernel.shape, strides, pads)
+            n, h, w, c = in_shape
+            xpad = _Scratch((n, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype)
+            args = [geometry, source, *_weight_pointer(kernel, dtype), *_weight_pointer(bias, dtype),
+                    int(relu), xpad, out, _WORK]
+            queries.append((lib.mc_conv2d_forward_workspace, (geometry, itemsize)))
+        elif kind in ("maxpool2d", "avgpool2d"):
+            _, pool_size, strides, pads = op
+            geometry = _pool_geometry(in_shape, pool_size, strides, pads)
+            argmax = [_Scratch(y_shape, np.int32)] if kind == "maxpool2d" else []
+            args = [geometry, source, out, *argmax]
+        elif kind == "dense":
+            _, kernel, bias, relu = op
+            n, k, f = in_shape[0], in_shape[1], kernel.shape[1]
+            args = [n, k, f, source, *_weight_pointer(kernel, dtype), *_weight_pointer(bias, dtype),
+                    int(relu), out, _WORK]
+            queries.append((lib.mc_dense_forward_workspace, (n, k, f, itemsize)))
+        elif kind == "batchnorm":
+            _, gamma, beta, mean, var, epsilon, relu = op
+            vectors = [p for vector in (gamma, beta, mean, var) for p in _weight_pointer(vector, dtype)]
+            args = [int(np.prod(in_shape[:-1])), in_shape[-1], source, *vectors, float(epsilon), int(relu), out]
+        elif kind == "relu":
+            args = [int(np.prod(in_shape)), source, out]
+        else:
+            raise _Unbindable
+        function = getattr(lib, f"mc_{kind}_forward{'_inference' if kind == 'batchnorm' else ''}{sfx}")
+        # a buffer argument stands for (pointer, length); the input's length is known here
+        args = [a for arg in args for a in ((arg, int(np.prod(x_shape))) if arg is _INPUT else (arg,))]
+        calls.append((function, args))
+        last = (args, out)
+        source, out_shape = out, y_shape
+        final_shape = y_shape
+    if not calls:
+        raise _Unbindable
+    # the last C step writes the array run() returns, fresh each call
+    args, out = last
+    position = args.index(out)
+    args[position:position + 1] = [_OUTPUT, int(np.prod(out_shape))]
+    return InferencePlan(x_shape, dtype, calls, queries, tuple(out_shape), tuple(final_shape), tuple(tail))

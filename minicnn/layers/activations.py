@@ -6,6 +6,8 @@ Softmax:  y = exp(x - max x) / sum exp(x - max x) along `axis` (max-subtracted, 
           dx = y * (dy - sum(dy * y))  -- the Jacobian-vector product J^T dy, not an
           approximation; when softmax feeds cross-entropy the model uses the fused gradient.
 """
+import functools
+
 import numpy as np
 
 from .. import initializers, kernels
@@ -31,6 +33,9 @@ class Linear(Activation):
     def _forward(self, x, training):
         return x
 
+    def inference_ops(self):
+        return []
+
     def _backward(self, dy, need_input_gradient=True):
         self._check_grad_array(dy, (dy.shape[0],) + self.output_shape)
         return dy
@@ -49,6 +54,9 @@ class ReLU(Activation):
         self._y = y if training else None
         self._applied_by_previous = False
         return y
+
+    def inference_ops(self):
+        return [("relu",)]
 
     def take_fused_output(self, y, training=False):
         """The previous layer applied this ReLU itself (BatchNormalization.forward_with_relu)
@@ -94,6 +102,9 @@ class Softmax(Activation):
         self._y = y if training else None
         return y
 
+    def inference_ops(self):
+        return [("function", functools.partial(softmax, axis=self.axis))]
+
     def _backward(self, dy, need_input_gradient=True):
         if self._y is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
@@ -117,11 +128,13 @@ def relu(x):
 def softmax(x, axis=-1):
     """exp(x) / sum(exp(x)) along axis, max-subtracted so large logits cannot overflow."""
     x = np.asarray(x)
-    e = x - np.max(x, axis=axis, keepdims=True)
+    # the ufuncs' reduce methods are what np.max and np.sum call (the same bits), without their
+    # Python wrappers: 3 of a single-image prediction's 6 us of softmax
+    e = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     if e.dtype.kind != "f":                # integers: exp's float64, as np.exp(ints) gives
         e = e.astype(np.float64)
     np.exp(e, out=e)                       # in place: one array for the whole computation
-    e /= np.sum(e, axis=axis, keepdims=True)
+    e /= np.add.reduce(e, axis=axis, keepdims=True)
     return e
 
 
@@ -203,6 +216,13 @@ class WithActivation:
             "kernel_initializer": initializers.serialize(self.kernel_initializer),
             "bias_initializer": initializers.serialize(self.bias_initializer),
         }
+
+    def _with_activation_ops(self, ops):
+        """The kernel's inference ops followed by the activation's (none when fused or linear)."""
+        if self.activation is None or self.relu_in_kernel:
+            return ops
+        after = self.activation.inference_ops()
+        return None if after is None else ops + after
 
     def _activate(self, z, training):
         if self.activation is None or self.relu_in_kernel:

@@ -36,6 +36,9 @@ class RandomFlip(RandomLayer):
     def _build(self, input_shape):
         return _check_images(self, input_shape)
 
+    def inference_ops(self):
+        return []   # the identity when not training
+
     def _forward(self, x, training):
         if not training:
             self._flips = None
@@ -124,6 +127,9 @@ class RandomTranslation(RandomLayer):
 
     def _build(self, input_shape):
         return _check_images(self, input_shape)
+
+    def inference_ops(self):
+        return []   # the identity when not training
 
     def _forward(self, x, training):
         if not training:

@@ -9,6 +9,9 @@ Layout: images are NHWC (batch, height, width, channels); conv kernels are (KH, 
     backward(dy)             returns dx and fills `grads` (same keys as `params`); never
                              mutates dy
     get_weights()/set_weights(list)   Keras order (kernel, bias) and shapes
+    inference_ops()          optional: forward(x, training=False) as kernel-face ops, which
+                             predict binds once for small batches (kernels.inference_plan);
+                             None (the default) keeps the layer on the general path
 
 Weights come in two dicts, as Keras' trainable_weights and non_trainable_weights: `params`
 holds what optimizers update from `grads` (same keys), `state` what only the layer itself
@@ -144,6 +147,12 @@ class Layer:
 
     def _backward(self, dy, need_input_gradient):
         raise NotImplementedError
+
+    def inference_ops(self):
+        """forward(x, training=False) of this built layer as the kernel face's ops (listed by
+        kernels.inference_plan), for the small-batch fast path of predict; None when the layer
+        has no such description, and models then run it the general way."""
+        return None
 
     # -- weights ----------------------------------------------------------------------------
     weight_names = ()

@@ -84,6 +84,10 @@ class Conv2D(WithActivation, Layer):
         self._cache = cache if training else None
         return self._activate(y, training)
 
+    def inference_ops(self):
+        return self._with_activation_ops([("conv2d", self.params["kernel"], self.params.get("bias"),
+                                           self.strides, self.pads, self.relu_in_kernel)])
+
     # the kernel face's function itself: no extra call per step
     _kernel_backward = staticmethod(kernels.conv2d_backward)
 

@@ -22,6 +22,9 @@ class Flatten(Layer):
     def _forward(self, x, training):
         return x.reshape(x.shape[0], -1)
 
+    def inference_ops(self):
+        return [("reshape", self.output_shape)]
+
     def _backward(self, dy, need_input_gradient=True):
         self._check_grad_array(dy, (dy.shape[0],) + self.output_shape)
         return dy.reshape((dy.shape[0],) + self.input_shape)
@@ -62,6 +65,10 @@ class Dense(WithActivation, Layer):
                                          relu=self.relu_in_kernel)
         self._cache = cache if training else None
         return self._activate(y, training)
+
+    def inference_ops(self):
+        return self._with_activation_ops([("dense", self.params["kernel"], self.params.get("bias"),
+                                           self.relu_in_kernel)])
 
     # the kernel face's function itself: no extra call per step
     _kernel_backward = staticmethod(kernels.dense_backward)

@@ -99,6 +99,12 @@ class BatchNormalization(Layer):
         finally:
             self._relu_follows = False
 
+    def inference_ops(self):
+        if self._feature_axis != len(self.input_shape):
+            return None   # _columns moves the feature axis last: a copy, not a reshape
+        return [("batchnorm", self.params.get("gamma"), self.params.get("beta"), self.state["moving_mean"],
+                 self.state["moving_variance"], self.epsilon, False)]
+
     def _forward(self, x, training):
         params, state = self.params, self.state
         y, mean, var, cache = kernels.batchnorm_forward(

@@ -35,6 +35,9 @@ class _Pooling2D(Layer):
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
         return self._pool_backward(dy, self._cache)
 
+    def inference_ops(self):
+        return [(self._inference_op, self.pool_size, self.strides, self.pads)]
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -59,6 +62,7 @@ class MaxPooling2D(_Pooling2D):
     """
 
     _pool_forward = staticmethod(kernels.maxpool2d_forward)
+    _inference_op = "maxpool2d"
     _pool_backward = staticmethod(kernels.maxpool2d_backward)
 
     def take_fused_cache(self, cache, training):
@@ -79,6 +83,7 @@ class AveragePooling2D(_Pooling2D):
     """
 
     _pool_forward = staticmethod(kernels.avgpool2d_forward)
+    _inference_op = "avgpool2d"
     _pool_backward = staticmethod(kernels.avgpool2d_backward)
 
 
@@ -107,6 +112,10 @@ class GlobalAveragePooling2D(Layer):
         y, cache = kernels.global_avgpool2d_forward(x)
         self._cache = cache if training else None
         return y.reshape((y.shape[0],) + self.output_shape)
+
+    def inference_ops(self):
+        # the face's global average pooling is this one window as large as the image
+        return [("avgpool2d", self.input_shape[:2], (1, 1), (0, 0, 0, 0)), ("reshape", self.output_shape)]
 
     def _backward(self, dy, need_input_gradient=True):
         if self._cache is None:

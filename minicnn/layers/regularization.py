@@ -65,6 +65,9 @@ class Dropout(RandomLayer):
         y, self._cache = kernels.dropout_forward(x, self.rate, key)
         return y
 
+    def inference_ops(self):
+        return []   # the identity when not training
+
     def _backward(self, dy, need_input_gradient=True):
         if self._cache is None and not self._identity:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")

@@ -12,6 +12,7 @@ One training step:
 """
 import math
 import warnings
+import weakref
 
 import numpy as np
 
@@ -354,7 +355,8 @@ class Trainer:
         kernels.adapt_threads_to_load()
         n = len(x_batch)
         if n <= MIN_INFERENCE_CHUNK:
-            return self.forward(x_batch, training=False)
+            plan = self._inference_plan(x_batch)
+            return self.forward(x_batch, training=False) if plan is None else plan.run(x_batch)
         # An unbuilt model learns its shapes from the first chunk.
         done = min(n, self._inference_chunk_images() if self.built else MIN_INFERENCE_CHUNK)
         first = self.forward(x_batch[:done], training=False)
@@ -366,6 +368,25 @@ class Trainer:
         for start in range(done, n, chunk):
             y[start:start + chunk] = self.forward(x_batch[start:start + chunk], training=False)
         return y
+
+    def _inference_plan(self, x_batch):
+        """The inference plan for batches shaped like x_batch, or None (the layers then run one
+        by one): see _CachedPlan."""
+        if not self.built:
+            return None
+        try:
+            plans = _inference_plans.get(self)
+        except TypeError:   # a subclass that defines __eq__ without __hash__: no cache for it
+            return None
+        if plans is None:
+            plans = _inference_plans[self] = {}
+        key = (x_batch.shape, x_batch.dtype)
+        cached = plans.get(key)
+        if cached is None or not cached.current(self.layers):
+            if len(plans) >= _PLANS_PER_MODEL:
+                plans.clear()
+            cached = plans[key] = _CachedPlan(self.layers, x_batch.shape, x_batch.dtype)
+        return cached.plan
 
     def _inference_chunk_images(self):
         """Images per inference chunk: the largest activation of one chunk stays near
@@ -402,6 +423,60 @@ class Trainer:
             return dict(results)
         values = [results[name] for name in self.metrics_names]
         return values[0] if len(values) == 1 else values
+
+
+# Small batches (one image above all) run through an inference plan: the whole forward bound to
+# the engine once, instead of each layer's checks and pointer conversions on every call, which
+# cost a single image as much time as its C work (minicnn/kernels/c_engine.py, "inference
+# plans"; docs/performance.md, "Single-image prediction"). Each model keeps its plans here, by
+# batch shape and dtype; weakly, so a dropped model drops them, and outside the model, so that
+# copying or pickling a model never meets a C pointer.
+_inference_plans = weakref.WeakKeyDictionary()
+_PLANS_PER_MODEL = 16
+
+
+class _CachedPlan:
+    """A model's plan (None: the layers cannot be planned on this engine) with what it was made
+    from. It is used only while it is current: the same engine, the same layers, and every
+    weight array the same object. Writes into the weights (set_weights, load_weights, optimizer
+    steps, the moving statistics) need nothing, the plan reads the arrays themselves; an array
+    replaced by another, a layer added or removed, or set_backend make a new plan. The threads,
+    the SIMD level and the algorithm are C's to read at every call (the plan asks C for the
+    workspace each time), so they never make a plan stale."""
+
+    __slots__ = ("plan", "engine", "layers", "weights")
+
+    def __init__(self, layers, x_shape, dtype):
+        self.engine = kernels.get_backend()
+        self.layers = tuple(layers)
+        self.weights = [(layer, kind, key, array) for layer in self.layers
+                        for kind in ("params", "state") for key, array in getattr(layer, kind).items()]
+        ops = []
+        for layer in self.layers:
+            layer_ops = _own_inference_ops(layer)
+            if layer_ops is None:
+                self.plan = None
+                return
+            ops.extend(layer_ops)
+        self.plan = kernels.inference_plan(ops, x_shape, dtype)
+
+    def current(self, layers):
+        if self.engine != kernels.get_backend() or self.layers != tuple(layers):
+            return False
+        for layer, kind, key, array in self.weights:
+            if getattr(layer, kind).get(key) is not array:
+                return False
+        return True
+
+
+def _own_inference_ops(layer):
+    """layer.inference_ops(), or None when a subclass overrides the forward that those ops
+    describe (it computes something else: only the general path runs it)."""
+    mro = type(layer).__mro__
+    describer = next(cls for cls in mro if "inference_ops" in vars(cls))
+    if any({"forward", "_forward", "forward_with_relu"} & vars(cls).keys() for cls in mro[:mro.index(describer)]):
+        return None
+    return layer.inference_ops()
 
 
 def _progress_bar(total, description, verbose):
