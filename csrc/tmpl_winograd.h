@@ -93,20 +93,20 @@ static void DN(wino_pack)(const DN(mc_isa) *isa, const DN(wino_ops) *op, const D
             for (int ij = 0; ij < k * k; ij++)
                 for (int q = 0; q < width; q++)
                     gl[ij][q] = co0 + q < cout ? g0[(ij / k) * si + (ij % k) * sj + ci * sci + (co0 + q) * sco] : (DR)0;
+            /* the sums run over the taps in order, each step over the channels (vectorised) */
             for (int a = 0; a < al; a++)
-                for (int jj = 0; jj < k; jj++)
-                    for (int q = 0; q < width; q++) {
-                        DR acc = G[a * k] * gl[jj][q];
-                        for (int i = 1; i < k; i++) acc += G[a * k + i] * gl[i * k + jj][q];
-                        t[a][jj][q] = acc;
-                    }
+                for (int jj = 0; jj < k; jj++) {
+                    for (int q = 0; q < width; q++) t[a][jj][q] = G[a * k] * gl[jj][q];
+                    for (int i = 1; i < k; i++)
+                        for (int q = 0; q < width; q++) t[a][jj][q] += G[a * k + i] * gl[i * k + jj][q];
+                }
             for (int a = 0; a < al; a++)
-                for (int b = 0; b < al; b++)
-                    for (int q = 0; q < width; q++) {
-                        DR acc = t[a][0][q] * G[b * k];
-                        for (int j = 1; j < k; j++) acc += t[a][j][q] * G[b * k + j];
-                        u[al * a + b][q] = acc;
-                    }
+                for (int b = 0; b < al; b++) {
+                    DR *ub = u[al * a + b];
+                    for (int q = 0; q < width; q++) ub[q] = t[a][0][q] * G[b * k];
+                    for (int j = 1; j < k; j++)
+                        for (int q = 0; q < width; q++) ub[q] += t[a][j][q] * G[b * k + j];
+                }
             ptrdiff_t at[64];
             for (int q = 0; q < width; q++) {
                 const int co = co0 + q, blk = co / nb, bw = DN(block_vectors)(cout, blk, nb, vlen) * vlen;
@@ -307,20 +307,17 @@ static void DN(wino_unpack_dw)(const DN(wino_ops) *op, DR *const *acc, int parts
                 }
             }
             for (int i = 0; i < k; i++)
-                for (int b = 0; b < al; b++)
-                    for (int q = 0; q < width; q++) {
-                        DR s = G[i] * u[b][q];
-                        for (int a = 1; a < al; a++) s += G[a * k + i] * u[a * al + b][q];
-                        t[i][b][q] = s;
-                    }
+                for (int b = 0; b < al; b++) {
+                    for (int q = 0; q < width; q++) t[i][b][q] = G[i] * u[b][q];
+                    for (int a = 1; a < al; a++)
+                        for (int q = 0; q < width; q++) t[i][b][q] += G[a * k + i] * u[a * al + b][q];
+                }
             for (int i = 0; i < k; i++)
                 for (int j = 0; j < k; j++) {
                     DR *dst = dkernel + ((i * k + j) * C + c) * F + f0;
-                    for (int q = 0; q < width; q++) {
-                        DR s = t[i][0][q] * G[j];
-                        for (int b = 1; b < al; b++) s += t[i][b][q] * G[b * k + j];
-                        dst[q] = s;
-                    }
+                    for (int q = 0; q < width; q++) dst[q] = t[i][0][q] * G[j];
+                    for (int b = 1; b < al; b++)
+                        for (int q = 0; q < width; q++) dst[q] += t[i][b][q] * G[b * k + j];
                 }
         }
     }
