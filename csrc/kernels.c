@@ -143,6 +143,7 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
         void (*wino5_in)(const real *const *, int, real *, ptrdiff_t);                        \
         void (*wino5_out)(const real *, ptrdiff_t, int, const real *, int, real *const *);    \
         void (*wino5_dy)(const real *const *, int, int, real *, ptrdiff_t);                   \
+        void (*wino_sandwich)(const real *, int, const real *, int, real *, ptrdiff_t, int);  \
         void (*relu_mask)(real *, const real *, const real *, int);                           \
         void (*pool_max)(real *, int32_t *, const real *, int32_t, int);                      \
         void (*pool_expand)(real *const *, const int32_t *, int, const int32_t *, const real *,\
@@ -158,7 +159,7 @@ MC_TABLE_TYPE(double, f64)
      {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, {0, mk_igemm_h1_##s, mk_igemm_h2_##s, 0, 0},   \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
      mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_wino5_in_##s, mk_wino5_out_##s,      \
-     mk_wino5_dy_##s, mk_relu_mask_##s, mk_pool_max_##s,                                      \
+     mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_max_##s,                \
      mk_pool_expand_##s, mk_adam_##s, mk_sgd_##s}
 #define MC_TABLE4(vlen, s)                                                                    \
     {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
@@ -167,7 +168,7 @@ MC_TABLE_TYPE(double, f64)
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
      {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
      mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_wino5_in_##s, mk_wino5_out_##s,      \
-     mk_wino5_dy_##s, mk_relu_mask_##s, mk_pool_max_##s,                                      \
+     mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_max_##s,                \
      mk_pool_expand_##s, mk_adam_##s, mk_sgd_##s}
 
 #if MC_X86

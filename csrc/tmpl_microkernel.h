@@ -356,6 +356,31 @@ static MK_ATTR void MK_NAME(mk_wino5_dy)(const MK_REAL *const *g, int F, int Fv,
     }
 }
 
+/* out[a * r + b][0:width] = sum_{i,j < p} L[a][i] L[b][j] in[i * p + j][0:width] for a, b < r,
+ * entries `stride` apart, width a multiple of the vector: the Winograd kernel transform
+ * G g G^T (L = G, alpha x k) and its adjoint G^T dU G (L = G^T), p, r <= 6. The sums run over
+ * i, then j, in order. */
+static MK_ATTR void MK_NAME(mk_wino_sandwich)(const MK_REAL *in, int p, const MK_REAL *L, int r,
+                                              MK_REAL *out, ptrdiff_t stride, int width)
+{
+    for (int v = 0; v < width; v += MK_VLEN) {
+        MK_V x[36], t[36];
+        for (int e = 0; e < p * p; e++) x[e] = MK_NAME(mk_load)(in + e * stride + v);
+        for (int a = 0; a < r; a++)
+            for (int j = 0; j < p; j++) {
+                MK_V acc = x[j] * L[a * p];
+                for (int i = 1; i < p; i++) acc += x[i * p + j] * L[a * p + i];
+                t[a * p + j] = acc;
+            }
+        for (int a = 0; a < r; a++)
+            for (int b = 0; b < r; b++) {
+                MK_V acc = t[a * p] * L[b * p];
+                for (int j = 1; j < p; j++) acc += t[a * p + j] * L[b * p + j];
+                MK_NAME(mk_store)(out + (a * r + b) * stride + v, acc);
+            }
+    }
+}
+
 /* out = dy * (y > 0), branch-free: the ReLU's gradient exactly as the layers compute it
  * (dy * mask), so a NaN in dy propagates the same way. */
 static MK_ATTR void MK_NAME(mk_relu_mask)(MK_REAL *out, const MK_REAL *dy, const MK_REAL *y, int n)

@@ -89,24 +89,11 @@ static void DN(wino_pack)(const DN(mc_isa) *isa, const DN(wino_ops) *op, const D
         /* 64 output channels at a time, channel-innermost so that the loops vectorise */
         for (int co0 = 0; co0 < coutv; co0 += 64) {
             const int width = coutv - co0 < 64 ? coutv - co0 : 64;
-            DR gl[DN_WINO_K * DN_WINO_K][64], t[DN_WINO_ALPHA][DN_WINO_K][64], u[DN_WINO_CELLS][64];
+            DR gl[DN_WINO_K * DN_WINO_K][64], u[DN_WINO_CELLS][64];
             for (int ij = 0; ij < k * k; ij++)
                 for (int q = 0; q < width; q++)
                     gl[ij][q] = co0 + q < cout ? g0[(ij / k) * si + (ij % k) * sj + ci * sci + (co0 + q) * sco] : (DR)0;
-            /* the sums run over the taps in order, each step over the channels (vectorised) */
-            for (int a = 0; a < al; a++)
-                for (int jj = 0; jj < k; jj++) {
-                    for (int q = 0; q < width; q++) t[a][jj][q] = G[a * k] * gl[jj][q];
-                    for (int i = 1; i < k; i++)
-                        for (int q = 0; q < width; q++) t[a][jj][q] += G[a * k + i] * gl[i * k + jj][q];
-                }
-            for (int a = 0; a < al; a++)
-                for (int b = 0; b < al; b++) {
-                    DR *ub = u[al * a + b];
-                    for (int q = 0; q < width; q++) ub[q] = t[a][0][q] * G[b * k];
-                    for (int j = 1; j < k; j++)
-                        for (int q = 0; q < width; q++) ub[q] += t[a][j][q] * G[b * k + j];
-                }
+            isa->wino_sandwich(gl[0], k, G, al, u[0], 64, width);   /* width: whole vectors */
             ptrdiff_t at[64];
             for (int q = 0; q < width; q++) {
                 const int co = co0 + q, blk = co / nb, bw = DN(block_vectors)(cout, blk, nb, vlen) * vlen;
@@ -285,47 +272,41 @@ static void DN(wino_wgrad)(const DN(mc_isa) *isa, const DN(wino_ops) *op, const 
 }
 
 /* dkernel[i, j, c, f] = (G^T dU[:, :, c, f] G)[i, j], dU summed over the threads' parts. */
-static void DN(wino_unpack_dw)(const DN(wino_ops) *op, DR *const *acc, int parts, int C, int F,
-                               int64_t fpad, DR *dkernel, int threads)
+static void DN(wino_unpack_dw)(const DN(mc_isa) *isa, const DN(wino_ops) *op, DR *const *acc,
+                               int parts, int C, int F, int64_t fpad, DR *dkernel, int threads)
 {
-    const int k = op->s->k, al = op->s->alpha, cells = op->s->cells;
-    const DR *G = op->G;
+    const int k = op->s->k, al = op->s->alpha, cells = op->s->cells, vlen = isa->vlen;
+    DR Gt[DN_WINO_K * DN_WINO_ALPHA];   /* G^T, k x alpha */
+    for (int a = 0; a < al; a++)
+        for (int i = 0; i < k; i++) Gt[i * al + a] = op->G[a * k + i];
     (void)threads;   /* read by the OpenMP pragma only */
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && C > 8)
 #endif
     for (int c = 0; c < C; c++) {
         for (int f0 = 0; f0 < F; f0 += 64) {
-            const int width = F - f0 < 64 ? F - f0 : 64;
-            DR u[DN_WINO_CELLS][64], t[DN_WINO_K][DN_WINO_ALPHA][64];
+            /* whole vectors: the accumulators are fpad wide, zeros past F */
+            const int width = F - f0 < 64 ? F - f0 : 64, widthv = (int)DN(round_up)(width, vlen);
+            DR u[DN_WINO_CELLS][64], dk[DN_WINO_K * DN_WINO_K][64];
             for (int xi = 0; xi < cells; xi++) {
                 const DR *first = acc[0] + (xi * C + c) * fpad + f0;
-                for (int q = 0; q < width; q++) u[xi][q] = first[q];
+                for (int q = 0; q < widthv; q++) u[xi][q] = first[q];
                 for (int p = 1; p < parts; p++) {
                     const DR *more = acc[p] + (xi * C + c) * fpad + f0;
-                    for (int q = 0; q < width; q++) u[xi][q] += more[q];
+                    for (int q = 0; q < widthv; q++) u[xi][q] += more[q];
                 }
             }
-            for (int i = 0; i < k; i++)
-                for (int b = 0; b < al; b++) {
-                    for (int q = 0; q < width; q++) t[i][b][q] = G[i] * u[b][q];
-                    for (int a = 1; a < al; a++)
-                        for (int q = 0; q < width; q++) t[i][b][q] += G[a * k + i] * u[a * al + b][q];
-                }
-            for (int i = 0; i < k; i++)
-                for (int j = 0; j < k; j++) {
-                    DR *dst = dkernel + ((i * k + j) * C + c) * F + f0;
-                    for (int q = 0; q < width; q++) dst[q] = t[i][0][q] * G[j];
-                    for (int b = 1; b < al; b++)
-                        for (int q = 0; q < width; q++) dst[q] += t[i][b][q] * G[b * k + j];
-                }
+            isa->wino_sandwich(u[0], al, Gt, k, dk[0], 64, widthv);
+            for (int ij = 0; ij < k * k; ij++)
+                memcpy(dkernel + (ij * C + c) * F + f0, dk[ij], (size_t)width * sizeof(DR));
         }
     }
 }
 
 /* The forward pass by Winograd, on the padded input. */
 static void DN(forward_winograd)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
-                                 const DR *packed_bias, int relu, DR *y, const DN(mc_work) *w)
+                                 const DR *packed_bias, int relu, DR *y, const DN(mc_work) *w,
+                                 int kernel_ready)
 {
     const DN(mc_isa) *isa = &DN(mc_isa_tables)[w->plan->level];
     const DN(mc_conv_plan) *plan = w->plan;
@@ -346,8 +327,9 @@ static void DN(forward_winograd)(const mc_conv_geom *g, const DR *xpad, const DR
     DN(thread_parts)(w, plan->fwd_m, (int64_t)cells * op.s->tiles * fpad * E, mbuf);
     memset(zeros, 0, (size_t)zlen * sizeof(DR));
     for (int c = 0; c < C; c++) ident[c] = c;
-    DN(wino_pack)(isa, &op, kernel, (ptrdiff_t)k * C * F, (ptrdiff_t)C * F, F, 1, C, F, U, C * fpad,
-                  plan->team);
+    if (!kernel_ready)
+        DN(wino_pack)(isa, &op, kernel, (ptrdiff_t)k * C * F, (ptrdiff_t)C * F, F, 1, C, F, U,
+                      C * fpad, plan->team);
     const DN(mc_view) in = {xpad, (ptrdiff_t)img_pad, (ptrdiff_t)d.wp * C, C, (int)d.hp, (int)d.wp, C};
     DN(wino_conv)(isa, &op, &in, g->n, (int)d.oh, (int)d.ow, y, F, U, C * fpad, packed_bias, relu,
                   ident, zeros, vbuf, mbuf, plan->team);
@@ -378,7 +360,7 @@ static void DN(dkernel_winograd)(const DN(mc_backward) *b, DR *dkernel, DR *dbia
     const int used = plan->threads < tile_blocks ? plan->threads : (int)tile_blocks;
     DN(wino_wgrad)(b->isa, &op, &in, &dyv, g->n, F, fpad, b->zeros, acc, vbuf, zbuf, dbias != NULL,
                    used, plan->team);
-    DN(wino_unpack_dw)(&op, acc, used, C, F, fpad, dkernel, plan->team);
+    DN(wino_unpack_dw)(b->isa, &op, acc, used, C, F, fpad, dkernel, plan->team);
     if (dbias)
         for (int f = 0; f < F; f++) {
             DR s = acc[0][cells * C * fpad + f];
