@@ -17,8 +17,9 @@
  * microkernels (MK_WINO_*, MK_WINO5_*), G below.
  * Numerics: the per-tile transforms multiply only by small integers and powers of two, so the
  * result differs from the direct sum by roundings that grow with the transforms' size:
- * float32 ~1e-7 of the output's scale for 3x3 (tests allow 1e-5), a few 1e-7 up to ~1e-6 for
- * 5x5 (tests allow 3e-5); G's 1/6 and 1/12 are rounded once, in the kernel transform.
+ * float32 ~1e-7 of the output's scale for 3x3 (tests allow 1e-5), up to ~1e-5 for 5x5 (the
+ * kernel gradient; tests allow 3e-5); G's 1/6 and 1/12 are rounded once, in the kernel
+ * transform.
  */
 
 static const DR DN(wino_g3)[4 * 3] = {1, 0, 0, 0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0, 0, 1};
@@ -86,7 +87,7 @@ static void DN(wino_pack)(const DN(mc_isa) *isa, const DN(wino_ops) *op, const D
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && cin > 8)
 #endif
     for (int ci = 0; ci < cin; ci++) {
-        /* 64 output channels at a time, channel-innermost so that the loops vectorise */
+        /* 64 output channels at a time, gathered channel-innermost for the vectorised transform */
         for (int co0 = 0; co0 < coutv; co0 += 64) {
             const int width = coutv - co0 < 64 ? coutv - co0 : 64;
             DR gl[DN_WINO_K * DN_WINO_K][64], u[DN_WINO_CELLS][64];
