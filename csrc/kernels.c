@@ -83,6 +83,16 @@
  * direct kernel gradient was 7-29% faster (28x28, 32 -> 32 at batch 128: 4.9 vs 6.4 ms), with 64
  * on either side Winograd 8-29% (docs/performance.md, "the kernel gradient's threshold"). */
 #define MC_WINO_DK_WIDE_CHANNELS 64
+/* Winograd F(2x2, 5x5) spends 36 GEMM cells per 2x2 outputs against the direct 100 multiply-adds,
+ * but its transforms cost more than F(2x2, 3x3)'s, so it needs wider GEMMs (measured with
+ * benchmarks/bench_conv_algorithms.py; the table is in docs/performance.md, "Winograd for 5x5"):
+ * forward when C_in and F reach MC_WINO5_FWD_CHANNELS (Winograd / direct time at 14x14, batch
+ * 128: 24 -> 24 1.0-1.3, 32 -> 32 0.78-0.96, 48 -> 48 0.6-0.8), the kernel gradient when both
+ * reach MC_WINO5_DK_CHANNELS (32 -> 32 0.85-0.99, 48 -> 48 0.69-0.80), the input gradient when
+ * F reaches MC_WINO5_DX_CHANNELS (16: 1.16-1.21, 24: 0.87-1.04, 32: 0.62-0.75). */
+#define MC_WINO5_FWD_CHANNELS 32
+#define MC_WINO5_DK_CHANNELS 48
+#define MC_WINO5_DX_CHANNELS 32
 enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
 
 /* ---- microkernel instances: every instruction set x dtype ----
@@ -132,6 +142,10 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
         void (*wino_in)(const real *const *, int, real *, ptrdiff_t);                         \
         void (*wino_out)(const real *, ptrdiff_t, int, const real *, int, real *const *);     \
         void (*wino_dy)(const real *const *, int, int, real *, ptrdiff_t);                    \
+        void (*wino5_in)(const real *const *, int, real *, ptrdiff_t);                        \
+        void (*wino5_out)(const real *, ptrdiff_t, int, const real *, int, real *const *);    \
+        void (*wino5_dy)(const real *const *, int, int, real *, ptrdiff_t);                   \
+        void (*wino_sandwich)(const real *, int, const real *, int, real *, ptrdiff_t, int);  \
         void (*relu_mask)(real *, const real *, const real *, int);                           \
         void (*pool_max)(real *, int32_t *, const real *, int32_t, int);                      \
         void (*pool_expand)(real *const *, const int32_t *, int, const int32_t *, const real *,\
@@ -146,7 +160,8 @@ MC_TABLE_TYPE(double, f64)
     {vlen, 2, {0, 12, 6, 0, 0}, {0, 6, 3, 0, 0},                                              \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, {0, mk_igemm_h1_##s, mk_igemm_h2_##s, 0, 0},   \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
-     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s,          \
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_wino5_in_##s, mk_wino5_out_##s,      \
+     mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_max_##s,                \
      mk_pool_expand_##s, mk_adam_##s, mk_sgd_##s}
 #define MC_TABLE4(vlen, s)                                                                    \
     {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
@@ -154,7 +169,8 @@ MC_TABLE_TYPE(double, f64)
      {0, mk_igemm_h1_##s, mk_igemm_h2_##s, mk_igemm_h3_##s, mk_igemm_h4_##s},                  \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
      {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
-     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_relu_mask_##s, mk_pool_max_##s,          \
+     mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_wino5_in_##s, mk_wino5_out_##s,      \
+     mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_max_##s,                \
      mk_pool_expand_##s, mk_adam_##s, mk_sgd_##s}
 
 #if MC_X86

@@ -31,9 +31,12 @@ enum {
 enum { MC_SIMD_BASELINE = 0, MC_SIMD_AVX2 = 1, MC_SIMD_AVX512 = 2 };
 
 /* Convolution algorithm: AUTO uses Winograd F(2x2, 3x3) for the passes of a stride-1 3x3
- * convolution whose GEMMs reduce over >= 16 channels (forward: C_in; kernel gradient: C_in
- * and F; input gradient: F) and the direct kernels otherwise; DIRECT never uses Winograd;
- * WINOGRAD uses it for every pass of every stride-1 3x3 convolution (tests). */
+ * convolution (padding <= 2) whose GEMMs reduce over enough channels (forward: C_in >= 16;
+ * kernel gradient: C_in and F >= 16, one of them >= 64; input gradient: F >= 16), Winograd
+ * F(2x2, 5x5) for those of a stride-1 5x5 convolution (padding <= 4; forward: C_in and F >= 32;
+ * kernel gradient: both >= 48; input gradient: F >= 32), and the direct kernels otherwise;
+ * DIRECT never uses Winograd; WINOGRAD uses it for every pass of every such 3x3 and 5x5
+ * convolution (tests). */
 enum { MC_ALGO_AUTO = 0, MC_ALGO_DIRECT = 1, MC_ALGO_WINOGRAD = 2 };
 
 /* Geometry of one convolution: input (n, h, w, c), kernel (kh, kw, c, f), strides and pads. */

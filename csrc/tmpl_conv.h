@@ -4,9 +4,12 @@
  * No include guard: a template, included once per dtype by csrc/tmpl_driver.h.
  */
 
-/* Forward: copy x once into the zero-padded buffer (kept for backward), then one algorithm. */
+/* Forward: copy x once into the zero-padded buffer (kept for backward), then one algorithm.
+ * kernel_ready: the plan's transformed-kernel region (Winograd) already holds this kernel's
+ * transform, left by an earlier chunk of the same call (csrc/tmpl_conv_pool.h). */
 static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel,
-                             const DR *bias, int relu, DR *xpad, DR *y, const DN(mc_work) *w)
+                             const DR *bias, int relu, DR *xpad, DR *y, const DN(mc_work) *w,
+                             int kernel_ready)
 {
     const DN(mc_conv_plan) *plan = w->plan;
     DN(mc_conv_dims) d;
@@ -28,7 +31,7 @@ static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel
     for (int64_t j = 0; j < fpad; j++) packed_bias[j] = bias && j < F ? bias[j] : (DR)0;
 
     if (plan->wino_fwd)
-        DN(forward_winograd)(g, xpad, kernel, bias ? packed_bias : NULL, relu, y, w);
+        DN(forward_winograd)(g, xpad, kernel, bias ? packed_bias : NULL, relu, y, w, kernel_ready);
     else
         DN(forward_direct)(g, xpad, kernel, bias ? packed_bias : NULL, relu, y, w);
     return MC_OK;

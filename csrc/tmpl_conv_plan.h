@@ -4,23 +4,48 @@
  * No include guard: a template, included once per dtype by csrc/tmpl_driver.h.
  */
 
-/* Winograd tile blocks (the plan sizes the per-thread buffers for them) */
-#define DN_WINO_TILES 36     /* tiles per block, forward and dx (V and M stay in L2) */
-#define DN_WINO_TILES_W 64   /* tiles per block for the kernel gradient */
+/* Winograd F(2x2, k x k) for k = 3 and 5: the sizes the plan and the passes share. Tiles of
+ * 2x2 outputs go through in blocks; the plan sizes every thread's tile buffers (cells x tiles x
+ * channels) for them, so V and M of a block stay in L2. */
+typedef struct {
+    int k;          /* kernel side */
+    int alpha;      /* input patch side, k + 1 */
+    int cells;      /* alpha^2 transformed positions: one GEMM each per block */
+    int tiles;      /* tiles per block, forward and dx */
+    int tiles_w;    /* tiles per block, kernel gradient */
+} DN(mc_wino_shape);
 
+static const DN(mc_wino_shape) DN(wino_shape3) = {3, 4, 16, 36, 64};
+static const DN(mc_wino_shape) DN(wino_shape5) = {5, 6, 36, 24, 32};
+
+static const DN(mc_wino_shape) *DN(wino_shape)(const mc_conv_geom *g)
+{
+    return g->kh == 5 ? &DN(wino_shape5) : &DN(wino_shape3);
+}
+
+/* Stride-1 square 3x3 or 5x5 kernels with at most k - 1 rows/columns of padding per side. */
 static int DN(wino_eligible)(const mc_conv_geom *g)
 {
-    return g->kh == 3 && g->kw == 3 && g->stride_h == 1 && g->stride_w == 1 && g->pad_top <= 2 &&
-           g->pad_bottom <= 2 && g->pad_left <= 2 && g->pad_right <= 2;
+    const int k = g->kh;
+    return (k == 3 || k == 5) && g->kw == k && g->stride_h == 1 && g->stride_w == 1 &&
+           g->pad_top <= k - 1 && g->pad_bottom <= k - 1 && g->pad_left <= k - 1 &&
+           g->pad_right <= k - 1;
 }
 
 /* Whether one pass (MC_PASS_*) runs Winograd. Automatically when the channel counts that
- * feed its GEMMs reach MC_WINO_MIN_CHANNELS: below that the 16 GEMMs per tile block are too
- * thin to beat the direct kernels (docs/performance.md has the measurements). */
+ * feed its GEMMs reach the thresholds of csrc/kernels.c: below them the GEMMs per tile block
+ * are too thin to beat the direct kernels (docs/performance.md has the measurements). */
 static int DN(use_wino)(const mc_conv_geom *g, int pass)
 {
     if (!DN(wino_eligible)(g) || mc_algorithm == MC_ALGO_DIRECT) return 0;
     if (mc_algorithm == MC_ALGO_WINOGRAD) return 1;
+    if (g->kh == 5) {
+        switch (pass) {
+        case MC_PASS_FORWARD: return g->c >= MC_WINO5_FWD_CHANNELS && g->f >= MC_WINO5_FWD_CHANNELS;
+        case MC_PASS_DKERNEL: return g->c >= MC_WINO5_DK_CHANNELS && g->f >= MC_WINO5_DK_CHANNELS;
+        default: return g->f >= MC_WINO5_DX_CHANNELS;
+        }
+    }
     switch (pass) {
     case MC_PASS_FORWARD: return g->c >= MC_WINO_MIN_CHANNELS;      /* reduces over C */
     case MC_PASS_DKERNEL:   /* its GEMMs are C_in x F: thin when neither side is wide */
@@ -118,11 +143,12 @@ static void DN(forward_plan)(const mc_conv_geom *g, int threads, DN(mc_conv_plan
     p->wino_fwd = DN(use_wino)(g, MC_PASS_FORWARD);
     p->packed_bias = DN(place)(&at, fpad * E);
     if (p->wino_fwd) {
-        p->U = DN(place)(&at, 16 * g->c * fpad * E);
+        const DN(mc_wino_shape) *ws = DN(wino_shape)(g);
+        p->U = DN(place)(&at, ws->cells * g->c * fpad * E);
         p->ident = DN(place)(&at, g->c * P);
         p->zeros = DN(place)(&at, DN(zeros_len)(g) * E);
-        p->fwd_v = DN(place)(&sub, 16 * DN_WINO_TILES * g->c * E);
-        p->fwd_m = DN(place)(&sub, 16 * DN_WINO_TILES * fpad * E);
+        p->fwd_v = DN(place)(&sub, (int64_t)ws->cells * ws->tiles * g->c * E);
+        p->fwd_m = DN(place)(&sub, (int64_t)ws->cells * ws->tiles * fpad * E);
     } else {
         p->packed = DN(place)(&at, d.K * fpad * E);
         p->aoff = DN(place)(&at, d.K * P);
@@ -141,15 +167,16 @@ static void DN(backward_plan)(const mc_conv_geom *g, int need_dx, int relu, int 
     const int64_t fpad = DN(round_up)(g->f, DN_VLEN_MAX), cpad = DN(round_up)(g->c, DN_VLEN_MAX);
     const int64_t taps = (int64_t)g->kh * g->kw * g->f;
     const int ragged = relu || g->f % isa->vlen != 0;   /* dy must be masked or padded */
+    const DN(mc_wino_shape) *ws = DN(wino_shape)(g);
     int64_t at = 0;
     memset(p, 0, sizeof *p);
     p->level = level;
     p->threads = DN(conv_threads)(g, &d, threads);
     p->team = DN(plan_team)(p->threads);
     p->wino_dw = DN(use_wino)(g, MC_PASS_DKERNEL);
-    /* Winograd dx reads the frame as dy zero-padded by exactly 2 - pad on each side */
-    p->wino_dx = need_dx && DN(use_wino)(g, MC_PASS_DX) && d.mt == 2 - g->pad_top &&
-                 d.ml == 2 - g->pad_left;
+    /* Winograd dx reads the frame as dy zero-padded by exactly k - 1 - pad on each side */
+    p->wino_dx = need_dx && DN(use_wino)(g, MC_PASS_DX) && d.mt == g->kh - 1 - g->pad_top &&
+                 d.ml == g->kw - 1 - g->pad_left;
     /* dy goes into a whole-batch frame for dx (zero margins) and for the Winograd kernel
      * gradient when it must be masked or padded; the direct one stages one image at a time */
     p->need_frame = need_dx || (ragged && p->wino_dw);
@@ -162,23 +189,23 @@ static void DN(backward_plan)(const mc_conv_geom *g, int need_dx, int relu, int 
     }
     if (p->wino_dw || p->wino_dx) p->zeros = DN(place)(&at, DN(zeros_len)(g) * E);
     if (p->wino_dx) {
-        p->U = DN(place)(&at, 16 * g->f * cpad * E);
+        p->U = DN(place)(&at, ws->cells * g->f * cpad * E);
         p->ident = DN(place)(&at, g->f * P);
     }
     /* the kernel gradient's and the input gradient's per-thread uses share each region: the
      * accumulators are summed before dx starts */
     int64_t dw = 0, dx = 0;
     if (p->wino_dw) {
-        p->wdw_acc = DN(place)(&dw, (16 * g->c * fpad + fpad) * E);
-        p->wdw_v = DN(place)(&dw, 16 * DN_WINO_TILES_W * g->c * E);
-        p->wdw_z = DN(place)(&dw, 16 * DN_WINO_TILES_W * fpad * E);
+        p->wdw_acc = DN(place)(&dw, (ws->cells * g->c * fpad + fpad) * E);
+        p->wdw_v = DN(place)(&dw, (int64_t)ws->cells * ws->tiles_w * g->c * E);
+        p->wdw_z = DN(place)(&dw, (int64_t)ws->cells * ws->tiles_w * fpad * E);
     } else {
         p->dw_acc = DN(place)(&dw, (d.K * fpad + fpad) * E);
         if (p->staged) p->dw_stage = DN(place)(&dw, d.oh * d.ow * fpad * E);
     }
     if (p->wino_dx) {
-        p->wdx_v = DN(place)(&dx, 16 * DN_WINO_TILES * g->f * E);
-        p->wdx_m = DN(place)(&dx, 16 * DN_WINO_TILES * cpad * E);
+        p->wdx_v = DN(place)(&dx, (int64_t)ws->cells * ws->tiles * g->f * E);
+        p->wdx_m = DN(place)(&dx, (int64_t)ws->cells * ws->tiles * cpad * E);
     }
     DN(plan_threads)(p, at, dw > dx ? dw : dx);
 }

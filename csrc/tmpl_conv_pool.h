@@ -4,7 +4,8 @@
  * csrc/tmpl_conv.h's image_dy) takes the pool's gradient and the pooled values, never the
  * convolution's output. Each chunk runs the unfused passes themselves (conv_forward, then
  * maxpool_forward), and neither depends on which other images share its call, so every output
- * is the unfused one to the bit.
+ * is the unfused one to the bit (Winograd's transformed kernel, the same bits for every chunk,
+ * is computed by the first chunk only).
  * No include guard: a template, included once per dtype by csrc/tmpl_driver.h.
  */
 
@@ -50,13 +51,21 @@ static void DN(conv_pool_forward)(const mc_conv_geom *g, const mc_pool_geom *pg,
     const int64_t taken = (int64_t)(y - work) +
                           DN(round_up)(k * d.oh * d.ow * g->f * (int64_t)sizeof(DR), 64) / (int64_t)sizeof(DR);
     MC_ASSERT(taken <= work_len);
+    /* Winograd transforms the kernel once: every chunk's plan puts the transformed kernel at
+     * the same offset (the fixed regions do not depend on the batch or the threads) */
+    int64_t packed_at = -1;
+    int packed_level = -1;
     for (int64_t n0 = 0; n0 < g->n; n0 += k) {
         mc_conv_geom part = *g;
         part.n = (int)(g->n - n0 < k ? g->n - n0 : k);
         DN(mc_conv_plan) plan;
         DN(forward_plan)(&part, threads, &plan);
         const DN(mc_work) w = DN(bind)(&plan, work + taken, work_len - taken);
-        DN(conv_forward)(&part, x + n0 * img_in, kernel, bias, relu, xpad + n0 * img_pad, y, &w);
+        const int kernel_ready = plan.wino_fwd && plan.U == packed_at && plan.level == packed_level;
+        DN(conv_forward)(&part, x + n0 * img_in, kernel, bias, relu, xpad + n0 * img_pad, y, &w,
+                         kernel_ready);
+        packed_at = plan.wino_fwd ? plan.U : -1;
+        packed_level = plan.level;
         mc_pool_geom pool = *pg;
         pool.n = part.n;
         DN(maxpool_forward)(&pool, y, pooled + n0 * img_pool, argmax + n0 * img_pool, ph, pw, plan.team);

@@ -6,7 +6,8 @@
  *
  *   tmpl_common.h       padding, column blocks, igemm over pixel tiles, convolution geometry
  *   tmpl_conv_plan.h    algorithm choice per pass and the workspace plan of one call
- *   tmpl_winograd.h     Winograd F(2x2, 3x3): forward, kernel gradient, input gradient
+ *   tmpl_winograd.h     Winograd F(2x2, 3x3) and F(2x2, 5x5): forward, kernel gradient,
+ *                       input gradient
  *   tmpl_conv_direct.h  direct convolution: forward, kernel gradient, input gradient
  *   tmpl_conv.h         the convolution drivers: forward, and backward as named steps (which
  *                       can take a following max pool's gradient: image_dy)
@@ -41,8 +42,6 @@
 #include "tmpl_entry.h"
 #include "tmpl_optim.h"
 
-#undef DN_WINO_TILES
-#undef DN_WINO_TILES_W
 #undef DN_DENSE_KC
 #undef DN_VLEN_MAX
 #undef DN_ELEMS

@@ -23,7 +23,7 @@ int DN(mc_conv2d_forward)(const mc_conv_geom *g, const DR *x, int64_t x_len, con
         work_len * (int64_t)sizeof(DR) < plan.bytes)
         return MC_ERR_SIZE;
     const DN(mc_work) w = DN(bind)(&plan, work, work_len);
-    return DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &w);
+    return DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &w, 0);
 }
 
 int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_len,

@@ -249,6 +249,138 @@ static MK_ATTR void MK_NAME(mk_wino_dy)(const MK_REAL *const *g, int F, int Fv, 
     }
 }
 
+/* ---- Winograd F(2x2, 5x5) transforms, vectorised over channels ----
+ * The same three steps with 6x6 tiles (interpolation points 0, 1, -1, 1/2, -1/2, infinity;
+ * scripts/winograd_matrices.py derives the matrices and checks them exactly):
+ *   B^T = [1 0 -5 0 4 0; 0 1 1 -4 -4 0; 0 1 -1 -4 4 0; 0 1 2 -1 -2 0; 0 1 -2 -1 2 0;
+ *          0 1 0 -5 0 4],   A^T = [1 1 1 1 1 0; 0 1 -1 1/2 -1/2 1].
+ * MK_WINO5_BT applies B^T to the six values x[i0 + k*st] in place; MK_WINO5_AT gives the two
+ * values of A^T x, MK_WINO5_A the six of A g for two values. T is the element type. */
+#define MK_WINO5_BT(T, x, i0, st)                                                           \
+    do {                                                                                     \
+        const T d0_ = x[i0], d1_ = x[(i0) + (st)], d2_ = x[(i0) + 2 * (st)],                 \
+                d3_ = x[(i0) + 3 * (st)], d4_ = x[(i0) + 4 * (st)], d5_ = x[(i0) + 5 * (st)]; \
+        const T p_ = d1_ - (MK_REAL)4 * d3_, q_ = d2_ - (MK_REAL)4 * d4_;                    \
+        const T u_ = d1_ - d3_, w_ = (MK_REAL)2 * (d2_ - d4_);                               \
+        x[i0] = d0_ - (MK_REAL)5 * d2_ + (MK_REAL)4 * d4_;                                   \
+        x[(i0) + (st)] = p_ + q_;                                                            \
+        x[(i0) + 2 * (st)] = p_ - q_;                                                        \
+        x[(i0) + 3 * (st)] = u_ + w_;                                                        \
+        x[(i0) + 4 * (st)] = u_ - w_;                                                        \
+        x[(i0) + 5 * (st)] = d1_ - (MK_REAL)5 * d3_ + (MK_REAL)4 * d5_;                      \
+    } while (0)
+
+#define MK_WINO5_AT(T, x, i0, st, y0, y1)                                                   \
+    do {                                                                                     \
+        const T a1_ = x[(i0) + (st)], a2_ = x[(i0) + 2 * (st)], a3_ = x[(i0) + 3 * (st)],    \
+                a4_ = x[(i0) + 4 * (st)];                                                    \
+        y0 = x[i0] + (a1_ + a2_) + (a3_ + a4_);                                              \
+        y1 = (a1_ - a2_) + (MK_REAL)0.5 * (a3_ - a4_) + x[(i0) + 5 * (st)];                  \
+    } while (0)
+
+#define MK_WINO5_A(T, g0, g1, z, i0, st)                                                    \
+    do {                                                                                     \
+        const T h_ = (MK_REAL)0.5 * (g1);                                                    \
+        z[i0] = g0; z[(i0) + (st)] = (g0) + (g1); z[(i0) + 2 * (st)] = (g0) - (g1);          \
+        z[(i0) + 3 * (st)] = (g0) + h_; z[(i0) + 4 * (st)] = (g0) - h_;                      \
+        z[(i0) + 5 * (st)] = g1;                                                             \
+    } while (0)
+
+/* V[xi * vs + c] = (B^T d B)[xi] for the tile whose 36 cells start at d[0..35]. */
+static MK_ATTR void MK_NAME(mk_wino5_in)(const MK_REAL *const *d, int C, MK_REAL *v, ptrdiff_t vs)
+{
+    int c = 0;
+    for (; c + MK_VLEN <= C; c += MK_VLEN) {
+        MK_V a[36];
+        for (int k = 0; k < 36; k++) a[k] = MK_NAME(mk_load)(d[k] + c);
+        for (int j = 0; j < 6; j++) MK_WINO5_BT(MK_V, a, j, 6);       /* columns: B^T d */
+        for (int i = 0; i < 6; i++) MK_WINO5_BT(MK_V, a, 6 * i, 1);   /* rows: (B^T d) B */
+        for (int k = 0; k < 36; k++) MK_NAME(mk_store)(v + k * vs + c, a[k]);
+    }
+    for (; c < C; c++) {
+        MK_REAL a[36];
+        for (int k = 0; k < 36; k++) a[k] = d[k][c];
+        for (int j = 0; j < 6; j++) MK_WINO5_BT(MK_REAL, a, j, 6);
+        for (int i = 0; i < 6; i++) MK_WINO5_BT(MK_REAL, a, 6 * i, 1);
+        for (int k = 0; k < 36; k++) v[k * vs + c] = a[k];
+    }
+}
+
+/* y[r][0:F] = act(bias + (A^T M A)[r]) for the 2x2 outputs r that exist (y[r] != NULL). */
+static MK_ATTR void MK_NAME(mk_wino5_out)(const MK_REAL *m, ptrdiff_t ms, int F, const MK_REAL *bias,
+                                          int relu, MK_REAL *const *y)
+{
+    int f = 0;
+    for (; f + MK_VLEN <= F; f += MK_VLEN) {
+        MK_V a[36], s[12], r[4];
+        for (int k = 0; k < 36; k++) a[k] = MK_NAME(mk_load)(m + k * ms + f);
+        for (int j = 0; j < 6; j++) MK_WINO5_AT(MK_V, a, j, 6, s[j], s[6 + j]);
+        for (int i = 0; i < 2; i++) MK_WINO5_AT(MK_V, s, 6 * i, 1, r[2 * i], r[2 * i + 1]);
+        const MK_V b = bias ? MK_NAME(mk_load)(bias + f) : (MK_V){0};
+        for (int k = 0; k < 4; k++) {
+            if (!y[k]) continue;
+            MK_V o = r[k] + b;
+            MK_NAME(mk_store)(y[k] + f, relu ? MK_NAME(mk_relu)(o) : o);
+        }
+    }
+    for (; f < F; f++) {
+        MK_REAL a[36], s[12], r[4];
+        for (int k = 0; k < 36; k++) a[k] = m[k * ms + f];
+        for (int j = 0; j < 6; j++) MK_WINO5_AT(MK_REAL, a, j, 6, s[j], s[6 + j]);
+        for (int i = 0; i < 2; i++) MK_WINO5_AT(MK_REAL, s, 6 * i, 1, r[2 * i], r[2 * i + 1]);
+        for (int k = 0; k < 4; k++) {
+            if (!y[k]) continue;
+            const MK_REAL o = r[k] + (bias ? bias[f] : 0);
+            y[k][f] = relu && o < 0 ? 0 : o;
+        }
+    }
+}
+
+/* Z[xi * zs + f] = (A dY A^T)[xi] for f < F and 0 for F <= f < Fv; missing dY cells are 0. */
+static MK_ATTR void MK_NAME(mk_wino5_dy)(const MK_REAL *const *g, int F, int Fv, MK_REAL *z, ptrdiff_t zs)
+{
+    int f = 0;
+    for (; f + MK_VLEN <= F; f += MK_VLEN) {
+        MK_V a[4], t[12], r[36];
+        for (int k = 0; k < 4; k++) a[k] = g[k] ? MK_NAME(mk_load)(g[k] + f) : (MK_V){0};
+        for (int j = 0; j < 2; j++) MK_WINO5_A(MK_V, a[j], a[2 + j], t, j, 2);     /* A dY */
+        for (int i = 0; i < 6; i++) MK_WINO5_A(MK_V, t[2 * i], t[2 * i + 1], r, 6 * i, 1);
+        for (int k = 0; k < 36; k++) MK_NAME(mk_store)(z + k * zs + f, r[k]);
+    }
+    for (; f < Fv; f++) {
+        MK_REAL a[4], t[12], r[36];
+        for (int k = 0; k < 4; k++) a[k] = g[k] && f < F ? g[k][f] : 0;
+        for (int j = 0; j < 2; j++) MK_WINO5_A(MK_REAL, a[j], a[2 + j], t, j, 2);
+        for (int i = 0; i < 6; i++) MK_WINO5_A(MK_REAL, t[2 * i], t[2 * i + 1], r, 6 * i, 1);
+        for (int k = 0; k < 36; k++) z[k * zs + f] = r[k];
+    }
+}
+
+/* out[a * r + b][0:width] = sum_{i,j < p} L[a][i] L[b][j] in[i * p + j][0:width] for a, b < r,
+ * entries `stride` apart, width a multiple of the vector: the Winograd kernel transform
+ * G g G^T (L = G, alpha x k) and its adjoint G^T dU G (L = G^T), p, r <= 6. The sums run over
+ * i, then j, in order. */
+static MK_ATTR void MK_NAME(mk_wino_sandwich)(const MK_REAL *in, int p, const MK_REAL *L, int r,
+                                              MK_REAL *out, ptrdiff_t stride, int width)
+{
+    for (int v = 0; v < width; v += MK_VLEN) {
+        MK_V x[36], t[36];
+        for (int e = 0; e < p * p; e++) x[e] = MK_NAME(mk_load)(in + e * stride + v);
+        for (int a = 0; a < r; a++)
+            for (int j = 0; j < p; j++) {
+                MK_V acc = x[j] * L[a * p];
+                for (int i = 1; i < p; i++) acc += x[i * p + j] * L[a * p + i];
+                t[a * p + j] = acc;
+            }
+        for (int a = 0; a < r; a++)
+            for (int b = 0; b < r; b++) {
+                MK_V acc = t[a * p] * L[b * p];
+                for (int j = 1; j < p; j++) acc += t[a * p + j] * L[b * p + j];
+                MK_NAME(mk_store)(out + (a * r + b) * stride + v, acc);
+            }
+    }
+}
+
 /* out = dy * (y > 0), branch-free: the ReLU's gradient exactly as the layers compute it
  * (dy * mask), so a NaN in dy propagates the same way. */
 static MK_ATTR void MK_NAME(mk_relu_mask)(MK_REAL *out, const MK_REAL *dy, const MK_REAL *y, int n)
@@ -395,6 +527,9 @@ static MK_ATTR MK_NO_CONTRACT void MK_NAME(mk_sgd)(MK_REAL *p, const MK_REAL *g,
 #undef MK_WINO_IN
 #undef MK_WINO_OUT
 #undef MK_WINO_DY
+#undef MK_WINO5_BT
+#undef MK_WINO5_AT
+#undef MK_WINO5_A
 
 /* The instances: one per vector count, each with its own tile height, plus one of half the
  * height for the last rows of a matrix (32 rows in tiles of 6 would otherwise compute 36). */

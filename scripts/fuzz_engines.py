@@ -20,15 +20,17 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     all          float32 and float64, 1-4 threads, every SIMD level the CPU has; a fifth of the
                  cases laid out for two threads with one running (the load cap)
 
-The sampling is steered so that every branch of the C engine is reached: stride-1 3x3 kernels
-(Winograd-eligible) often, C_in and filters on both sides of 16 and of 64 (auto mode's
-Winograd thresholds, MC_WINO_MIN_CHANNELS and MC_WINO_DK_WIDE_CHANNELS), batch 1 and batch below the thread count. The work of one
+The sampling is steered so that every branch of the C engine is reached: stride-1 3x3 and 5x5
+kernels (Winograd-eligible) often, C_in and filters on both sides of 16 and of 64 (auto mode's
+3x3 Winograd thresholds, MC_WINO_MIN_CHANNELS and MC_WINO_DK_WIDE_CHANNELS) and of 32 and 48
+(the 5x5 ones, MC_WINO5_*), batch 1 and batch below the thread count. The work of one
 convolution is capped so that thousands of cases run in minutes; the extremes of every axis
 are still drawn, just not all at once.
 
 Every result is compared with the NumPy engine's (the parity tolerances of
 tests/test_c_engine.py: relative to the reference's largest magnitude, 1e-12 for float64 and
-1e-5 for float32). Cases run in batches in child processes; a child writes each case's index
+1e-5 for float32; 3e-5 for float32 convolutions that Winograd F(2x2, 5x5) may run, whose
+larger transforms round more). Cases run in batches in child processes; a child writes each case's index
 to a progress file before running it, so a crash (or a hang past --timeout) is reported with
 its geometry and the run goes on with the next case in a fresh child.
 
@@ -59,8 +61,12 @@ if MINICNN_HOME not in sys.path:
     sys.path.insert(0, MINICNN_HOME)
 
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
+WINO5_TOLERANCE = {"float64": 1e-12, "float32": 3e-5}   # 5x5 stride-1 convolutions (Winograd)
 WINO_MIN_CHANNELS = 16          # csrc/kernels.c MC_WINO_MIN_CHANNELS
 WINO_DK_WIDE_CHANNELS = 64        # csrc/kernels.c MC_WINO_DK_WIDE_CHANNELS (C_in or F)
+WINO5_FWD_CHANNELS = 32         # csrc/kernels.c MC_WINO5_FWD_CHANNELS (C_in and F)
+WINO5_DK_CHANNELS = 48          # csrc/kernels.c MC_WINO5_DK_CHANNELS (C_in and F)
+WINO5_DX_CHANNELS = 32          # csrc/kernels.c MC_WINO5_DX_CHANNELS (F)
 FUSE_CHUNK_BYTES = 1 << 20      # csrc/kernels.c MC_FUSE_CHUNK_BYTES (conv + max pool forward)
 MAX_CONV_WORK = 60_000_000      # multiply-adds of one convolution pass (keeps cases fast)
 SIMD_LEVELS = ("avx512", "avx2", "sse2")
@@ -74,6 +80,11 @@ REQUIRED_BRANCHES = (
     "conv batch 1",
     "conv batch < threads",
     "conv dx=winograd, batch < threads",
+    "conv 5x5 fwd=direct dkernel=direct dx=winograd",
+    "conv 5x5 fwd=winograd dkernel=direct dx=winograd",
+    "conv 5x5 fwd=winograd dkernel=winograd dx=winograd",
+    "conv 5x5 dx=winograd, batch < threads",
+    "conv 5x5 winograd from maxpool",
     "conv fused relu",
     "conv no dx",
     "conv from maxpool",
@@ -95,17 +106,39 @@ REQUIRED_BRANCHES = (
 
 # ---- the branch the C engine takes (mirrors use_wino / backward_plan in csrc) ----
 
+def winograd_size(case):
+    """3 or 5 when the convolution is Winograd-eligible (stride 1, a 3x3 or 5x5 kernel, padding
+    at most k - 1 per side), else None."""
+    kh, kw = case["kernel"]
+    if kh == kw and kh in (3, 5) and tuple(case["strides"]) == (1, 1) and max(case["pads"]) <= kh - 1:
+        return kh
+    return None
+
+
+def conv_tolerance(case):
+    return WINO5_TOLERANCE if winograd_size(case) == 5 else TOLERANCE
+
+
 def conv_branches(case, effective_threads):
     """Names of the C engine branches a convolution case runs in auto mode."""
-    kh, kw = case["kernel"]
-    pads = case["pads"]
-    eligible = (kh, kw) == (3, 3) and tuple(case["strides"]) == (1, 1) and max(pads) <= 2
+    k = winograd_size(case)
     c, f = case["c"], case["f"]
-    fwd = "winograd" if eligible and c >= WINO_MIN_CHANNELS else "direct"
-    dkernel = ("winograd" if eligible and min(c, f) >= WINO_MIN_CHANNELS and max(c, f) >= WINO_DK_WIDE_CHANNELS
-               else "direct")
-    dx = ("winograd" if eligible and f >= WINO_MIN_CHANNELS else "direct") if case["need_dx"] else "none"
+    if k == 5:
+        fwd = "winograd" if min(c, f) >= WINO5_FWD_CHANNELS else "direct"
+        dkernel = "winograd" if min(c, f) >= WINO5_DK_CHANNELS else "direct"
+        dx = "winograd" if f >= WINO5_DX_CHANNELS else "direct"
+    else:
+        eligible = k == 3
+        fwd = "winograd" if eligible and c >= WINO_MIN_CHANNELS else "direct"
+        dkernel = ("winograd" if eligible and min(c, f) >= WINO_MIN_CHANNELS and max(c, f) >= WINO_DK_WIDE_CHANNELS
+                   else "direct")
+        dx = "winograd" if eligible and f >= WINO_MIN_CHANNELS else "direct"
+    dx = dx if case["need_dx"] else "none"
     names = [f"conv fwd={fwd} dkernel={dkernel} dx={dx}"]
+    if k == 5:
+        names.append(f"conv 5x5 fwd={fwd} dkernel={dkernel} dx={dx}")
+        if case["n"] < effective_threads and dx == "winograd":
+            names.append("conv 5x5 dx=winograd, batch < threads")
     if case["n"] == 1:
         names.append("conv batch 1")
     if case["n"] < effective_threads:
@@ -141,8 +174,11 @@ def sample_conv(rng, common):
     while True:
         n = 1 if rng.random() < 0.3 else rng.randint(1, 9)
         h, w = _size(rng, 16, 40), _size(rng, 16, 40)
-        if rng.random() < 0.45:
+        roll = rng.random()
+        if roll < 0.4:
             kernel, strides = (3, 3), (1, 1)
+        elif roll < 0.55:
+            kernel, strides = (5, 5), (1, 1)
         else:
             kernel = (rng.randint(1, 7), rng.randint(1, 7))
             strides = (rng.randint(1, 3), rng.randint(1, 3))
@@ -243,13 +279,13 @@ def describe(case):
 
 # ---- running one case (in a child) ----
 
-def _compare(name, got, want, dtype):
+def _compare(name, got, want, dtype, tolerance=TOLERANCE):
     import numpy as np
     if want is None or got is None:
         return None if (want is None) == (got is None) else f"{name}: one engine returned None"
     if got.shape != want.shape or got.dtype != want.dtype:
         return f"{name}: {got.shape} {got.dtype} != {want.shape} {want.dtype}"
-    tol = TOLERANCE[dtype]
+    tol = tolerance[dtype]
     scale = max(float(np.max(np.abs(want))), 1.0) if want.size else 1.0
     if not np.all(np.isfinite(got)) and np.all(np.isfinite(want)):
         return f"{name}: not finite"
@@ -297,16 +333,18 @@ def run_case(case):
         args = (x, kernel, bias, tuple(case["strides"]), tuple(case["pads"]))
         y_ref, cache_ref = _on(kernels, "numpy", lambda: forward(*args))
         y, cache = _on(kernels, "c", lambda: forward(*args))
-        problems.append(_compare("y", y, y_ref, dtype))
+        tolerance = conv_tolerance(case)
+        problems.append(_compare("y", y, y_ref, dtype, tolerance))
         dy = normal(*y_ref.shape)
         if case["relu"]:
             # where the reference output is within rounding of 0 the engines may disagree on
             # the ReLU mask, legitimately: no gradient there, so the mask cannot matter
             scale = max(float(np.max(np.abs(y_ref))), 1.0)
-            dy[np.abs(y_ref) <= 4 * TOLERANCE[dtype] * scale] = 0
+            dy[np.abs(y_ref) <= 4 * tolerance[dtype] * scale] = 0
         grads_ref = _on(kernels, "numpy", lambda: kernels.conv2d_backward(dy, cache_ref, case["need_dx"]))
         grads = _on(kernels, "c", lambda: kernels.conv2d_backward(dy, cache, case["need_dx"]))
-        problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dkernel", "dbias"), grads, grads_ref)]
+        problems += [_compare(k, g, r, dtype, tolerance)
+                     for k, g, r in zip(("dx", "dkernel", "dbias"), grads, grads_ref)]
         if case.get("team_cap"):   # the capped team's sums are the full team's, bit for bit
             c_engine.set_load_cap(None)
             full = _on(kernels, "c", lambda: kernels.conv2d_backward(dy, cache, case["need_dx"]))
@@ -336,6 +374,8 @@ def run_case(case):
                         problems.append(f"{name}: the passes with the max pool changed the bits")
             framed = case["need_dx"] or "dkernel=winograd" in branches[0]
             branches += ["conv from maxpool", "conv from maxpool, " + ("framed" if framed else "staged")]
+            if "winograd" in branches[0] and winograd_size(case) == 5:
+                branches.append("conv 5x5 winograd from maxpool")
             per_chunk = max(1, FUSE_CHUNK_BYTES // (y.shape[1] * y.shape[2] * y.shape[3] * y.itemsize))
             if per_chunk < case["n"]:
                 branches.append("conv with maxpool forward in several chunks")

@@ -2,12 +2,14 @@
 
 Parity tolerances (stated once): float64 agrees with the NumPy engine to 1e-12 and float32 to
 1e-5, relative to the largest magnitude of the reference array (sums are added in a different
-order, so entries that cancel to ~0 can only be compared on that scale). Max pooling picks the
-same winners, so its forward output is compared exactly.
+order, so entries that cancel to ~0 can only be compared on that scale); float32 stride-1 5x5
+convolutions that may run Winograd F(2x2, 5x5) to 3e-5 (its 6x6 transforms round more: ~1e-5
+seen). Max pooling picks the same winners, so its forward output is compared exactly.
 
 Every parity test runs once per SIMD level the CPU supports (avx512 / avx2 / sse2 here), so
 all three compiled code paths are exercised on one machine, and the convolution tests once per
-algorithm: the direct kernels and Winograd F(2x2, 3x3) (used for stride-1 3x3 convolutions).
+algorithm: the direct kernels and Winograd (F(2x2, 3x3) and F(2x2, 5x5), used for stride-1 3x3
+and 5x5 convolutions).
 
 Tests that need the extension are skipped, with the reason, only where it was not built; CI
 runs with MINICNN_BACKEND=c, where importing minicnn without it fails instead.
@@ -40,6 +42,7 @@ else:
     SIMD_LEVELS = ["unbuilt"]
 
 TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
+WINO5_TOLERANCE = {np.float64: 1e-12, np.float32: 3e-5}
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -67,21 +70,30 @@ def algorithm(request):
         c_engine.set_algorithm("auto")
 
 
-def assert_close(actual, expected, dtype, what):
+def assert_close(actual, expected, dtype, what, tolerance=TOLERANCE):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     scale = max(float(np.max(np.abs(expected))), 1.0) if expected.size else 1.0
-    tol = TOLERANCE[dtype]
+    tol = tolerance[dtype]
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
 
 
+def conv_tolerance(kernel_shape, strides, pads):
+    """WINO5_TOLERANCE where Winograd F(2x2, 5x5) may run (stride 1, 5x5, padding <= 4)."""
+    if tuple(kernel_shape[:2]) == (5, 5) and tuple(strides) == (1, 1) and max(pads) <= 4:
+        return WINO5_TOLERANCE
+    return TOLERANCE
+
+
 def run_conv_both(rng, dtype, x_shape, kernel_shape, strides, pads, use_bias=True, need_dx=True):
+    """The C engine's forward and backward against the NumPy engine's; returns the C results."""
     x = rng.standard_normal(x_shape).astype(dtype)
     kernel = rng.standard_normal(kernel_shape).astype(dtype)
     bias = rng.standard_normal(kernel_shape[3]).astype(dtype) if use_bias else None
+    tolerance = conv_tolerance(kernel_shape, strides, pads)
     y_ref, cache_ref = numpy_engine.conv2d_forward(x, kernel, bias, strides, pads)
     y, cache = c_engine.conv2d_forward(x, kernel, bias, strides, pads)
-    assert_close(y, y_ref, dtype, "y")
+    assert_close(y, y_ref, dtype, "y", tolerance)
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
     grads_ref = numpy_engine.conv2d_backward(dy, cache_ref, need_dx)
     grads = c_engine.conv2d_backward(dy.copy(), cache, need_dx)
@@ -89,7 +101,8 @@ def run_conv_both(rng, dtype, x_shape, kernel_shape, strides, pads, use_bias=Tru
         if want is None:
             assert got is None, f"{name} should be None"
         else:
-            assert_close(got, want, dtype, name)
+            assert_close(got, want, dtype, name, tolerance)
+    return (y, *grads)
 
 
 def conv_geometry(h, w, kernel_size, strides, padding):
@@ -121,6 +134,9 @@ CONV_GRID = [
     ((2, 5, 6, 9), (3, 3), 17, (1, 1), (2, 2, 2, 2)), # the most padding Winograd takes
     ((2, 5, 6, 9), (3, 3), 17, (1, 1), (0, 2, 1, 0)),
     ((1, 8, 8, 64), (3, 3), 64, (1, 1), "same"),      # enough work for 2 threads, 1 tile block
+    ((2, 9, 7, 5), (5, 5), 17, (1, 1), "same"),       # Winograd F(2x2, 5x5): odd sizes
+    ((2, 6, 5, 9), (5, 5), 17, (1, 1), (4, 4, 4, 4)), # the most padding it takes
+    ((3, 11, 13, 33), (5, 5), 65, (1, 1), (1, 3, 0, 4)),
 ]
 
 
@@ -262,19 +278,109 @@ def test_conv2d_property_matches_numpy_engine(problem, use_bias, need_dx, algori
 
 
 @requires_c
+@pytest.mark.parametrize("k", [3, 5])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12), st.integers(1, 20),
-       st.integers(1, 40), st.tuples(*[st.integers(0, 2)] * 4), st.sampled_from([np.float32, np.float64]),
-       st.integers(0, 2**31 - 1))
-def test_winograd_property_matches_numpy_engine(n, h, w, c, f, pads, dtype, seed):
-    """Stride-1 3x3 convolutions, the Winograd path's whole domain, with every padding it takes."""
-    if h + pads[0] + pads[1] < 3 or w + pads[2] + pads[3] < 3:
+       st.integers(1, 40), st.tuples(*[st.integers(0, 4)] * 4), st.sampled_from([np.float32, np.float64]),
+       st.sampled_from(SIMD_LEVELS), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_winograd_property_matches_numpy_engine(k, n, h, w, c, f, pads, dtype, simd, threads, seed):
+    """Stride-1 k x k convolutions (k = 3, 5), the Winograd path's whole domain, with every
+    padding it takes (0 .. k - 1 per side), every SIMD level and 1-4 threads."""
+    pads = tuple(min(p, k - 1) for p in pads)
+    if h + pads[0] + pads[1] < k or w + pads[2] + pads[3] < k:
         return
     c_engine.set_algorithm("winograd")
+    c_engine.set_simd_level(simd)
+    c_engine.set_num_threads(threads, beyond_cpus=True)   # 3-4 threads even on 2 cores
     try:
-        run_conv_both(np.random.default_rng(seed), dtype, (n, h, w, c), (3, 3, c, f), (1, 1), pads)
+        run_conv_both(np.random.default_rng(seed), dtype, (n, h, w, c), (k, k, c, f), (1, 1), pads)
     finally:
         c_engine.set_algorithm("auto")
+        c_engine.set_simd_level(SIMD_LEVELS[0])
+        c_engine.set_num_threads(None)
+
+
+# (N, H, W, C_in), F, pads: Winograd F(2x2, 5x5) at batch 1, odd sizes, one partial tile,
+# every padding 0..4, filter counts off the vector width, and a block of wide GEMMs
+WINO5_GRID = [
+    ((1, 5, 5, 3), 7, (0, 0, 0, 0)),
+    ((1, 1, 1, 4), 5, (4, 0, 2, 2)),
+    ((2, 9, 7, 5), 17, (2, 2, 2, 2)),
+    ((3, 6, 9, 16), 40, (1, 3, 0, 4)),
+    ((2, 7, 6, 9), 33, (4, 4, 4, 4)),
+    ((2, 11, 13, 33), 65, (3, 1, 4, 0)),
+    ((1, 14, 14, 64), 128, (2, 2, 2, 2)),
+]
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+@pytest.mark.parametrize("case", WINO5_GRID, ids=str)
+def test_winograd5_matches_numpy_engine_and_direct(simd, threads, case, dtype):
+    """Every pass of F(2x2, 5x5) (forward, kernel and bias gradient, input gradient) against the
+    NumPy engine and against the direct algorithm, at every SIMD level and 1-4 threads."""
+    x_shape, filters, pads = case
+    kernel_shape = (5, 5, x_shape[3], filters)
+    seed = zlib.crc32(str(case).encode())
+    results = {}
+    c_engine.set_num_threads(threads, beyond_cpus=True)   # 3-4 threads even on 2 cores
+    try:
+        for name in ("winograd", "direct"):
+            c_engine.set_algorithm(name)
+            results[name] = run_conv_both(np.random.default_rng(seed), dtype, x_shape, kernel_shape,
+                                          (1, 1), pads)
+    finally:
+        c_engine.set_algorithm("auto")
+        c_engine.set_num_threads(None)
+    for what, wino, direct in zip(("y", "dx", "dkernel", "dbias"), results["winograd"], results["direct"]):
+        assert_close(wino, direct, dtype, f"{what}: winograd vs direct", WINO5_TOLERANCE)
+
+
+def test_winograd_matrices_are_derived_exactly_and_match_the_c_constants():
+    """scripts/winograd_matrices.py derives B^T, G and A^T in exact rationals and checks the
+    identity; the C's G tables (csrc/tmpl_winograd.h) and the 5x5 transforms' matrices
+    (csrc/tmpl_microkernel.h) are the script's, and a NumPy F(2x2, 5x5) built from them is the
+    direct correlation."""
+    import json
+    import re
+    from fractions import Fraction
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "scripts", "winograd_matrices.py"), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    mats = {name: {key: [[Fraction(v) for v in row] for row in m[key]] for key in ("BT", "G", "AT")}
+            for name, m in json.loads(out).items()}
+    assert json.loads(out)["F(2,5)"]["exact"] and json.loads(out)["F(2,3)"]["exact"]
+
+    def c_value(text):
+        parts = [p.strip() for p in text.split("/")]
+        value = Fraction(parts[0])
+        return value / Fraction(parts[1]) if len(parts) == 2 else value
+
+    with open(os.path.join(REPO_ROOT, "csrc", "tmpl_winograd.h")) as fh:
+        source = fh.read()
+    for name, table, (rows, cols) in (("F(2,3)", "wino_g3", (4, 3)), ("F(2,5)", "wino_g5", (6, 5))):
+        body = re.search(r"DN\(" + table + r"\)\[[^]]*\] = \{(.*?)\};", source, re.S).group(1)
+        values = [c_value(v) for v in body.replace("\n", " ").split(",")]
+        c_rows = [values[r * cols:(r + 1) * cols] for r in range(rows)]
+        for c_row, row in zip(c_rows, mats[name]["G"]):
+            if name == "F(2,5)":
+                assert c_row == row, (name, c_row, row)
+            else:   # F(2,3)'s row signs were chosen apart from the script's (B^T, A^T match them)
+                assert c_row in (row, [-v for v in row]), (name, c_row, row)
+    with open(os.path.join(REPO_ROOT, "csrc", "tmpl_microkernel.h")) as fh:
+        micro = fh.read()
+    for key, label in (("BT", "B^T"), ("AT", "A^T")):
+        text = re.search(re.escape(label) + r" = \[([^]]*)\]", micro.split("F(2x2, 5x5) transforms")[1]).group(1)
+        c_rows = [[c_value(v) for v in row.split()] for row in text.replace("*", " ").split(";")]
+        assert c_rows == mats["F(2,5)"][key], (key, c_rows)
+
+    # the 2-D algorithm in NumPy (float64) against the direct correlation, on one 6x6 tile
+    BT, G, AT = (np.array([[float(v) for v in row] for row in mats["F(2,5)"][k]]) for k in ("BT", "G", "AT"))
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((5, 5))
+    wino = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
+    direct = np.array([[np.sum(d[i:i + 5, j:j + 5] * g) for j in range(2)] for i in range(2)])
+    np.testing.assert_allclose(wino, direct, rtol=1e-12, atol=1e-12)
 
 
 @st.composite

@@ -35,6 +35,10 @@ GEOMETRIES = [
     (5, 9, 9, 3, 7, 1, (4, 4), (4, 4)),
     (2, 6, 6, 3, 9, 3, (1, 1), (1, 1)),
     (23, 28, 28, 1, 32, 3, (2, 2), (2, 2)),     # the seed's first layer: 3 chunks of 10, 10, 3
+    # 5x5 on Winograd (forward and dx; the kernel gradient too in the second): chunks of 8 + 1
+    # images (float64: 4 + 4 + 1), all on the kernel the first chunk transformed
+    (9, 16, 16, 32, 128, 5, (2, 2), (2, 2)),
+    (3, 12, 11, 48, 48, 5, (2, 2), (2, 2)),
 ]
 
 

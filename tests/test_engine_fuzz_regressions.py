@@ -197,13 +197,16 @@ def test_threads_are_capped_at_the_cpus_this_process_may_use():
 @st.composite
 def auto_mode_conv_cases(draw):
     """Convolutions whose auto-mode branches include Winograd for every pass (C_in and filters
-    on both sides of 16, stride-1 3x3 kernels half the time), on 1-4 threads and batches below
-    the thread count; the other half any kernel 1-5 and stride 1-3."""
+    on both sides of 16 and of 32, stride-1 3x3 kernels half the time and 5x5 a quarter), on 1-4
+    threads and batches below the thread count; the other quarter any kernel 1-5 and stride 1-3."""
     from minicnn.kernels.geometry import pads_2d
     n = draw(st.integers(1, 4))
     h, w = draw(st.integers(1, 14)), draw(st.integers(1, 14))
-    if draw(st.booleans()):
+    shape = draw(st.integers(0, 3))
+    if shape < 2:
         kernel, strides = (3, 3), (1, 1)
+    elif shape == 2:
+        kernel, strides = (5, 5), (1, 1)
     else:
         kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
         strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))

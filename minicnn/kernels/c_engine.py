@@ -557,8 +557,15 @@ def set_simd_level(name):
 
 
 def set_algorithm(name):
-    """'auto' (Winograd for the passes of stride-1 3x3 convolutions that reduce over >= 16 channels, direct
-    otherwise), 'direct' (never Winograd) or 'winograd' (every stride-1 3x3 convolution)."""
+    """The convolution algorithm: 'auto', 'direct' or 'winograd'.
+
+    'auto': Winograd for the passes of stride-1 3x3 convolutions (F(2x2, 3x3), padding <= 2 per
+    side) whose GEMMs reduce over enough channels (forward C_in >= 16; kernel gradient C_in and
+    F >= 16 and one of them >= 64; input gradient F >= 16), and of stride-1 5x5 convolutions
+    (F(2x2, 5x5), padding <= 4; forward C_in and F >= 32; kernel gradient both >= 48; input
+    gradient F >= 32); the direct kernels otherwise. 'direct': never Winograd. 'winograd': every
+    pass of every such 3x3 and 5x5 convolution (tests; others still run direct).
+    Thresholds and their measurements: csrc/kernels.c, docs/performance.md."""
     if name not in _ALGORITHMS:
         raise ValueError(f"algorithm must be one of {sorted(_ALGORITHMS)}, received {name!r}")
     lib.mc_set_algorithm(_ALGORITHMS[name])
