@@ -2,6 +2,7 @@
 
     python benchmarks/compare_checkouts.py --rounds 7 ../minicnn-before .
     python benchmarks/compare_checkouts.py --engines minicnn-c minicnn-numpy -- OLD NEW
+    python benchmarks/compare_checkouts.py --arch lenet5 stride2 -- OLD NEW
 
 Each round runs this repository's bench_train.py once per checkout (--inner-rounds timed sweeps,
 no memory measurement), in a fresh process importing that checkout's minicnn (MINICNN_HOME), alternating
@@ -28,6 +29,8 @@ def main(argv=None):
                         help="timed sweeps inside each process (bench_train.py --rounds; its median)")
     parser.add_argument("--engines", nargs="+", default=["minicnn-c"], help="bench_train.py's engines")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arch", nargs="+", default=[], metavar="NAME",
+                        help="bench_train.py's --arch: add these architectures' rows")
     args = parser.parse_args(argv)
     samples = {}
     for round_index in range(args.rounds):
@@ -37,7 +40,8 @@ def main(argv=None):
                 out = os.path.join(scratch, "figures.json")
                 subprocess.run([sys.executable, BENCH, "--rounds", str(args.inner_rounds), "--no-memory",
                                 "--threads", str(args.threads),
-                                "--json", out, "--engines", *args.engines],
+                                "--json", out, "--engines", *args.engines,
+                                *(["--arch", *args.arch] if args.arch else [])],
                                check=True, stdout=subprocess.DEVNULL,
                                env={**os.environ, "MINICNN_HOME": os.path.abspath(checkout)})
                 with open(out) as handle:

@@ -134,6 +134,11 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
                          real *const *, int, int, const real *, int);                         \
         void (*igemm_half[5])(ptrdiff_t, const real *const *, const ptrdiff_t *, const real *,\
                               real *const *, int, int, const real *, int);                    \
+        /* the same with a[t] = a[0] + t (mk_igemm_body's UNIT): whole tiles only */          \
+        void (*igemm_unit[5])(ptrdiff_t, const real *const *, const ptrdiff_t *, const real *,\
+                              real *const *, int, int, const real *, int);                    \
+        void (*igemm_unit_half[5])(ptrdiff_t, const real *const *, const ptrdiff_t *,         \
+                                   const real *, real *const *, int, int, const real *, int); \
         void (*wgrad[5])(const real *, ptrdiff_t, ptrdiff_t, int, int, const ptrdiff_t *,     \
                          const real *, ptrdiff_t, ptrdiff_t, real *, ptrdiff_t, int);          \
         void (*wgrad_half[5])(const real *, ptrdiff_t, ptrdiff_t, int, int,                   \
@@ -159,6 +164,8 @@ MC_TABLE_TYPE(double, f64)
 #define MC_TABLE2(vlen, s)                                                                    \
     {vlen, 2, {0, 12, 6, 0, 0}, {0, 6, 3, 0, 0},                                              \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, 0, 0}, {0, mk_igemm_h1_##s, mk_igemm_h2_##s, 0, 0},   \
+     {0, mk_igemm_unit_1_##s, mk_igemm_unit_2_##s, 0, 0},                                     \
+     {0, mk_igemm_unit_h1_##s, mk_igemm_unit_h2_##s, 0, 0},                                   \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
      mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_wino5_in_##s, mk_wino5_out_##s,      \
      mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_max_##s,                \
@@ -167,6 +174,9 @@ MC_TABLE_TYPE(double, f64)
     {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
      {0, mk_igemm_1_##s, mk_igemm_2_##s, mk_igemm_3_##s, mk_igemm_4_##s},                      \
      {0, mk_igemm_h1_##s, mk_igemm_h2_##s, mk_igemm_h3_##s, mk_igemm_h4_##s},                  \
+     {0, mk_igemm_unit_1_##s, mk_igemm_unit_2_##s, mk_igemm_unit_3_##s, mk_igemm_unit_4_##s},  \
+     {0, mk_igemm_unit_h1_##s, mk_igemm_unit_h2_##s, mk_igemm_unit_h3_##s,                    \
+      mk_igemm_unit_h4_##s},                                                                  \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
      {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
      mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_wino5_in_##s, mk_wino5_out_##s,      \

@@ -102,8 +102,16 @@ static void DN(run_igemm)(const DN(mc_isa) *isa, const DN(mc_tiling) *tl, ptrdif
                     if (++row == tl->rows) { row = 0; n++; }
                 }
             }
-            (mr <= isa->mr_half[nv] ? isa->igemm_half[nv] : isa->igemm[nv])(K, a, aoff, bpack, c, mr,
-                                                                           last_cols, bbias, relu);
+            /* a whole tile (or half tile) of consecutive input elements, within one output
+             * row: the single-pointer kernel, which reads exactly these rows (never the
+             * repeated last pixel of a short tile) */
+            const int half = mr <= isa->mr_half[nv];
+            const int unit = tl->a_col == 1 &&
+                             (mr == mr_max || mr == isa->mr_half[nv]) &&
+                             (int)(r % tl->cols) + mr <= tl->cols;
+            (unit ? (half ? isa->igemm_unit_half[nv] : isa->igemm_unit[nv])
+                  : (half ? isa->igemm_half[nv] : isa->igemm[nv]))(K, a, aoff, bpack, c, mr, last_cols,
+                                                                   bbias, relu);
         }
         (void)threads;
     }

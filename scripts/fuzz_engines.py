@@ -68,6 +68,7 @@ WINO5_FWD_CHANNELS = 32         # csrc/kernels.c MC_WINO5_FWD_CHANNELS (C_in and
 WINO5_DK_CHANNELS = 48          # csrc/kernels.c MC_WINO5_DK_CHANNELS (C_in and F)
 WINO5_DX_CHANNELS = 32          # csrc/kernels.c MC_WINO5_DX_CHANNELS (F)
 FUSE_CHUNK_BYTES = 1 << 20      # csrc/kernels.c MC_FUSE_CHUNK_BYTES (conv + max pool forward)
+UNIT_TILE_ROWS = 12              # csrc/kernels.c: the tallest igemm tile of any SIMD level
 MAX_CONV_WORK = 60_000_000      # multiply-adds of one convolution pass (keeps cases fast)
 SIMD_LEVELS = ("avx512", "avx2", "sse2")
 
@@ -87,6 +88,7 @@ REQUIRED_BRANCHES = (
     "conv 5x5 winograd from maxpool",
     "conv fused relu",
     "conv no dx",
+    "conv forward, one input channel in whole row tiles",
     "conv from maxpool",
     "conv from maxpool, framed",
     "conv from maxpool, staged",
@@ -149,7 +151,15 @@ def conv_branches(case, effective_threads):
         names.append("conv fused relu")
     if not case["need_dx"]:
         names.append("conv no dx")
+    if fwd == "direct" and c == 1 and case["strides"][1] == 1 and conv_output_width(case) >= UNIT_TILE_ROWS:
+        # the first tile of a row of that many pixels or more is whole: mk_igemm_body's UNIT
+        names.append("conv forward, one input channel in whole row tiles")
     return names
+
+
+def conv_output_width(case):
+    from minicnn.kernels.geometry import output_shape_2d
+    return output_shape_2d(case["h"], case["w"], case["kernel"], case["strides"], case["padding"])[1]
 
 
 # ---- sampling ----
@@ -191,6 +201,9 @@ def sample_conv(rng, common):
             # a batch whose output outgrows one chunk of the forward with a max pool (more
             # than MC_FUSE_CHUNK_BYTES): few input channels keep the work in bounds
             n, h, w, c, f = rng.randint(5, 9), rng.randint(28, 40), rng.randint(28, 40), rng.randint(1, 4), rng.randint(48, 80)
+        elif rng.random() < 0.06:
+            # a first layer: one input channel, rows as wide as the tallest tile or wider
+            c, strides, w = 1, (strides[0], 1), rng.randint(UNIT_TILE_ROWS + kernel[1], 40)
         oh, ow = output_shape_2d(h, w, kernel, strides, padding)
         if n * oh * ow * kernel[0] * kernel[1] * c * f <= MAX_CONV_WORK:
             break

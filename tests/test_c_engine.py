@@ -150,6 +150,49 @@ def test_conv2d_matches_numpy_engine(simd, algorithm, case, dtype):
     run_conv_both(rng, dtype, x_shape, (*kernel_size, x_shape[3], filters), strides, pads)
 
 
+# One input channel at stride 1: whole tiles of pixels within one output row read consecutive
+# input elements and run the single-pointer igemm (mk_igemm_body's UNIT); tiles that cross a
+# row, short ones and every other geometry run the general one. Widths at, around and twice
+# the tiles' heights (12 and 6 for one vector; 8 and 4, 6 and 3 for wider blocks), filter
+# counts that fill 1 to 4 vectors or part of one, strides whose column step is 1 or not.
+UNIT_STEP_GRID = [
+    ((3, 5, 12, 1), (1, 1), 6, (1, 1), "valid"),
+    ((2, 6, 13, 1), (3, 3), 16, (1, 1), "same"),
+    ((2, 7, 30, 1), (5, 5), 6, (1, 1), "valid"),     # LeNet's first layer's shape of row
+    ((2, 4, 29, 1), (3, 3), 33, (1, 1), "same"),
+    ((1, 5, 27, 1), (3, 2), 64, (1, 1), "valid"),
+    ((2, 5, 11, 1), (2, 5), 70, (1, 1), "same"),
+    ((2, 9, 26, 1), (3, 3), 5, (2, 1), "same"),      # row stride 2, column step still 1
+    ((2, 9, 26, 1), (3, 3), 5, (1, 2), "same"),      # column step 2: the general kernel
+]
+
+
+@requires_c
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", UNIT_STEP_GRID, ids=str)
+def test_one_input_channel_tiles_give_each_images_own_bits(simd, case, dtype, threads):
+    """Against the NumPy engine, and bit for bit against each image convolved alone: a batch's
+    tiles run on across images, so the same pixel falls in a whole one-row tile in one call and
+    in a tile that crosses rows (the general kernel) in the other."""
+    x_shape, kernel_size, filters, strides, padding = case
+    pads = conv_geometry(x_shape[1], x_shape[2], kernel_size, strides, padding)
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()))
+    c_engine.set_num_threads(threads, beyond_cpus=True)
+    try:
+        y = run_conv_both(rng, dtype, x_shape, (*kernel_size, 1, filters), strides, pads)[0]
+        x = rng.standard_normal(x_shape).astype(dtype)
+        kernel = rng.standard_normal((*kernel_size, 1, filters)).astype(dtype)
+        bias = rng.standard_normal(filters).astype(dtype)
+        batch = c_engine.conv2d_relu_forward(x, kernel, bias, strides, pads)[0]
+        alone = [c_engine.conv2d_relu_forward(x[i:i + 1], kernel, bias, strides, pads)[0]
+                 for i in range(len(x))]
+    finally:
+        c_engine.set_num_threads(None)
+    assert batch.tobytes() == np.concatenate(alone).tobytes()
+    assert y.shape[2] >= 11   # the test's point: rows as wide as a tile or wider
+
+
 @requires_c
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_conv2d_without_bias_and_without_input_gradient(simd, algorithm, dtype):
