@@ -220,6 +220,30 @@ static MK_ATTR void MK_NAME(mk_wino_in)(const MK_REAL *const *d, int C, MK_REAL 
     }
 }
 
+/* The output transforms' epilogue, shared by F(2x2, 3x3) and F(2x2, 5x5): the 2x2 outputs r
+ * of filters f.. (a vector of them, or one) get the bias and the fused ReLU and go to the
+ * outputs that exist (y[k] != NULL). */
+static inline __attribute__((always_inline)) MK_ATTR void MK_NAME(mk_wino_emit)(
+    const MK_V *r, const MK_REAL *bias, int relu, MK_REAL *const *y, int f)
+{
+    const MK_V b = bias ? MK_NAME(mk_load)(bias + f) : (MK_V){0};
+    for (int k = 0; k < 4; k++) {
+        if (!y[k]) continue;
+        MK_V o = r[k] + b;
+        MK_NAME(mk_store)(y[k] + f, relu ? MK_NAME(mk_relu)(o) : o);
+    }
+}
+
+static inline __attribute__((always_inline)) MK_ATTR void MK_NAME(mk_wino_emit_one)(
+    const MK_REAL *r, const MK_REAL *bias, int relu, MK_REAL *const *y, int f)
+{
+    for (int k = 0; k < 4; k++) {
+        if (!y[k]) continue;
+        const MK_REAL o = r[k] + (bias ? bias[f] : 0);
+        y[k][f] = relu && o < 0 ? 0 : o;
+    }
+}
+
 /* y[r][0:F] = act(bias + (A^T M A)[r]) for the 2x2 outputs r that exist (y[r] != NULL). */
 static MK_ATTR void MK_NAME(mk_wino_out)(const MK_REAL *m, ptrdiff_t ms, int F, const MK_REAL *bias,
                                          int relu, MK_REAL *const *y)
@@ -229,22 +253,13 @@ static MK_ATTR void MK_NAME(mk_wino_out)(const MK_REAL *m, ptrdiff_t ms, int F, 
         MK_V a[16], r[4];
         for (int k = 0; k < 16; k++) a[k] = MK_NAME(mk_load)(m + k * ms + f);
         MK_WINO_OUT(a, r);
-        const MK_V b = bias ? MK_NAME(mk_load)(bias + f) : (MK_V){0};
-        for (int k = 0; k < 4; k++) {
-            if (!y[k]) continue;
-            MK_V o = r[k] + b;
-            MK_NAME(mk_store)(y[k] + f, relu ? MK_NAME(mk_relu)(o) : o);
-        }
+        MK_NAME(mk_wino_emit)(r, bias, relu, y, f);
     }
     for (; f < F; f++) {
         MK_REAL a[16], r[4];
         for (int k = 0; k < 16; k++) a[k] = m[k * ms + f];
         MK_WINO_OUT(a, r);
-        for (int k = 0; k < 4; k++) {
-            if (!y[k]) continue;
-            const MK_REAL o = r[k] + (bias ? bias[f] : 0);
-            y[k][f] = relu && o < 0 ? 0 : o;
-        }
+        MK_NAME(mk_wino_emit_one)(r, bias, relu, y, f);
     }
 }
 
@@ -333,23 +348,14 @@ static MK_ATTR void MK_NAME(mk_wino5_out)(const MK_REAL *m, ptrdiff_t ms, int F,
         for (int k = 0; k < 36; k++) a[k] = MK_NAME(mk_load)(m + k * ms + f);
         for (int j = 0; j < 6; j++) MK_WINO5_AT(MK_V, a, j, 6, s[j], s[6 + j]);
         for (int i = 0; i < 2; i++) MK_WINO5_AT(MK_V, s, 6 * i, 1, r[2 * i], r[2 * i + 1]);
-        const MK_V b = bias ? MK_NAME(mk_load)(bias + f) : (MK_V){0};
-        for (int k = 0; k < 4; k++) {
-            if (!y[k]) continue;
-            MK_V o = r[k] + b;
-            MK_NAME(mk_store)(y[k] + f, relu ? MK_NAME(mk_relu)(o) : o);
-        }
+        MK_NAME(mk_wino_emit)(r, bias, relu, y, f);
     }
     for (; f < F; f++) {
         MK_REAL a[36], s[12], r[4];
         for (int k = 0; k < 36; k++) a[k] = m[k * ms + f];
         for (int j = 0; j < 6; j++) MK_WINO5_AT(MK_REAL, a, j, 6, s[j], s[6 + j]);
         for (int i = 0; i < 2; i++) MK_WINO5_AT(MK_REAL, s, 6 * i, 1, r[2 * i], r[2 * i + 1]);
-        for (int k = 0; k < 4; k++) {
-            if (!y[k]) continue;
-            const MK_REAL o = r[k] + (bias ? bias[f] : 0);
-            y[k][f] = relu && o < 0 ? 0 : o;
-        }
+        MK_NAME(mk_wino_emit_one)(r, bias, relu, y, f);
     }
 }
 
