@@ -8,8 +8,9 @@
  * backward) the whole batch is padded first; without (inference: xpad NULL) a group of images
  * at a time (plan->group) into the plan's frames, so the algorithm reads frames the padding has
  * just left in the caches and the batch's padded copy is never written (a stride-2 layer's 335
- * images were 9.6 MB of frames). Each output pixel's sum does not depend on which other images
- * share the call, so the groups give the whole batch's bits.
+ * images were 9.6 MB of frames), and without padding the algorithm reads x itself. Each output
+ * pixel's sum does not depend on which other images share the call, so the groups give the
+ * whole batch's bits.
  * kernel_ready: the plan's packed-kernel region (direct) or transformed-kernel region
  * (Winograd) already holds this kernel's, left by an earlier chunk of the same call
  * (csrc/tmpl_conv_pool.h); an earlier group counts the same. */
@@ -25,11 +26,13 @@ static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel
     DR *packed_bias = DN(region)(w, plan->packed_bias, fpad * E);
     const size_t img_in = (size_t)g->h * g->w * C, img_pad = (size_t)(d.hp * d.wp * C);
     const size_t img_out = (size_t)(d.oh * d.ow * F);
-    /* a kept xpad is one group: the whole batch */
-    const int64_t group = xpad ? g->n : plan->group;
-    DR *frames = xpad ? xpad : DN(region)(w, plan->frames, group * (int64_t)img_pad * E);
+    /* the frames: the kept xpad (one group: the whole batch), the plan's frames for a group,
+     * or none (no xpad and no padding: the algorithm reads x) */
+    const int64_t group = plan->group ? plan->group : g->n;
+    DR *frames = xpad;
+    if (plan->group) frames = DN(region)(w, plan->frames, group * (int64_t)img_pad * E);
     (void)threads;   /* read by the OpenMP pragma only, in builds without OpenMP */
-    MC_ASSERT(group >= 1);
+    MC_ASSERT(group >= 1 && !(xpad && plan->group));
 
     /* bias as whole vectors, zeros past F */
     for (int64_t j = 0; j < fpad; j++) packed_bias[j] = bias && j < F ? bias[j] : (DR)0;
@@ -37,17 +40,21 @@ static int DN(conv_forward)(const mc_conv_geom *g, const DR *x, const DR *kernel
     for (int64_t n0 = 0; n0 < g->n; n0 += group) {
         mc_conv_geom part = *g;
         part.n = (int)(g->n - n0 < group ? g->n - n0 : group);
+        const DR *in = x + n0 * img_in;
+        if (frames) {
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && part.n > 1)
 #endif
-        for (int n = 0; n < part.n; n++)
-            DN(pad_image)(x + (n0 + n) * img_in, g->h, g->w, C, g->pad_top, g->pad_bottom,
-                          g->pad_left, g->pad_right, frames + n * img_pad);
+            for (int n = 0; n < part.n; n++)
+                DN(pad_image)(x + (n0 + n) * img_in, g->h, g->w, C, g->pad_top, g->pad_bottom,
+                              g->pad_left, g->pad_right, frames + n * img_pad);
+            in = frames;
+        }
         if (plan->wino_fwd)
-            DN(forward_winograd)(&part, frames, kernel, bias ? packed_bias : NULL, relu,
+            DN(forward_winograd)(&part, in, kernel, bias ? packed_bias : NULL, relu,
                                  y + n0 * img_out, w, kernel_ready || n0 > 0);
         else
-            DN(forward_direct)(&part, frames, kernel, bias ? packed_bias : NULL, relu,
+            DN(forward_direct)(&part, in, kernel, bias ? packed_bias : NULL, relu,
                                y + n0 * img_out, w, kernel_ready || n0 > 0);
     }
     return MC_OK;

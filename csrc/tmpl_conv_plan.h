@@ -140,9 +140,16 @@ static int64_t DN(forward_group_images)(const mc_conv_geom *g, const DN(mc_conv_
     return k < 1 ? 1 : k > g->n ? g->n : k;
 }
 
+/* Whether the convolution pads its input at all ("valid" ones do not). */
+static int DN(has_padding)(const mc_conv_geom *g)
+{
+    return g->pad_top || g->pad_bottom || g->pad_left || g->pad_right;
+}
+
 /* keep_xpad = 0: the caller keeps no padded input (inference); the frames of one group of
- * images are then a fixed region, placed after the kernel's regions so that those stay at the
- * same offsets for every batch size (csrc/tmpl_conv_pool.h packs the kernel once per call). */
+ * images are then a fixed region (none without padding: the algorithm reads x itself),
+ * placed after the kernel's regions so that those stay at the same offsets for every batch
+ * size (csrc/tmpl_conv_pool.h packs the kernel once per call). */
 static void DN(forward_plan)(const mc_conv_geom *g, int keep_xpad, int threads, DN(mc_conv_plan) *p)
 {
     const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t);
@@ -167,7 +174,7 @@ static void DN(forward_plan)(const mc_conv_geom *g, int keep_xpad, int threads, 
         p->packed = DN(place)(&at, d.K * fpad * E);
         p->aoff = DN(place)(&at, d.K * P);
     }
-    if (!keep_xpad) {
+    if (!keep_xpad && DN(has_padding)(g)) {
         p->group = DN(forward_group_images)(g, &d);
         p->frames = DN(place)(&at, p->group * d.hp * d.wp * g->c * E);
     }
