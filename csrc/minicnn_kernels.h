@@ -82,11 +82,14 @@ int mc_keep_freed_memory(int64_t trim_bytes);
 /* Workspace sizes in elements of the given size (4 or 8 bytes); -1 for an invalid geometry.
  * The size of the plan the call lays out for the current SIMD level, algorithm and threads:
  * query right before the call (changing those in between can make the call refuse it). */
-int64_t mc_conv2d_forward_workspace(const mc_conv_geom *g, int elem_size);
+int64_t mc_conv2d_forward_workspace(const mc_conv_geom *g, int elem_size, int keep_xpad);
 int64_t mc_conv2d_backward_workspace(const mc_conv_geom *g, int elem_size, int need_dx, int relu);
 
 /* Forward: y = act(conv(x, kernel) + bias). Writes the zero-padded input to xpad
  * (n, h + pad_top + pad_bottom, w + pad_left + pad_right, c): the backward pass reads it.
+ * xpad may be NULL (xpad_len 0) when no backward follows (inference): the images are then
+ * padded a group at a time into the workspace, which must come from the query with
+ * keep_xpad = 0; y has the same bits either way.
  * bias may be NULL (bias_len 0). relu != 0 applies max(0, .) (NaN propagates). */
 int mc_conv2d_forward_f32(const mc_conv_geom *g,
                           const float *x, int64_t x_len,
@@ -127,10 +130,12 @@ int mc_conv2d_backward_f64(const mc_conv_geom *g,
 
 /* A convolution and the max pool over its output as one forward: pooled and argmax are
  * mc_maxpool2d_forward's outputs on mc_conv2d_forward's y, to the bit, and xpad is the
- * convolution's as always; y itself is not kept (scratch in the workspace, a chunk of images
+ * convolution's as always (NULL, with the workspace query's keep_xpad = 0, for inference);
+ * y itself is not kept (scratch in the workspace, a chunk of images
  * at a time), so the backward is mc_conv2d_backward_from_maxpool. The pool as there
  * (MC_ERR_GEOMETRY otherwise). */
-int64_t mc_conv2d_forward_maxpool_workspace(const mc_conv_geom *g, const mc_pool_geom *pg, int elem_size);
+int64_t mc_conv2d_forward_maxpool_workspace(const mc_conv_geom *g, const mc_pool_geom *pg, int elem_size,
+                                            int keep_xpad);
 int mc_conv2d_forward_maxpool_f32(const mc_conv_geom *g, const mc_pool_geom *pg,
                                   const float *x, int64_t x_len,
                                   const float *kernel, int64_t kernel_len,

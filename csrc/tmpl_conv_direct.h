@@ -16,7 +16,8 @@ static void DN(image_dy)(const DN(mc_backward) *b, int64_t n, DR *out, ptrdiff_t
 /* The forward pass directly: every tile of MR output pixels x NB filters runs the igemm
  * microkernel straight on the padded image (the kernel taps are a table of offsets). */
 static void DN(forward_direct)(const mc_conv_geom *g, const DR *xpad, const DR *kernel,
-                               const DR *packed_bias, int relu, DR *y, const DN(mc_work) *w)
+                               const DR *packed_bias, int relu, DR *y, const DN(mc_work) *w,
+                               int kernel_ready)
 {
     const DN(mc_isa) *isa = &DN(mc_isa_tables)[w->plan->level];
     const DN(mc_conv_plan) *plan = w->plan;
@@ -28,8 +29,9 @@ static void DN(forward_direct)(const mc_conv_geom *g, const DR *xpad, const DR *
     const size_t img_pad = (size_t)(d.hp * d.wp * C);
     DR *packed = DN(region)(w, plan->packed, K * fpad * E);
     ptrdiff_t *aoff = DN(region)(w, plan->aoff, K * P);
-    /* kernel (K, F) -> column blocks of whole vectors; tap k reads offset aoff[k] */
-    for (int b = 0; b * nb < F; b++) {
+    /* kernel (K, F) -> column blocks of whole vectors (unless an earlier group or chunk of
+     * the call left them); tap k reads offset aoff[k] */
+    for (int b = 0; !kernel_ready && b * nb < F; b++) {
         const int width = DN(block_vectors)(F, b, nb, vlen) * vlen;
         DR *dst = packed + (ptrdiff_t)b * nb * K;
         for (int64_t k = 0; k < K; k++)

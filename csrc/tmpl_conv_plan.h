@@ -77,6 +77,8 @@ typedef struct {
     int64_t wpacked, toff;             /* direct dx: kernel blocks per phase, tap offsets */
     int64_t frame;                     /* dy with zero margins, rows of fpad */
     int64_t U, ident, zeros;           /* Winograd: transformed kernel, identity taps, zeros */
+    int64_t frames;                    /* forward without xpad: one group's padded images */
+    int64_t group;                     /* ... and the images in a group (0: xpad is kept) */
     /* thread t's region starts at first_thread + t * per_thread; inside it, per step: */
     int64_t first_thread, per_thread;
     int64_t fwd_v, fwd_m;              /* Winograd forward: transformed tiles and products */
@@ -129,7 +131,26 @@ static void DN(plan_threads)(DN(mc_conv_plan) *p, int64_t fixed_end, int64_t per
     p->bytes = p->first_thread + (int64_t)p->threads * p->per_thread + 64;
 }
 
-static void DN(forward_plan)(const mc_conv_geom *g, int threads, DN(mc_conv_plan) *p)
+/* Images per group of a forward that keeps no padded input: their frames fill about
+ * MC_FORWARD_GROUP_BYTES (at least one image, at most the batch). */
+static int64_t DN(forward_group_images)(const mc_conv_geom *g, const DN(mc_conv_dims) *d)
+{
+    const int64_t frame = d->hp * d->wp * g->c * (int64_t)sizeof(DR);
+    const int64_t k = MC_FORWARD_GROUP_BYTES / frame;
+    return k < 1 ? 1 : k > g->n ? g->n : k;
+}
+
+/* Whether the convolution pads its input at all ("valid" ones do not). */
+static int DN(has_padding)(const mc_conv_geom *g)
+{
+    return g->pad_top || g->pad_bottom || g->pad_left || g->pad_right;
+}
+
+/* keep_xpad = 0: the caller keeps no padded input (inference); the frames of one group of
+ * images are then a fixed region (none without padding: the algorithm reads x itself),
+ * placed after the kernel's regions so that those stay at the same offsets for every batch
+ * size (csrc/tmpl_conv_pool.h packs the kernel once per call). */
+static void DN(forward_plan)(const mc_conv_geom *g, int keep_xpad, int threads, DN(mc_conv_plan) *p)
 {
     const int64_t E = (int64_t)sizeof(DR), P = (int64_t)sizeof(ptrdiff_t);
     DN(mc_conv_dims) d;
@@ -152,6 +173,10 @@ static void DN(forward_plan)(const mc_conv_geom *g, int threads, DN(mc_conv_plan
     } else {
         p->packed = DN(place)(&at, d.K * fpad * E);
         p->aoff = DN(place)(&at, d.K * P);
+    }
+    if (!keep_xpad && DN(has_padding)(g)) {
+        p->group = DN(forward_group_images)(g, &d);
+        p->frames = DN(place)(&at, p->group * d.hp * d.wp * g->c * E);
     }
     DN(plan_threads)(p, at, sub);
 }
@@ -271,10 +296,10 @@ typedef struct {
 } DN(mc_backward);
 
 /* Workspace bytes of one call: the plan the call itself will lay out. */
-static int64_t DN(conv_forward_bytes)(const mc_conv_geom *g, int threads)
+static int64_t DN(conv_forward_bytes)(const mc_conv_geom *g, int keep_xpad, int threads)
 {
     DN(mc_conv_plan) plan;
-    DN(forward_plan)(g, threads, &plan);
+    DN(forward_plan)(g, keep_xpad, threads, &plan);
     return plan.bytes;
 }
 

@@ -19,18 +19,18 @@ static int64_t DN(pool_chunk_images)(const mc_conv_geom *g)
 }
 
 /* The workspace: one chunk's convolution output, then the larger plan of a whole chunk and
- * of the last, shorter one. */
-static int64_t DN(conv_pool_forward_bytes)(const mc_conv_geom *g, int threads)
+ * of the last, shorter one. keep_xpad as for conv_forward_bytes. */
+static int64_t DN(conv_pool_forward_bytes)(const mc_conv_geom *g, int keep_xpad, int threads)
 {
     DN(mc_conv_dims) d;
     DN(conv_dims)(g, &d);
     const int64_t k = DN(pool_chunk_images)(g);
     mc_conv_geom part = *g;
     part.n = (int)k;
-    int64_t plan = DN(conv_forward_bytes)(&part, threads);
+    int64_t plan = DN(conv_forward_bytes)(&part, keep_xpad, threads);
     if (g->n % k) {
         part.n = (int)(g->n % k);
-        const int64_t last = DN(conv_forward_bytes)(&part, threads);
+        const int64_t last = DN(conv_forward_bytes)(&part, keep_xpad, threads);
         if (last > plan) plan = last;
     }
     return 64 + DN(round_up)(k * d.oh * d.ow * g->f * (int64_t)sizeof(DR), 64) + plan;
@@ -51,21 +51,24 @@ static void DN(conv_pool_forward)(const mc_conv_geom *g, const mc_pool_geom *pg,
     const int64_t taken = (int64_t)(y - work) +
                           DN(round_up)(k * d.oh * d.ow * g->f * (int64_t)sizeof(DR), 64) / (int64_t)sizeof(DR);
     MC_ASSERT(taken <= work_len);
-    /* Winograd transforms the kernel once: every chunk's plan puts the transformed kernel at
-     * the same offset (the fixed regions do not depend on the batch or the threads) */
+    /* the kernel is packed (direct) or transformed (Winograd) once: every chunk's plan puts it
+     * at the same offset (the kernel's regions do not depend on the batch or the threads) */
     int64_t packed_at = -1;
-    int packed_level = -1;
+    int packed_level = -1, packed_wino = -1;
     for (int64_t n0 = 0; n0 < g->n; n0 += k) {
         mc_conv_geom part = *g;
         part.n = (int)(g->n - n0 < k ? g->n - n0 : k);
         DN(mc_conv_plan) plan;
-        DN(forward_plan)(&part, threads, &plan);
+        DN(forward_plan)(&part, xpad != NULL, threads, &plan);
         const DN(mc_work) w = DN(bind)(&plan, work + taken, work_len - taken);
-        const int kernel_ready = plan.wino_fwd && plan.U == packed_at && plan.level == packed_level;
-        DN(conv_forward)(&part, x + n0 * img_in, kernel, bias, relu, xpad + n0 * img_pad, y, &w,
-                         kernel_ready);
-        packed_at = plan.wino_fwd ? plan.U : -1;
+        const int64_t kernel_at = plan.wino_fwd ? plan.U : plan.packed;
+        const int kernel_ready = kernel_at == packed_at && plan.level == packed_level &&
+                                 plan.wino_fwd == packed_wino;
+        DN(conv_forward)(&part, x + n0 * img_in, kernel, bias, relu,
+                         xpad ? xpad + n0 * img_pad : NULL, y, &w, kernel_ready);
+        packed_at = kernel_at;
         packed_level = plan.level;
+        packed_wino = plan.wino_fwd;
         mc_pool_geom pool = *pg;
         pool.n = part.n;
         DN(maxpool_forward)(&pool, y, pooled + n0 * img_pool, argmax + n0 * img_pool, ph, pw, plan.team);

@@ -13,12 +13,12 @@ int DN(mc_conv2d_forward)(const mc_conv_geom *g, const DR *x, int64_t x_len, con
     int err = mc_check_conv(g, &s);
     if (err) return err;
     mc_init();
-    if (!x || !kernel || !xpad || !y || !work) return MC_ERR_NULL;
-    if (x_len != s.x || kernel_len != s.kernel || xpad_len != s.xpad || y_len != s.y ||
-        (bias ? bias_len != g->f : bias_len != 0))
+    if (!x || !kernel || !y || !work) return MC_ERR_NULL;
+    if (x_len != s.x || kernel_len != s.kernel || (xpad ? xpad_len != s.xpad : xpad_len != 0) ||
+        y_len != s.y || (bias ? bias_len != g->f : bias_len != 0))
         return MC_ERR_SIZE;
     DN(mc_conv_plan) plan;
-    DN(forward_plan)(g, mc_threads_now(), &plan);
+    DN(forward_plan)(g, xpad != NULL, mc_threads_now(), &plan);
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < plan.bytes)
         return MC_ERR_SIZE;
@@ -93,14 +93,15 @@ int DN(mc_conv2d_forward_maxpool)(const mc_conv_geom *g, const mc_pool_geom *pg,
     if (err) return err;
     if ((err = mc_check_conv_pool(g, pg, &ph, &pw))) return err;
     mc_init();
-    if (!x || !kernel || !xpad || !pooled || !argmax || !work) return MC_ERR_NULL;
+    if (!x || !kernel || !pooled || !argmax || !work) return MC_ERR_NULL;
     const int64_t pooled_size = (int64_t)g->n * ph * pw * g->f;
-    if (x_len != s.x || kernel_len != s.kernel || xpad_len != s.xpad || pooled_len != pooled_size ||
+    if (x_len != s.x || kernel_len != s.kernel || (xpad ? xpad_len != s.xpad : xpad_len != 0) ||
+        pooled_len != pooled_size ||
         argmax_len != pooled_size || (bias ? bias_len != g->f : bias_len != 0))
         return MC_ERR_SIZE;
     const int threads = mc_threads_now();
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
-        work_len * (int64_t)sizeof(DR) < DN(conv_pool_forward_bytes)(g, threads))
+        work_len * (int64_t)sizeof(DR) < DN(conv_pool_forward_bytes)(g, xpad != NULL, threads))
         return MC_ERR_SIZE;
     DN(conv_pool_forward)(g, pg, x, kernel, bias, relu, xpad, pooled, argmax, work, work_len, threads);
     return MC_OK;

@@ -14,9 +14,10 @@ class the model predicts.
 Every map is (H, W), normalised per image by its maximum to [0, 1]; a map with no positive
 value (all-zero gradient, or no evidence for the class) is all zeros, never NaN.
 
-Gradients come from one forward pass that keeps the layers' caches and one backward pass
-through the same `layer.backward` code that training uses: no autograd, no finite
-differences, the same on the NumPy and the C engine.
+Gradients come from one forward pass of the model as it predicts (training=False: moving
+statistics, no dropout, no augmentation) that keeps the layers' caches (layers.base's
+keeping_caches), and one backward pass through the same `layer.backward` code that training
+uses: no autograd, no finite differences, the same on the NumPy and the C engine.
 
 Side effects on the model: none on its weights or its answers. The backward pass overwrites
 each layer's `grads` (the optimizer only reads them right after its own backward pass, so a
@@ -32,14 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .layers import Conv2D, Softmax
+from .layers.base import keeping_caches
 
 __all__ = ["Explanation", "explain", "saliency", "grad_cam", "find_layer", "upsample_bilinear"]
 
-# A forward pass that keeps what backward needs. Today only training=True keeps the caches,
-# and no layer behaves differently when training (there is no Dropout or BatchNormalization
-# yet). When such layers arrive, this is the one line to change to an "inference, but keep
-# the caches" mode, so that explanations describe the model as it predicts.
-_FORWARD_KEEPING_CACHES = {"training": True}
+# The forward is the model's inference forward (moving statistics, no dropout, no augmentation:
+# the model as it predicts), run inside keeping_caches() so that every layer still keeps what
+# its backward needs. A training forward would explain another model each call, and update
+# BatchNormalization's moving statistics as a side effect.
 
 
 @dataclass
@@ -95,10 +96,11 @@ def explain(model, images, class_index=None, layer=None, saliency=True, grad_cam
     layers = list(model.layers)
     feature_maps = None
     activations = x
-    for position, current in enumerate(layers):
-        activations = current.forward(activations, **_FORWARD_KEEPING_CACHES)
-        if position == target:
-            feature_maps = activations
+    with keeping_caches():
+        for position, current in enumerate(layers):
+            activations = current.forward(activations, training=False)
+            if position == target:
+                feature_maps = activations
     outputs = activations
     if outputs.ndim != 2:
         raise ValueError(

@@ -8,7 +8,9 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
                  input gradient on/off, fused ReLU (conv2d_relu_forward) on/off; a third of
                  them also run with a following max pool (windows 1-4 that do not overlap):
                  conv2d_maxpool_forward and conv2d_backward_from_maxpool, bit for bit against
-                 the two layers' passes apart
+                 the two layers' passes apart; every forward also runs without a kept
+                 padded copy (keep_cache=False, inference: frames padded a group of images at
+                 a time, or x read in place without padding), bit for bit against the kept one
     max pooling  windows 1-4, strides 1-3, valid and same
     avg pooling  windows 1-5, strides 1-3, valid and same (only the cells inside are averaged)
     batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
@@ -68,6 +70,7 @@ WINO5_FWD_CHANNELS = 32         # csrc/kernels.c MC_WINO5_FWD_CHANNELS (C_in and
 WINO5_DK_CHANNELS = 48          # csrc/kernels.c MC_WINO5_DK_CHANNELS (C_in and F)
 WINO5_DX_CHANNELS = 32          # csrc/kernels.c MC_WINO5_DX_CHANNELS (F)
 FUSE_CHUNK_BYTES = 1 << 20      # csrc/kernels.c MC_FUSE_CHUNK_BYTES (conv + max pool forward)
+FORWARD_GROUP_BYTES = 1 << 20   # csrc/kernels.c MC_FORWARD_GROUP_BYTES (forward without xpad)
 UNIT_TILE_ROWS = 12              # csrc/kernels.c: the tallest igemm tile of any SIMD level
 MAX_CONV_WORK = 60_000_000      # multiply-adds of one convolution pass (keeps cases fast)
 SIMD_LEVELS = ("avx512", "avx2", "sse2")
@@ -93,6 +96,11 @@ REQUIRED_BRANCHES = (
     "conv from maxpool, framed",
     "conv from maxpool, staged",
     "conv with maxpool forward in several chunks",
+    "conv forward without xpad, in several groups",
+    "conv forward without xpad, in several groups, fwd=direct",
+    "conv forward without xpad, in several groups, fwd=winograd",
+    "conv forward without xpad, reading x",
+    "conv with maxpool forward without xpad",
     "pool",
     "avgpool",
     "batchnorm training",
@@ -204,6 +212,11 @@ def sample_conv(rng, common):
         elif rng.random() < 0.06:
             # a first layer: one input channel, rows as wide as the tallest tile or wider
             c, strides, w = 1, (strides[0], 1), rng.randint(UNIT_TILE_ROWS + kernel[1], 40)
+        elif rng.random() < 0.06:
+            # padded frames larger than a group of the forward without xpad
+            # (MC_FORWARD_GROUP_BYTES): several groups; few filters keep the work in bounds
+            n, h, w, c, f = rng.randint(2, 9), rng.randint(32, 40), rng.randint(32, 40), rng.randint(48, 80), rng.randint(1, 20)
+            padding = "same"
         oh, ow = output_shape_2d(h, w, kernel, strides, padding)
         if n * oh * ow * kernel[0] * kernel[1] * c * f <= MAX_CONV_WORK:
             break
@@ -348,6 +361,10 @@ def run_case(case):
         y, cache = _on(kernels, "c", lambda: forward(*args))
         tolerance = conv_tolerance(case)
         problems.append(_compare("y", y, y_ref, dtype, tolerance))
+        # inference: no padded copy kept (a group of frames at a time, or x itself), the same bits
+        y_inference, _ = _on(kernels, "c", lambda: forward(*args, keep_cache=False))
+        if y_inference.tobytes() != y.tobytes():
+            problems.append("y: the forward without xpad changed the bits")
         dy = normal(*y_ref.shape)
         if case["relu"]:
             # where the reference output is within rounding of 0 the engines may disagree on
@@ -366,6 +383,14 @@ def run_case(case):
                 if (a is None) != (b is None) or (a is not None and a.tobytes() != b.tobytes()):
                     problems.append(f"{name}: a capped team changed the bits")
         branches = conv_branches(case, effective)
+        if not any(case["pads"]):
+            branches.append("conv forward without xpad, reading x")
+        else:
+            frame_bytes = ((case["h"] + case["pads"][0] + case["pads"][1]) * (case["w"] + case["pads"][2] + case["pads"][3])
+                           * case["c"] * x.itemsize)
+            if max(1, FORWARD_GROUP_BYTES // frame_bytes) < case["n"]:
+                branches.append("conv forward without xpad, in several groups")
+                branches.append(f"conv forward without xpad, in several groups, {branches[0].split()[1]}")
         if case.get("pool"):
             # the convolution's backward from the following max pool's gradient: the bits of
             # the pool's backward and then the convolution's (those are compared with NumPy above)
@@ -380,6 +405,11 @@ def run_case(case):
                 *args, (ph, pw), (sh, sw), relu=case["relu"])
             if pooled_fused.tobytes() != pooled.tobytes():
                 problems.append("pooled: the forward with the max pool changed the bits")
+            pooled_inference = kernels.conv2d_maxpool_forward(*args, (ph, pw), (sh, sw), relu=case["relu"],
+                                                              keep_cache=False)[0]
+            if pooled_inference.tobytes() != pooled.tobytes():
+                problems.append("pooled: the forward with the max pool without xpad changed the bits")
+            branches.append("conv with maxpool forward without xpad")
             both = kernels.conv2d_backward_from_maxpool(dpool, cache_fused, pool_cache_fused, case["need_dx"])
             for name, a, b, c in zip(("dx", "dkernel", "dbias"), fused, apart, both):
                 for other in (b, c):

@@ -521,7 +521,7 @@ def test_c_checks_lengths_itself_and_writes_nothing_on_mismatch():
     kernel = np.ones((3, 3, 2, 5), np.float32)
     xpad = np.full(1 * 6 * 6 * 2, 7.0, np.float32)
     y = np.full(1 * 4 * 4 * 5, 7.0, np.float32)
-    work = np.zeros(lib.mc_conv2d_forward_workspace(geometry, 4), np.float32)
+    work = np.zeros(lib.mc_conv2d_forward_workspace(geometry, 4, 1), np.float32)
 
     def p(a):
         return ffi.from_buffer("float[]", a)
@@ -537,11 +537,11 @@ def test_c_checks_lengths_itself_and_writes_nothing_on_mismatch():
     assert forward() == lib.MC_OK
     assert np.all(y > 0)
     bad = c_engine._conv_geometry((1, 4, 4, 2), (9, 3, 2, 5), (1, 1), (0, 0, 0, 0))
-    assert lib.mc_conv2d_forward_workspace(bad, 4) == -1
+    assert lib.mc_conv2d_forward_workspace(bad, 4, 1) == -1
     assert lib.mc_conv2d_forward_f32(bad, p(x), x.size, p(kernel), kernel.size, ffi.NULL, 0, 0,
                                      p(xpad), xpad.size, p(y), y.size, p(work), work.size) == lib.MC_ERR_GEOMETRY
     negative = c_engine._conv_geometry((1, 4, 4, 2), (3, 3, 2, 5), (0, 1), (0, 0, 0, 0))
-    assert lib.mc_conv2d_forward_workspace(negative, 4) == -1
+    assert lib.mc_conv2d_forward_workspace(negative, 4, 1) == -1
 
 
 @requires_c

@@ -202,7 +202,7 @@ def test_the_fused_forward_entry_point_checks_every_length_and_the_pool_geometry
                        pad_top=0, pad_bottom=0, pad_left=0, pad_right=0)
     x, kernel, bias, xpad = np.zeros(n * h * w * c), np.zeros(9 * c * f), np.zeros(f), np.zeros(n * 8 * 8 * c)
     pooled, argmax = np.zeros(n * 3 * 3 * f), np.zeros(n * 3 * 3 * f, np.int32)
-    work = np.zeros(lib.mc_conv2d_forward_maxpool_workspace(conv, ffi.new("mc_pool_geom *", pool_fields), 8))
+    work = np.zeros(lib.mc_conv2d_forward_maxpool_workspace(conv, ffi.new("mc_pool_geom *", pool_fields), 8, 1))
     lengths = dict(x_len=x.size, kernel_len=kernel.size, bias_len=f, xpad_len=xpad.size, pooled_len=pooled.size,
                    argmax_len=argmax.size, work_len=work.size)
 
@@ -220,7 +220,7 @@ def test_the_fused_forward_entry_point_checks_every_length_and_the_pool_geometry
     for pool in (dict(stride_w=1), dict(pad_left=1), dict(w=w - 1), dict(c=f - 1), dict(n=n - 1),
                  dict(pool_h=4, pool_w=5, stride_h=4, stride_w=5)):
         assert call(pool) == lib.MC_ERR_GEOMETRY, pool
-        assert lib.mc_conv2d_forward_maxpool_workspace(conv, ffi.new("mc_pool_geom *", dict(pool_fields, **pool)), 8) == -1
+        assert lib.mc_conv2d_forward_maxpool_workspace(conv, ffi.new("mc_pool_geom *", dict(pool_fields, **pool)), 8, 1) == -1
 
 
 def _pool_model(name, dtype="float32"):

@@ -428,3 +428,71 @@ def test_explain_command_without_matplotlib_says_how_to_get_it(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "needs matplotlib" in result.stderr and "minicnn[examples]" in result.stderr
+
+
+# ---- the model as it predicts: batch normalisation, dropout and augmentation ----
+
+def predicting_model():
+    """Layers that behave differently when training: each must explain its inference forward."""
+    from minicnn import BatchNormalization, Dropout, RandomFlip, ReLU
+    minicnn.set_seed(5)
+    model = Sequential([RandomFlip(input_shape=(6, 5, 2), dtype="float64"), Conv2D(3, 3, padding="same"),
+                        BatchNormalization(), ReLU(), Flatten(), Dropout(0.5), Dense(4)])
+    model.build((None, 6, 5, 2))
+    rng = np.random.default_rng(8)
+    batchnorm = model.layers[2]
+    # moving statistics and an affine part that are not the defaults (1, 0, 0, 1)
+    batchnorm.set_weights([rng.uniform(0.5, 2, 3), rng.normal(size=3), rng.normal(size=3),
+                           rng.uniform(0.5, 2, 3)])
+    return model
+
+
+def test_explanations_take_the_gradient_of_the_model_as_it_predicts(backend):
+    model = predicting_model()
+    x = np.random.default_rng(9).random((3, 6, 5, 2))
+    classes = np.array([0, 2, 3])
+    state = [w.copy() for w in model.get_weights()]
+    first = explain.explain(model, x, class_index=classes, grad_cam=False)
+    second = explain.explain(model, x, class_index=classes, grad_cam=False)
+    # no dropout mask, flip or batch statistics: the outputs are predict's, every time
+    np.testing.assert_allclose(first.outputs, model.predict(x, verbose=0), rtol=1e-12)
+    np.testing.assert_array_equal(first.saliency, second.saliency)
+    # and the moving statistics were neither used for... nor updated by the explanation
+    for before, after in zip(state, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    for i in range(3):
+        image = x[i:i + 1].copy()
+        gradient = numeric_gradient(lambda: model.predict(image, verbose=0)[0, classes[i]], image)
+        expected = np.abs(gradient[0]).max(axis=-1)
+        expected /= expected.max()
+        assert relative_error(first.saliency[i], expected) <= 1e-6
+
+
+def test_an_inference_forward_kept_for_a_backward_gives_the_affine_maps_gradients(backend):
+    """BatchNormalization (and the ReLU Sequential runs in its pass) inside keeping_caches:
+    dx, dgamma and dbeta of the inference map against finite differences."""
+    from minicnn import BatchNormalization, ReLU
+    from minicnn.layers.base import keeping_caches
+    model = Sequential([BatchNormalization(axis=1, input_shape=(3, 4, 2), dtype="float64"), ReLU()])
+    model.build((None, 3, 4, 2))
+    rng = np.random.default_rng(4)
+    batchnorm = model.layers[0]
+    batchnorm.set_weights([rng.uniform(0.5, 2, 3), rng.normal(size=3), rng.normal(size=3),
+                           rng.uniform(0.5, 2, 3)])
+    x = rng.normal(size=(2, 3, 4, 2))
+    dy = rng.normal(size=(2, 3, 4, 2))
+    with keeping_caches():
+        model.forward(x, training=False)
+    assert model.layers[0]._cache is None            # no batch statistics were computed
+    dx = model.backward(dy, need_input_gradient=True)
+
+    def f():
+        return float((model.forward(x, training=False) * dy).sum())
+    assert relative_error(dx, numeric_gradient(f, x)) <= 1e-7
+    for name in ("gamma", "beta"):
+        analytic = batchnorm.grads[name]
+        assert relative_error(analytic, numeric_gradient(f, batchnorm.params[name])) <= 1e-7
+    # outside keeping_caches an inference forward keeps nothing, and backward says so
+    model.forward(x, training=False)
+    with pytest.raises(RuntimeError, match="training=True"):
+        model.backward(dy)

@@ -267,16 +267,18 @@ def _unpack_cache(cache, kind, who, also=None):
     return cache
 
 
-def conv2d_forward(x, kernel, bias, strides, pads):
+def conv2d_forward(x, kernel, bias, strides, pads, keep_cache=True):
     """2-D convolution (cross-correlation, as in every framework), NHWC.
 
     x: (N, H, W, C); kernel: (KH, KW, C, F); bias: (F,) or None; strides: (sh, sw);
     pads: (top, bottom, left, right) zero padding. Returns (y, cache) with
     y: (N, OH, OW, F), OH = 1 + (H + top + bottom - KH) // sh, OW likewise.
+    keep_cache=False (inference: no backward follows) returns (y, None), the same y: the
+    engine then keeps nothing for a backward (the C engine never writes the padded batch).
     """
     strides, pads = _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_forward")
-    y, cache = _active.conv2d_forward(x, kernel, bias, strides, pads)
-    return y, _Cache("conv2d", _active, y.shape, y.dtype, cache)
+    y, cache = _active.conv2d_forward(x, kernel, bias, strides, pads, bool(keep_cache))
+    return y, _Cache("conv2d", _active, y.shape, y.dtype, cache) if keep_cache else None
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -319,10 +321,11 @@ def maxpool_follows_conv_exactly(pool_size, strides, pads):
             and pool_size[0] * pool_size[1] <= 16)
 
 
-def conv2d_maxpool_forward(x, kernel, bias, strides, pads, pool_size, pool_strides, relu=False):
+def conv2d_maxpool_forward(x, kernel, bias, strides, pads, pool_size, pool_strides, relu=False,
+                           keep_cache=True):
     """maxpool2d_forward((conv2d_relu_forward if relu else conv2d_forward)(x, kernel, bias,
     strides, pads)[0], pool_size, pool_strides, (0, 0, 0, 0)) as one operation, bit for bit;
-    returns (pooled, conv cache, pool cache).
+    returns (pooled, conv cache, pool cache), or (pooled, None, None) with keep_cache=False.
 
     Shapes as the two forwards; the pool (see maxpool_follows_conv_exactly) has no padding.
     The C engine runs the images in chunks whose convolution output is read by the pool while
@@ -343,7 +346,9 @@ def conv2d_maxpool_forward(x, kernel, bias, strides, pads, pool_size, pool_strid
         raise ValueError(f"{who}: a {pool_size[0]}x{pool_size[1]} pool does not fit the convolution's "
                          f"output {y_shape[1:3]}")
     pooled, cache, pool_cache = _active.conv2d_maxpool_forward(x, kernel, bias, strides, pads, bool(relu),
-                                                               pool_size, pool_strides)
+                                                               pool_size, pool_strides, bool(keep_cache))
+    if not keep_cache:
+        return pooled, None, None
     return (pooled, _Cache("conv2d_under_maxpool", _active, y_shape, pooled.dtype, cache),
             _Cache("maxpool2d", _active, pooled.shape, pooled.dtype, pool_cache))
 
@@ -372,16 +377,17 @@ def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
     return cache.engine.conv2d_backward_from_maxpool(dy, cache.engine_cache, pool, need_dx)
 
 
-def conv2d_relu_forward(x, kernel, bias, strides, pads):
-    """max(conv2d_forward(x, kernel, bias, strides, pads), 0) as one operation; returns (y, cache).
+def conv2d_relu_forward(x, kernel, bias, strides, pads, keep_cache=True):
+    """max(conv2d_forward(x, kernel, bias, strides, pads), 0) as one operation; returns (y, cache)
+    ((y, None) with keep_cache=False, as conv2d_forward).
 
     Shapes as conv2d_forward. conv2d_backward(dy, cache, need_dx) then takes dy with respect
     to the ReLU's output and applies the ReLU's gradient itself: dy where y > 0, else 0 (the
     gradient at exactly 0 is 0, as in Keras and PyTorch). NaN propagates forward like np.maximum.
     """
     strides, pads = _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_relu_forward")
-    y, cache = _active.conv2d_relu_forward(x, kernel, bias, strides, pads)
-    return y, _Cache("conv2d", _active, y.shape, y.dtype, cache)
+    y, cache = _active.conv2d_relu_forward(x, kernel, bias, strides, pads, bool(keep_cache))
+    return y, _Cache("conv2d", _active, y.shape, y.dtype, cache) if keep_cache else None
 
 
 def dense_forward(x, kernel, bias, relu=False):
@@ -646,7 +652,8 @@ def _run_inference_op(op, x):
     kind = op[0]
     if kind == "conv2d":
         _, kernel, bias, strides, pads, relu = op
-        return (conv2d_relu_forward if relu else conv2d_forward)(x, kernel, bias, strides, pads)[0]
+        return (conv2d_relu_forward if relu else conv2d_forward)(x, kernel, bias, strides, pads,
+                                                                 keep_cache=False)[0]
     if kind in ("maxpool2d", "avgpool2d"):
         return (maxpool2d_forward if kind == "maxpool2d" else avgpool2d_forward)(x, *op[1:])[0]
     if kind == "dense":

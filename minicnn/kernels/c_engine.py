@@ -198,9 +198,9 @@ DenseCache = namedtuple("DenseCache", "x kernel has_bias relu_y")
 
 # ---- the engine functions (same signatures as numpy_engine) ----
 
-def conv2d_forward(x, kernel, bias, strides, pads):
+def conv2d_forward(x, kernel, bias, strides, pads, keep_cache=True):
     """y = conv(x, kernel) + bias; x (N, H, W, C), kernel (KH, KW, C, F) -> y (N, OH, OW, F)."""
-    return _conv_forward(x, kernel, bias, strides, pads, relu=False)
+    return _conv_forward(x, kernel, bias, strides, pads, False, keep_cache)
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -208,7 +208,9 @@ def conv2d_backward(dy, cache, need_dx=True):
     return _conv_backward(dy, cache, need_dx, relu_y=None)
 
 
-def _conv_forward(x, kernel, bias, strides, pads, relu):
+def _conv_forward(x, kernel, bias, strides, pads, relu, keep_cache=True):
+    """(y, ConvCache), or (y, None) when not keep_cache: C then pads a group of images at a time
+    into its workspace instead of writing the padded batch the backward would read."""
     who = "conv2d_forward"
     dtype = x.dtype
     sfx = _suffix(dtype, who)
@@ -220,15 +222,17 @@ def _conv_forward(x, kernel, bias, strides, pads, relu):
     top, bottom, left, right = pads
     oh, ow = window_output_shape(h, w, (kh, kw), strides, pads)
     geometry = _conv_geometry(x.shape, kernel.shape, strides, pads)
-    xpad = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype)
+    xpad = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype) if keep_cache else None
     y = np.empty((n, oh, ow, f), dtype=dtype)
-    work = _workspace(dtype, lib.mc_conv2d_forward_workspace(geometry, dtype.itemsize), who)
+    work = _workspace(dtype, lib.mc_conv2d_forward_workspace(geometry, dtype.itemsize, int(keep_cache)), who)
     _call(
         "mc_conv2d_forward" + sfx, geometry,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
         _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
-        *_verified(xpad), *_verified(y), *_verified(work),
+        *(_verified(xpad) if keep_cache else (ffi.NULL, 0)), *_verified(y), *_verified(work),
     )
+    if not keep_cache:
+        return y, None
     # strides and pads arrive as tuples of ints: the face normalised them
     return y, ConvCache(x.shape, strides, pads, xpad, kernel, bias is not None, relu, y if relu else None)
 
@@ -260,11 +264,12 @@ def _conv_backward(dy, cache, need_dx, relu_y):
     return dx, dkernel, dbias
 
 
-def conv2d_maxpool_forward(x, kernel, bias, strides, pads, relu, pool_size, pool_strides):
+def conv2d_maxpool_forward(x, kernel, bias, strides, pads, relu, pool_size, pool_strides, keep_cache=True):
     """maxpool2d_forward(conv2d_forward(x, ...)) (relu: conv2d_relu_forward) in one C call that
     runs the images in chunks, so the convolution's output is read by the pool while still in
     the caches and is never kept: returns (pooled, conv cache, pool cache), whose backward is
-    conv2d_backward_from_maxpool. The same bits as the two forwards apart."""
+    conv2d_backward_from_maxpool ((pooled, None, None) when not keep_cache: no padded batch
+    either). The same bits as the two forwards apart."""
     who = "conv2d_maxpool_forward"
     dtype = x.dtype
     sfx = _suffix(dtype, who)
@@ -279,16 +284,20 @@ def conv2d_maxpool_forward(x, kernel, bias, strides, pads, relu, pool_size, pool
     ph, pw = window_output_shape(oh, ow, pool_size, pool_strides, no_pads)
     geometry = _conv_geometry(x.shape, kernel.shape, strides, pads)
     pool_geometry = _pool_geometry((n, oh, ow, f), pool_size, pool_strides, no_pads)
-    xpad = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype)
+    xpad = np.empty((n, h + top + bottom, w + left + right, c), dtype=dtype) if keep_cache else None
     pooled = np.empty((n, ph, pw, f), dtype=dtype)
     argmax = np.empty((n, ph, pw, f), dtype=np.int32)
-    work = _workspace(dtype, lib.mc_conv2d_forward_maxpool_workspace(geometry, pool_geometry, dtype.itemsize), who)
+    size = lib.mc_conv2d_forward_maxpool_workspace(geometry, pool_geometry, dtype.itemsize, int(keep_cache))
+    work = _workspace(dtype, size, who)
     _call(
         "mc_conv2d_forward_maxpool" + sfx, geometry, pool_geometry,
         _In("x", x, dtype, x.size), _In("kernel", kernel, dtype, kernel.size),
         _In("bias", bias, dtype, f, optional=True), int(bool(relu)),
-        *_verified(xpad), *_verified(pooled), *_verified(argmax), *_verified(work),
+        *(_verified(xpad) if keep_cache else (ffi.NULL, 0)), *_verified(pooled), *_verified(argmax),
+        *_verified(work),
     )
+    if not keep_cache:
+        return pooled, None, None
     return (pooled, ConvCache(x.shape, strides, pads, xpad, kernel, bias is not None, bool(relu), None),
             PoolCache((n, oh, ow, f), pool_size, pool_strides, no_pads, argmax, pooled))
 
@@ -324,12 +333,12 @@ def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):
     return dx, dkernel, dbias
 
 
-def conv2d_relu_forward(x, kernel, bias, strides, pads):
+def conv2d_relu_forward(x, kernel, bias, strides, pads, keep_cache=True):
     """relu(conv(x, kernel) + bias) with the ReLU applied in the kernel's epilogue.
 
     conv2d_backward on its cache masks dy by y > 0 inside C (no separate pass over y).
     """
-    return _conv_forward(x, kernel, bias, strides, pads, relu=True)
+    return _conv_forward(x, kernel, bias, strides, pads, True, keep_cache)
 
 
 def dense_forward(x, kernel, bias, relu=False):
@@ -873,11 +882,10 @@ def _bind_steps(steps, x_shape, dtype):
         if kind == "conv2d":
             _, kernel, bias, strides, pads, relu = op
             geometry = _conv_geometry(in_shape, kernel.shape, strides, pads)
-            n, h, w, c = in_shape
-            xpad = _Scratch((n, h + pads[0] + pads[1], w + pads[2] + pads[3], c), dtype)
+            # no padded copy kept: C pads a group of images at a time into the workspace
             args = [geometry, source, *_weight_pointer(kernel, dtype), *_weight_pointer(bias, dtype),
-                    int(relu), xpad, out, _WORK]
-            queries.append((lib.mc_conv2d_forward_workspace, (geometry, itemsize)))
+                    int(relu), ffi.NULL, 0, out, _WORK]
+            queries.append((lib.mc_conv2d_forward_workspace, (geometry, itemsize, 0)))
         elif kind in ("maxpool2d", "avgpool2d"):
             _, pool_size, strides, pads = op
             geometry = _pool_geometry(in_shape, pool_size, strides, pads)

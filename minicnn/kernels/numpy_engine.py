@@ -62,11 +62,12 @@ def col2im(dcols, x_shape, strides, pads):
     return dxp[:, top:top + h, left:left + w, :]
 
 
-def conv2d_forward(x, kernel, bias, strides, pads):
+def conv2d_forward(x, kernel, bias, strides, pads, keep_cache=True):
     """y[n, p, q, f] = bias[f] + sum_{i, j, c} xpad[n, p*sh + i, q*sw + j, c] * kernel[i, j, c, f].
 
     x: (N, H, W, C); kernel: (KH, KW, C, F); bias: (F,) or None; strides: (sh, sw);
-    pads: (top, bottom, left, right). Returns y: (N, OH, OW, F) and the cache for backward.
+    pads: (top, bottom, left, right). Returns y: (N, OH, OW, F) and the cache for backward
+    (None when not keep_cache).
     """
     kh, kw, c, f = kernel.shape
     cols = im2col(x, kh, kw, strides, pads)
@@ -74,15 +75,18 @@ def conv2d_forward(x, kernel, bias, strides, pads):
     y = cols.reshape(n * oh * ow, kh * kw * c) @ kernel.reshape(kh * kw * c, f)
     if bias is not None:
         y += bias
-    return y.reshape(n, oh, ow, f), ConvCache(x.shape, cols, kernel, strides, pads, bias is not None, None)
+    y = y.reshape(n, oh, ow, f)
+    if not keep_cache:
+        return y, None
+    return y, ConvCache(x.shape, cols, kernel, strides, pads, bias is not None, None)
 
 
-def conv2d_relu_forward(x, kernel, bias, strides, pads):
+def conv2d_relu_forward(x, kernel, bias, strides, pads, keep_cache=True):
     """max(conv2d_forward(...), 0); the cache keeps the mask y > 0 so conv2d_backward applies
     the ReLU's gradient (dy where y > 0, else 0) before its own."""
-    y, cache = conv2d_forward(x, kernel, bias, strides, pads)
+    y, cache = conv2d_forward(x, kernel, bias, strides, pads, keep_cache)
     np.maximum(y, 0, out=y)
-    return y, cache._replace(relu_positive=y > 0)
+    return y, cache._replace(relu_positive=y > 0) if keep_cache else None
 
 
 def conv2d_backward(dy, cache, need_dx=True):
@@ -189,11 +193,11 @@ def maxpool2d_backward(dy, cache):
     return dxp[:, top:top + h, left:left + w, :]
 
 
-def conv2d_maxpool_forward(x, kernel, bias, strides, pads, relu, pool_size, pool_strides):
+def conv2d_maxpool_forward(x, kernel, bias, strides, pads, relu, pool_size, pool_strides, keep_cache=True):
     """The convolution's forward, then the max pool's (the C engine does both in one call)."""
-    y, cache = (conv2d_relu_forward if relu else conv2d_forward)(x, kernel, bias, strides, pads)
+    y, cache = (conv2d_relu_forward if relu else conv2d_forward)(x, kernel, bias, strides, pads, keep_cache)
     pooled, pool_cache = maxpool2d_forward(y, pool_size, pool_strides, (0, 0, 0, 0))
-    return pooled, cache, pool_cache
+    return (pooled, cache, pool_cache) if keep_cache else (pooled, None, None)
 
 
 def conv2d_backward_from_maxpool(dy, cache, pool_cache, need_dx=True):

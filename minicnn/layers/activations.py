@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import initializers, kernels
 from ..errors import check_bool, quote
-from .base import REGISTRY, Layer, new_weight
+from .base import REGISTRY, Layer, new_weight, keeps_caches
 
 
 class Activation(Layer):
@@ -51,7 +51,7 @@ class ReLU(Activation):
 
     def _forward(self, x, training):
         y = kernels.relu_forward(x)
-        self._y = y if training else None
+        self._y = y if keeps_caches(training) else None
         self._applied_by_previous = False
         return y
 
@@ -63,7 +63,7 @@ class ReLU(Activation):
         and produced y: remember it as this layer's output, and let the backward pass dy
         through unchanged, since the previous layer's backward applies the mask."""
         self._check_input_array(y, expected_shape=self.input_shape)
-        self._y = y if training else None
+        self._y = y if keeps_caches(training) else None
         self._applied_by_previous = True
         return y
 
@@ -99,7 +99,7 @@ class Softmax(Activation):
 
     def _forward(self, x, training):
         y = softmax(x, self.axis)
-        self._y = y if training else None
+        self._y = y if keeps_caches(training) else None
         return y
 
     def inference_ops(self):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ..errors import quote
-from .base import REGISTRY
+from .base import REGISTRY, keeps_caches
 from .regularization import RandomLayer
 
 
@@ -41,7 +41,9 @@ class RandomFlip(RandomLayer):
 
     def _forward(self, x, training):
         if not training:
-            self._flips = None
+            # the identity; kept for a backward (keeping_caches) as flipping nothing
+            none = np.zeros(x.shape[0], bool)
+            self._flips = (none, none) if keeps_caches(training) else None
             return x
         n = x.shape[0]
         generator = self._generator()
@@ -133,7 +135,9 @@ class RandomTranslation(RandomLayer):
 
     def _forward(self, x, training):
         if not training:
-            self._shifts = None
+            # the identity; kept for a backward (keeping_caches) as shifting by nothing
+            none = np.zeros(x.shape[0], int)
+            self._shifts = (none, none) if keeps_caches(training) else None
             return x
         n, h, w = x.shape[:3]
         generator = self._generator()

@@ -5,7 +5,9 @@ Layout: images are NHWC (batch, height, width, channels); conv kernels are (KH, 
     __init__(...)            validates hyperparameters; errors name the layer and what it got
     build(input_shape)       input_shape WITHOUT the batch axis; creates `params`, returns the
                              output shape (also without batch)
-    forward(x, training)     returns y; keeps exactly what `backward` needs
+    forward(x, training)     returns y; keeps exactly what `backward` needs when training
+                             (or inside keeping_caches(): the inference forward, kept for
+                             a backward, as explanations need); otherwise keeps nothing
     backward(dy)             returns dx and fills `grads` (same keys as `params`); never
                              mutates dy
     get_weights()/set_weights(list)   Keras order (kernel, bias) and shapes
@@ -21,8 +23,10 @@ updates (BatchNormalization's moving statistics). `named_weights()` lists both i
 dtype in = dtype out: a layer computes in its dtype ('float32' by default, see
 minicnn.set_floatx) and refuses input of another float type instead of silently casting.
 """
+import contextlib
 import itertools
 import os
+import threading
 from collections import defaultdict
 
 import numpy as np
@@ -33,6 +37,28 @@ from ..errors import check_bool, quote, shorten
 from ..registry import Registry
 
 REGISTRY = Registry("layer")
+
+_inference_keeping = threading.local()
+
+
+@contextlib.contextmanager
+def keeping_caches():
+    """Inside: a forward with training=False (moving statistics, no dropout, no augmentation:
+    the model as it predicts) still keeps what backward needs, in this thread. Explanations
+    (minicnn/explain.py) take gradients of the model as it predicts; a training forward would
+    draw dropout masks, augment the image, normalise by the batch's own statistics and update
+    the moving ones."""
+    previous = getattr(_inference_keeping, "on", False)
+    _inference_keeping.on = True
+    try:
+        yield
+    finally:
+        _inference_keeping.on = previous
+
+
+def keeps_caches(training):
+    """Whether a forward keeps what backward needs: when training, or inside keeping_caches()."""
+    return bool(training) or getattr(_inference_keeping, "on", False)
 
 _name_counters = defaultdict(itertools.count)
 

@@ -2,7 +2,7 @@
 from .. import kernels
 from ..errors import quote
 from .activations import WithActivation
-from .base import LARGEST_DIMENSION, REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
+from .base import LARGEST_DIMENSION, REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry, keeps_caches
 from .pooling import MaxPooling2D
 
 
@@ -75,13 +75,15 @@ class Conv2D(WithActivation, Layer):
         if pool is not None:
             pooled, cache, pool_cache = kernels.conv2d_maxpool_forward(
                 x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads,
-                pool.pool_size, pool.strides, relu=self.relu_in_kernel)
-            self._cache = cache if training else None
+                pool.pool_size, pool.strides, relu=self.relu_in_kernel, keep_cache=keeps_caches(training))
+            self._cache = cache
             pool.take_fused_cache(pool_cache, training)
             return pooled
         convolve = kernels.conv2d_relu_forward if self.relu_in_kernel else kernels.conv2d_forward
-        y, cache = convolve(x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads)
-        self._cache = cache if training else None
+        # without training no backward follows (unless keeping_caches): the engine keeps
+        # nothing for one (the C engine then never writes the padded batch)
+        y, self._cache = convolve(x, self.params["kernel"], self.params.get("bias"), self.strides,
+                                  self.pads, keep_cache=keeps_caches(training))
         return self._activate(y, training)
 
     def inference_ops(self):

@@ -4,7 +4,7 @@ import numpy as np
 from .. import kernels
 from ..errors import quote
 from .activations import WithActivation
-from .base import LARGEST_DIMENSION, REGISTRY, Layer
+from .base import LARGEST_DIMENSION, REGISTRY, Layer, keeps_caches
 
 
 @REGISTRY.register()
@@ -63,7 +63,7 @@ class Dense(WithActivation, Layer):
     def _forward(self, x, training):
         y, cache = kernels.dense_forward(x, self.params["kernel"], self.params.get("bias"),
                                          relu=self.relu_in_kernel)
-        self._cache = cache if training else None
+        self._cache = cache if keeps_caches(training) else None
         return self._activate(y, training)
 
     def inference_ops(self):

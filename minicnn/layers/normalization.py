@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import check_bool, quote
-from .base import REGISTRY, Layer
+from .base import REGISTRY, Layer, keeps_caches
 
 
 def _real_number(value, who, what):
@@ -49,6 +49,7 @@ class BatchNormalization(Layer):
         self.center = check_bool(center, who, "center")
         self.scale = check_bool(scale, who, "scale")
         self._cache = None
+        self._inference_cache = None   # (x, y columns, fused ReLU) of an inference forward kept for a backward
 
     def _build(self, input_shape):
         rank = len(input_shape) + 1
@@ -118,9 +119,34 @@ class BatchNormalization(Layer):
                 moving[...] = moving * keep + batch * take   # in place: set_weights' arrays stay
         self._cache = cache
         self._x_shape = x.shape
+        # an inference forward kept for a backward (keeping_caches: explanations): the moving
+        # statistics are constants there, so the layer is the affine map of _inference_backward
+        self._inference_cache = ((self._columns(x), y, self._relu_follows)
+                                 if not training and keeps_caches(training) else None)
         return self._uncolumns(y, x.shape)
 
+    def _inference_backward(self, dy, need_input_gradient):
+        """Gradients of y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta
+        (then the fused ReLU's mask, when it ran): NumPy, for explanations, not a hot path."""
+        x, y, relu = self._inference_cache
+        dy = self._columns(dy)
+        if relu:
+            dy = dy * (y > 0)
+        state, dtype = self.state, x.dtype
+        inv_std = (1 / np.sqrt(state["moving_variance"] + dtype.type(self.epsilon))).astype(dtype)
+        if self.scale:
+            self.grads["gamma"] = (dy * ((x - state["moving_mean"]) * inv_std)).sum(axis=0)
+        if self.center:
+            self.grads["beta"] = dy.sum(axis=0)
+        if not need_input_gradient:
+            return None
+        scale = inv_std * self.params["gamma"] if self.scale else inv_std
+        return self._uncolumns(dy * scale, self._x_shape)
+
     def _backward(self, dy, need_input_gradient=True):
+        if self._cache is None and self._inference_cache is not None:
+            self._check_grad_array(dy, self._x_shape)
+            return self._inference_backward(dy, need_input_gradient)
         if self._cache is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward with training=True")
         self._check_grad_array(dy, self._x_shape)

@@ -1,7 +1,7 @@
 """Pooling over NHWC images: MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D."""
 from .. import kernels
 from ..errors import check_bool, quote
-from .base import REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry
+from .base import REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry, keeps_caches
 
 
 class _Pooling2D(Layer):
@@ -27,7 +27,7 @@ class _Pooling2D(Layer):
 
     def _forward(self, x, training):
         y, cache = self._pool_forward(x, self.pool_size, self.strides, self.pads)
-        self._cache = cache if training else None
+        self._cache = cache if keeps_caches(training) else None
         return y
 
     def _backward(self, dy, need_input_gradient=True):
@@ -68,7 +68,7 @@ class MaxPooling2D(_Pooling2D):
     def take_fused_cache(self, cache, training):
         """Keep the cache of the forward the convolution before this pool ran for it
         (Conv2D.forward_with_maxpool), as this layer's own forward would."""
-        self._cache = cache if training else None
+        self._cache = cache if keeps_caches(training) else None
 
 
 @REGISTRY.register()
@@ -110,7 +110,7 @@ class GlobalAveragePooling2D(Layer):
 
     def _forward(self, x, training):
         y, cache = kernels.global_avgpool2d_forward(x)
-        self._cache = cache if training else None
+        self._cache = cache if keeps_caches(training) else None
         return y.reshape((y.shape[0],) + self.output_shape)
 
     def inference_ops(self):

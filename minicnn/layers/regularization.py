@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import kernels, seeding
 from ..errors import quote
-from .base import REGISTRY, Layer
+from .base import REGISTRY, Layer, keeps_caches
 
 
 def check_seed(seed, who):
@@ -54,6 +54,7 @@ class Dropout(RandomLayer):
     def _forward(self, x, training):
         self._cache, self._identity = None, False
         if not training:
+            self._identity = keeps_caches(training)   # kept for a backward: dx = dy
             return x
         if self.rate == 0.0:
             self._identity = True

@@ -23,8 +23,11 @@ from . import data, losses, metrics as metrics_module, optimizers
 
 
 # Inference runs in chunks whose largest activation is about this size (see _inference_forward):
-# 28x28x32 float32 activations of 80 images; measured best among 0.5-16 MiB on this machine.
-INFERENCE_CHUNK_BYTES = 8 * 2**20
+# 28x28x32 float32 activations of 320 images. 8 MiB was best when every convolution also wrote
+# its chunk's padded copy; since inference keeps none (csrc/tmpl_conv.h pads ~1 MiB at a time),
+# 32 MiB is 1.02-1.25x faster than 8 on every bench_train architecture, 64 no better
+# (docs/performance.md, "Inference without the padded copy").
+INFERENCE_CHUNK_BYTES = 32 * 2**20
 MIN_INFERENCE_CHUNK = 8
 
 
