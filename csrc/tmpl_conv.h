@@ -120,8 +120,18 @@ static void DN(frame_dy)(DN(mc_backward) *b)
 #endif
     for (int n = 0; n < g->n; n++) {
         DR *fr = b->frame + n * frame_img;
-        memset(fr, 0, frame_img * sizeof(DR));
-        DN(image_dy)(b, n, fr + (b->mt * b->wd + b->ml) * b->fv, (ptrdiff_t)(b->wd * b->fv));
+        /* image_dy writes every element of the oh x ow interior (lanes past F and cells outside
+         * the pool's windows included), so only the margins are zeroed here: zeroing whole
+         * frames first was ~2% of the seed model's training step */
+        const int64_t row = b->wd * b->fv, oh = b->d.oh, ow = b->d.ow;
+        const int64_t left = b->ml * b->fv, right = (b->wd - b->ml - ow) * b->fv;
+        memset(fr, 0, (size_t)(b->mt * row) * sizeof(DR));
+        for (int64_t r = b->mt; r < b->mt + oh; r++) {
+            memset(fr + r * row, 0, (size_t)left * sizeof(DR));
+            memset(fr + r * row + left + ow * b->fv, 0, (size_t)right * sizeof(DR));
+        }
+        memset(fr + (b->mt + oh) * row, 0, (size_t)((b->hd - b->mt - oh) * row) * sizeof(DR));
+        DN(image_dy)(b, n, fr + (b->mt * b->wd + b->ml) * b->fv, (ptrdiff_t)row);
     }
     b->src = b->frame + (b->mt * b->wd + b->ml) * b->fv;
     b->src_img = (ptrdiff_t)frame_img;

@@ -22,6 +22,7 @@ int DN(mc_conv2d_forward)(const mc_conv_geom *g, const DR *x, int64_t x_len, con
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < plan.bytes)
         return MC_ERR_SIZE;
+    DN(poison_workspace)(work, work_len);
     const DN(mc_work) w = DN(bind)(&plan, work, work_len);
     return DN(conv_forward)(g, x, kernel, bias, relu, xpad, y, &w, 0);
 }
@@ -46,6 +47,7 @@ int DN(mc_conv2d_backward)(const mc_conv_geom *g, const DR *xpad, int64_t xpad_l
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < plan.bytes)
         return MC_ERR_SIZE;
+    DN(poison_workspace)(work, work_len);
     const DN(mc_work) w = DN(bind)(&plan, work, work_len);
     return DN(conv_backward)(g, xpad, kernel, dy, relu_y, NULL, NULL, dx, dkernel, dbias, &w);
 }
@@ -77,6 +79,7 @@ int DN(mc_conv2d_backward_from_maxpool)(const mc_conv_geom *g, const mc_pool_geo
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < plan.bytes)
         return MC_ERR_SIZE;
+    DN(poison_workspace)(work, work_len);
     const DN(mc_work) w = DN(bind)(&plan, work, work_len);
     return DN(conv_backward)(g, xpad, kernel, pool_dy, pooled, pg, argmax, dx, dkernel, dbias, &w);
 }
@@ -103,6 +106,7 @@ int DN(mc_conv2d_forward_maxpool)(const mc_conv_geom *g, const mc_pool_geom *pg,
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < DN(conv_pool_forward_bytes)(g, xpad != NULL, threads))
         return MC_ERR_SIZE;
+    DN(poison_workspace)(work, work_len);
     DN(conv_pool_forward)(g, pg, x, kernel, bias, relu, xpad, pooled, argmax, work, work_len, threads);
     return MC_OK;
 }
@@ -151,6 +155,7 @@ int DN(mc_dense_forward)(int n, int k, int f, const DR *x, int64_t x_len, const 
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < DN(dense_forward_bytes)(n, k, f))
         return MC_ERR_SIZE;
+    DN(poison_workspace)(work, work_len);
     DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
     DN(dense_forward)(n, k, f, x, kernel, bias, relu, y, &arena, mc_team_now());
     return MC_OK;
@@ -174,6 +179,7 @@ int DN(mc_dense_backward)(int n, int k, int f, const DR *x, int64_t x_len, const
     if (work_len < 0 || work_len > INT64_MAX / (int64_t)sizeof(DR) ||
         work_len * (int64_t)sizeof(DR) < DN(dense_backward_bytes)(n, k, f))
         return MC_ERR_SIZE;
+    DN(poison_workspace)(work, work_len);
     DN(mc_arena) arena = {(char *)work, (char *)work + work_len * (int64_t)sizeof(DR)};
     DN(dense_backward)(n, k, f, x, kernel, dy, relu_y, dx, dkernel, dbias, &arena, mc_team_now());
     return MC_OK;

@@ -912,3 +912,54 @@ def test_face_optimizer_updates_reject_bad_arguments(engine):
             kernels.optimizer_sgd_update(p.astype(np.int64), g.astype(np.int64), None, 0.1, 0.0, False)
     finally:
         kernels.set_backend(previous)
+
+
+@requires_c
+@pytest.mark.parametrize("algorithm", ["direct", "winograd"])
+@pytest.mark.parametrize("geometry", [
+    ((3, 9, 8, 5), (3, 3, 5, 20), (2, 2), "same"),    # stride 2: dy's frame has margins per phase
+    ((2, 8, 8, 24), (3, 3, 24, 18), (1, 1), "same"),  # Winograd-eligible, ragged filters
+    ((2, 7, 9, 3), (5, 4, 3, 7), (1, 2), "same"),
+])
+def test_no_pass_reads_scratch_it_did_not_write(algorithm, geometry):
+    """The reused workspace filled with NaN before every call (MC_DEBUG builds do this inside C,
+    see poison_workspace) gives the bits of a zero-filled one: no step of a forward or backward
+    reads a margin or region it did not write itself."""
+    x_shape, kernel_shape, strides, padding = geometry
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    kernel = rng.standard_normal(kernel_shape).astype(np.float32)
+    bias = rng.standard_normal(kernel_shape[3]).astype(np.float32)
+    pads = pads_2d(x_shape[1], x_shape[2], kernel_shape[:2], strides, padding)
+    kernels.set_backend("c")
+    c_engine.set_algorithm(algorithm)
+
+    def run(fill):
+        results = []
+        for relu in (False, True):
+            forward = kernels.conv2d_relu_forward if relu else kernels.conv2d_forward
+            c_engine._workspace(np.dtype(np.float32), 1, "test")   # the thread's buffer exists
+            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            y, cache = forward(x, kernel, bias, strides, pads)
+            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            inference = forward(x, kernel, bias, strides, pads, keep_cache=False)[0]
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            results += [y, inference, *kernels.conv2d_backward(dy, cache, True)]
+            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            pooled, conv_cache, pool_cache = kernels.conv2d_maxpool_forward(
+                x, kernel, bias, strides, pads, (2, 2), (2, 2), relu=relu)
+            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            results += [pooled, *kernels.conv2d_backward_from_maxpool(
+                rng.standard_normal(pooled.shape).astype(np.float32), conv_cache, pool_cache, True)]
+        return results
+
+    try:
+        state = rng.bit_generator.state
+        clean = run(0.0)
+        rng.bit_generator.state = state
+        poisoned = run(np.nan)
+    finally:
+        c_engine.set_algorithm("auto")
+    for a, b in zip(clean, poisoned):
+        assert np.all(np.isfinite(b)) and a.tobytes() == b.tobytes()
