@@ -63,11 +63,16 @@ def browser():
 
 
 def settled(driver, answers_before):
-    """Wait for a new answer and for no request in flight or waiting; returns the answer count."""
+    """Wait for a new answer and for no request in flight, waiting or still being encoded (a
+    stroke's PNG comes from canvas.toBlob's callback: without `encoding` the answer to an earlier
+    stroke could look settled and the last stroke's answer replace the bars mid-read, a stale
+    element in CI); returns the answer count."""
     def done(d):
         state = d.execute_script(
-            "return [document.body.dataset.state, Number(document.body.dataset.answers), inFlight, waiting === null];")
-        return state[1] if state[0] == "answered" and state[1] > answers_before and not state[2] and state[3] else False
+            "return [document.body.dataset.state, Number(document.body.dataset.answers), inFlight, "
+            "waiting === null, encoding];")
+        return (state[1] if state[0] == "answered" and state[1] > answers_before and not state[2] and state[3]
+                and state[4] == 0 else False)
     return WebDriverWait(driver, 30).until(done)
 
 

@@ -21,6 +21,7 @@ let stroke = null;              // the pointer id and last point of the stroke b
 let lastSent = 0;
 let inFlight = false;
 let waiting = null;             // the newest picture that came while a request was in flight
+let encoding = 0;               // drawings still becoming PNGs (canvas.toBlob calls back later)
 
 function clearCanvas() {
   drawContext.fillStyle = "#000";
@@ -95,7 +96,11 @@ drawCanvas.addEventListener("pointercancel", endStroke);
 
 function sendDrawing() {
   lastSent = performance.now();
-  drawCanvas.toBlob((blob) => { if (blob) predict(blob); }, "image/png");
+  encoding += 1;
+  drawCanvas.toBlob((blob) => {
+    encoding -= 1;
+    if (blob) predict(blob);
+  }, "image/png");
 }
 
 // ---- photos: chosen or dropped ----
