@@ -935,21 +935,24 @@ def test_no_pass_reads_scratch_it_did_not_write(algorithm, geometry):
     c_engine.set_algorithm(algorithm)
 
     def run(fill):
+        def filled():   # the thread's reused workspace, every element `fill`, before a call
+            c_engine._workspace(np.dtype(np.float32), 1, "test")
+            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+
         results = []
         for relu in (False, True):
             forward = kernels.conv2d_relu_forward if relu else kernels.conv2d_forward
-            c_engine._workspace(np.dtype(np.float32), 1, "test")   # the thread's buffer exists
-            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            filled()
             y, cache = forward(x, kernel, bias, strides, pads)
-            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            filled()
             inference = forward(x, kernel, bias, strides, pads, keep_cache=False)[0]
             dy = rng.standard_normal(y.shape).astype(np.float32)
-            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            filled()
             results += [y, inference, *kernels.conv2d_backward(dy, cache, True)]
-            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            filled()
             pooled, conv_cache, pool_cache = kernels.conv2d_maxpool_forward(
                 x, kernel, bias, strides, pads, (2, 2), (2, 2), relu=relu)
-            c_engine._scratch.buffers[np.dtype(np.float32)][:] = fill
+            filled()
             results += [pooled, *kernels.conv2d_backward_from_maxpool(
                 rng.standard_normal(pooled.shape).astype(np.float32), conv_cache, pool_cache, True)]
         return results

@@ -49,18 +49,6 @@ def case_arrays(geometry, dtype, seed=0):
     return x, kernel, bias, strides, pads
 
 
-@pytest.fixture(params=["c", "numpy"])
-def engine(request):
-    if request.param == "c" and not C_BUILT:
-        pytest.skip("C engine not built here")
-    previous = kernels.backend_info()["engine"]
-    kernels.set_backend(request.param)
-    try:
-        yield request.param
-    finally:
-        kernels.set_backend(previous)
-
-
 def test_the_geometries_span_several_groups_and_read_x_in_place():
     """The cases below reach what they are meant to: several groups of frames, and "valid"."""
     spans = [len(range(0, g[0], frames_per_group(*case_arrays(g, dtype)[:2], g[6], g[7])))
@@ -72,7 +60,7 @@ def test_the_geometries_span_several_groups_and_read_x_in_place():
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"{g[:5]}-{g[5]}-s{g[6]}-{g[7]}")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("relu", [False, True])
-def test_the_forward_without_a_cache_gives_the_kept_forwards_bits(engine, geometry, dtype, relu):
+def test_the_forward_without_a_cache_gives_the_kept_forwards_bits(backend, geometry, dtype, relu):
     x, kernel, bias, strides, pads = case_arrays(geometry, dtype)
     forward = kernels.conv2d_relu_forward if relu else kernels.conv2d_forward
     kept, cache = forward(x, kernel, bias, strides, pads)
@@ -110,7 +98,7 @@ def test_every_algorithm_and_thread_count_and_simd_level(geometry, algorithm, th
 
 @pytest.mark.parametrize("geometry", GEOMETRIES[:4], ids=lambda g: f"{g[:5]}-{g[5]}-s{g[6]}-{g[7]}")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_forward_with_its_max_pool_without_a_cache(engine, geometry, dtype):
+def test_the_forward_with_its_max_pool_without_a_cache(backend, geometry, dtype):
     x, kernel, bias, strides, pads = case_arrays(geometry, dtype)
     kept = kernels.conv2d_maxpool_forward(x, kernel, bias, strides, pads, (2, 2), (2, 2), relu=True)
     alone = kernels.conv2d_maxpool_forward(x, kernel, bias, strides, pads, (2, 2), (2, 2), relu=True,
@@ -119,7 +107,7 @@ def test_the_forward_with_its_max_pool_without_a_cache(engine, geometry, dtype):
     assert alone[0].tobytes() == kept[0].tobytes()
 
 
-def test_a_layer_keeps_no_cache_outside_training_and_the_same_bits(engine):
+def test_a_layer_keeps_no_cache_outside_training_and_the_same_bits(backend):
     model = Sequential([Conv2D(8, 3, strides=2, padding="same", activation="relu", input_shape=(20, 20, 3)),
                         Conv2D(6, 3, padding="same"), MaxPooling2D(2)])
     x = np.random.default_rng(1).standard_normal((3, 20, 20, 3)).astype(np.float32)
