@@ -15,7 +15,8 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     avg pooling  windows 1-5, strides 1-3, valid and same (only the cells inside are averaged)
     batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
                  inference, gamma and beta each on/off, the following ReLU fused on/off
-    dense        N 1-9, K and F 1-300, fused ReLU on/off
+    dense        N 1-9 (a third 128-300: rows split between threads), K and F 1-300, fused
+                 ReLU on/off
     dropout      1-400,000 elements, rates 0-0.9, random 64-bit keys (both passes bit for bit)
     relu         1-400,000 elements, with NaN, infinities and signed zeros in half the cases
                  (both passes bit for bit; above 2^17 elements on several threads)
@@ -71,6 +72,7 @@ WINO5_DK_CHANNELS = 48          # csrc/kernels.c MC_WINO5_DK_CHANNELS (C_in and 
 WINO5_DX_CHANNELS = 32          # csrc/kernels.c MC_WINO5_DX_CHANNELS (F)
 FUSE_CHUNK_BYTES = 1 << 20      # csrc/kernels.c MC_FUSE_CHUNK_BYTES (conv + max pool forward)
 FORWARD_GROUP_BYTES = 1 << 20   # csrc/kernels.c MC_FORWARD_GROUP_BYTES (forward without xpad)
+DENSE_ROW_SPLIT = 128           # csrc/tmpl_dense.h DN_DENSE_ROW_SPLIT (dense forward: rows split)
 UNIT_TILE_ROWS = 12              # csrc/kernels.c: the tallest igemm tile of any SIMD level
 MAX_CONV_WORK = 60_000_000      # multiply-adds of one convolution pass (keeps cases fast)
 SIMD_LEVELS = ("avx512", "avx2", "sse2")
@@ -107,6 +109,7 @@ REQUIRED_BRANCHES = (
     "batchnorm inference",
     "batchnorm fused relu",
     "dense",
+    "dense forward, rows split between threads",
     "relu",
     "relu on threads",
     "dropout",
@@ -123,6 +126,14 @@ def winograd_size(case):
     if kh == kw and kh in (3, 5) and tuple(case["strides"]) == (1, 1) and max(case["pads"]) <= kh - 1:
         return kh
     return None
+
+
+def dense_rows_split(case, effective_threads):
+    """Whether the C dense forward splits the rows between threads (dense_threads and
+    DN_DENSE_ROW_SPLIT in csrc/tmpl_dense.h)."""
+    n, k, f = case["n"], case["k"], case["f"]
+    small = 2 * n * k * f < 2**20 and k * f < 2**16
+    return n >= DENSE_ROW_SPLIT and not small and effective_threads > 1
 
 
 def conv_tolerance(case):
@@ -263,7 +274,10 @@ def sample_batchnorm(rng, common):
 
 
 def sample_dense(rng, common):
-    return dict(common, op="dense", n=rng.randint(1, 9), k=rng.randint(1, 300), f=rng.randint(1, 300),
+    # from DENSE_ROW_SPLIT rows the forward splits the batch's rows between threads (below it,
+    # the columns): a third of the cases are drawn there
+    n = rng.randint(DENSE_ROW_SPLIT, 300) if rng.random() < 0.35 else rng.randint(1, 9)
+    return dict(common, op="dense", n=n, k=rng.randint(1, 300), f=rng.randint(1, 300),
                 bias=rng.random() < 0.8, need_dx=rng.random() < 0.75, relu=rng.random() < 0.4)
 
 
@@ -510,7 +524,8 @@ def run_case(case):
         grads_ref = _on(kernels, "numpy", lambda: kernels.dense_backward(dy, cache_ref, case["need_dx"]))
         grads = _on(kernels, "c", lambda: kernels.dense_backward(dy, cache, case["need_dx"]))
         problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dkernel", "dbias"), grads, grads_ref)]
-        branches = ["dense"]
+        branches = ["dense"] + (["dense forward, rows split between threads"]
+                                if dense_rows_split(case, effective) else [])
     if case.get("team_cap") and effective < case["threads"]:
         branches = branches + ["team below the threads laid out"]
     return [p for p in problems if p], branches

@@ -702,6 +702,32 @@ def test_dense_property_matches_matmul(n, k, f, relu, use_bias, dtype, threads, 
         assert_close(dbias, g.sum(axis=0), dtype, "dbias")
 
 
+DENSE_ROW_SPLIT = 128   # csrc/tmpl_dense.h DN_DENSE_ROW_SPLIT: from here the forward splits rows
+
+
+@requires_c
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("n, k, f", [(DENSE_ROW_SPLIT - 1, 300, 130), (DENSE_ROW_SPLIT, 300, 130),
+                                     (DENSE_ROW_SPLIT + 7, 3136, 128), (300, 77, 10), (257, 200, 200)])
+def test_dense_forward_bits_do_not_depend_on_threads(dtype, n, k, f):
+    """Below DENSE_ROW_SPLIT rows the threads split the columns, from it the rows (then each
+    reads only its rows of x): every output's sum runs over K in the same order either way."""
+    rng = np.random.default_rng(n + k + f)
+    x = rng.standard_normal((n, k)).astype(dtype)
+    kernel = rng.standard_normal((k, f)).astype(dtype)
+    bias = rng.standard_normal(f).astype(dtype)
+    outputs = []
+    for threads in (1, 2, 3):
+        c_engine.set_num_threads(threads, beyond_cpus=True)
+        try:
+            outputs.append(c_engine.dense_forward(x, kernel, bias, True)[0])
+        finally:
+            c_engine.set_num_threads(None)
+    assert_close(outputs[0], np.maximum(x @ kernel + bias, 0), dtype, "y")
+    for y in outputs[1:]:
+        assert y.tobytes() == outputs[0].tobytes()
+
+
 # ---- building and falling back ----
 
 _HIDE_EXTENSION = """
@@ -858,7 +884,7 @@ def test_adam_update_is_bit_identical_to_numpy_engine_with_gcc():
 @requires_c
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_adam_update_does_not_depend_on_threads(threads):
-    size = (1 << 21) + 4099       # above the size where a second thread is woken
+    size = 3 * (1 << 15) + 4099   # above the size where a second thread is woken (2^15)
     want = _update_arrays(size, np.float64, seed=9)
     numpy_engine.adam_update(*want, 0.01, 0.9, 0.999, 1e-7)
     got = _update_arrays(size, np.float64, seed=9)
