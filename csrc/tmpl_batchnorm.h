@@ -2,11 +2,75 @@
  * vectorised over the c features of a row (contiguous). The NumPy engine's order of
  * operations: column sums taken row after row, mean = sum / m, the biased variance as the
  * mean of the squared centred values, inv_std = 1 / sqrt(var + epsilon).
- * The statistics are one pass each on one thread (memory-bound); the elementwise passes run
- * over row blocks on the engine's threads, with no scratch memory.
+ * The column sums (mean, variance, and the backward's dbeta and dgamma) split the rows into
+ * one part per laid-out thread, each summed row after row into its own partial sums on the
+ * caller's stack, then the partials are added in part order: the bits depend on the laid-out
+ * threads (as the convolutions' kernel gradients do), never on the team the load leaves to
+ * run them, and one part gives NumPy's bits. One thread over the rows read ~13 GB/s; split by
+ * columns instead, each thread pulled every line (the adjacent-line prefetcher) and ran 1.5-2x
+ * slower (docs/performance.md). The elementwise passes run over row blocks on the engine's
+ * threads, with no scratch memory.
  * No include guard: a template, included once per dtype by csrc/tmpl_driver.h.
  */
-#define DN_BN_ROWS 64   /* rows per parallel block */
+#define DN_BN_ROWS 64           /* rows per parallel block */
+#define DN_BN_PARTIALS 2048     /* elements of partial sums on the stack (16 KB for float64) */
+#define DN_BN_PART_ROWS 1024    /* at least this many rows per part */
+
+enum { DN(BN_SUM), DN(BN_SQUARED_DEVIATION), DN(BN_SUM_AND_PRODUCT) };
+
+/* Column sums over the rows of a (m x c): BN_SUM s1 = sum a; BN_SQUARED_DEVIATION
+ * s1 = sum (a - mean)^2; BN_SUM_AND_PRODUCT s1 = sum a, s2 = sum a * b. Rows in `parts`
+ * consecutive ranges (static_share), each summed in row order, the partials added in order. */
+static void DN(bn_column_sums)(int64_t m, int c, int kind, const DR *a, const DR *b, const DR *mean,
+                               DR *s1, DR *s2, int parts, int team)
+{
+    DR partial[DN_BN_PARTIALS];
+    const int sums = kind == DN(BN_SUM_AND_PRODUCT) ? 2 : 1;
+    const int64_t width = (int64_t)sums * c;
+    if (parts < 1 || (int64_t)parts * width > DN_BN_PARTIALS || m < (int64_t)parts * DN_BN_PART_ROWS)
+        parts = 1;
+    if (team > parts) team = parts;
+    (void)team;   /* read by the OpenMP pragma only, in builds without OpenMP */
+    DR *const one = parts == 1 ? NULL : partial;   /* one part: straight into s1 and s2 */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
+#endif
+    for (int p = 0; p < parts; p++) {
+        int64_t first, count;
+        DN(static_share)(m, parts, p, &first, &count);
+        DR *t1 = one ? one + p * width : s1, *t2 = one ? t1 + c : s2;
+        for (int j = 0; j < c; j++) t1[j] = 0;
+        if (sums == 2)
+            for (int j = 0; j < c; j++) t2[j] = 0;
+        for (int64_t i = first; i < first + count; i++) {
+            const DR *ar = a + i * c;
+            if (kind == DN(BN_SUM))
+                for (int j = 0; j < c; j++) t1[j] += ar[j];
+            else if (kind == DN(BN_SQUARED_DEVIATION))
+                for (int j = 0; j < c; j++) {
+                    const DR centred = ar[j] - mean[j];
+                    t1[j] += centred * centred;
+                }
+            else
+                for (int j = 0; j < c; j++) {
+                    t1[j] += ar[j];
+                    t2[j] += ar[j] * b[i * c + j];
+                }
+        }
+    }
+    for (int p = 1; one && p < parts; p++) {
+        const DR *t1 = one + p * width, *t2 = t1 + c;
+        if (p == 1)
+            for (int j = 0; j < c; j++) {
+                s1[j] = one[j];
+                if (sums == 2) s2[j] = one[c + j];
+            }
+        for (int j = 0; j < c; j++) {
+            s1[j] += t1[j];
+            if (sums == 2) s2[j] += t2[j];
+        }
+    }
+}
 
 static int DN(bn_check)(int64_t m, int c)
 {
@@ -24,15 +88,10 @@ static void DN(bn_forward_training)(int64_t m, int c, const DR *x, const DR *gam
                                     DR epsilon, int relu, DR *y, DR *mean, DR *var, DR *x_hat,
                                     DR *inv_std, int threads)
 {
-    for (int j = 0; j < c; j++) mean[j] = 0;
-    for (int64_t i = 0; i < m; i++)
-        for (int j = 0; j < c; j++) mean[j] += x[i * c + j];
-    for (int j = 0; j < c; j++) { mean[j] /= (DR)m; var[j] = 0; }
-    for (int64_t i = 0; i < m; i++)
-        for (int j = 0; j < c; j++) {
-            const DR centred = x[i * c + j] - mean[j];
-            var[j] += centred * centred;
-        }
+    const int parts = mc_threads_now();
+    DN(bn_column_sums)(m, c, DN(BN_SUM), x, NULL, NULL, mean, NULL, parts, threads);
+    for (int j = 0; j < c; j++) mean[j] /= (DR)m;
+    DN(bn_column_sums)(m, c, DN(BN_SQUARED_DEVIATION), x, NULL, mean, var, NULL, parts, threads);
     for (int j = 0; j < c; j++) {
         var[j] /= (DR)m;
         inv_std[j] = (DR)1 / (DR)sqrt(var[j] + epsilon);
@@ -104,12 +163,8 @@ static void DN(bn_backward)(int64_t m, int c, const DR *dy, const DR *x_hat, con
         DN(relu_mask)(m * c, dy, relu_y, dx, threads);
         dy = dx;
     }
-    for (int j = 0; j < c; j++) { dgamma[j] = 0; dbeta[j] = 0; }
-    for (int64_t i = 0; i < m; i++)
-        for (int j = 0; j < c; j++) {
-            dbeta[j] += dy[i * c + j];
-            dgamma[j] += dy[i * c + j] * x_hat[i * c + j];
-        }
+    DN(bn_column_sums)(m, c, DN(BN_SUM_AND_PRODUCT), dy, x_hat, NULL, dbeta, dgamma, mc_threads_now(),
+                       threads);
     if (!dx) return;
     const DR rows = (DR)m;
     const int64_t blocks = (m + DN_BN_ROWS - 1) / DN_BN_ROWS;
@@ -185,3 +240,5 @@ int DN(mc_batchnorm_backward)(int64_t m, int c, const DR *dy, int64_t dy_len, co
     return MC_OK;
 }
 #undef DN_BN_ROWS
+#undef DN_BN_PARTIALS
+#undef DN_BN_PART_ROWS

@@ -13,7 +13,8 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
                  a time, or x read in place without padding), bit for bit against the kept one
     max pooling  windows 1-4, strides 1-3, valid and same
     avg pooling  windows 1-5, strides 1-3, valid and same (only the cells inside are averaged)
-    batch norm   M 1-600 rows, C 1-70 features, training (forward and backward, dx on/off) or
+    batch norm   M 1-600 rows, C 1-70 features (a third 1024-5120 rows, C 1-40: the column
+                 sums in one part per thread), training (forward and backward, dx on/off) or
                  inference, gamma and beta each on/off, the following ReLU fused on/off
     dense        N 1-9 (a third 128-300: rows split between threads), K and F 1-300, fused
                  ReLU on/off
@@ -73,6 +74,8 @@ WINO5_DX_CHANNELS = 32          # csrc/kernels.c MC_WINO5_DX_CHANNELS (F)
 FUSE_CHUNK_BYTES = 1 << 20      # csrc/kernels.c MC_FUSE_CHUNK_BYTES (conv + max pool forward)
 FORWARD_GROUP_BYTES = 1 << 20   # csrc/kernels.c MC_FORWARD_GROUP_BYTES (forward without xpad)
 DENSE_ROW_SPLIT = 128           # csrc/tmpl_dense.h DN_DENSE_ROW_SPLIT (dense forward: rows split)
+BN_PART_ROWS = 1024             # csrc/tmpl_batchnorm.h DN_BN_PART_ROWS (rows per part of the sums)
+BN_PARTIALS = 2048              # csrc/tmpl_batchnorm.h DN_BN_PARTIALS (partial sums on the stack)
 UNIT_TILE_ROWS = 12              # csrc/kernels.c: the tallest igemm tile of any SIMD level
 MAX_CONV_WORK = 60_000_000      # multiply-adds of one convolution pass (keeps cases fast)
 SIMD_LEVELS = ("avx512", "avx2", "sse2")
@@ -108,6 +111,7 @@ REQUIRED_BRANCHES = (
     "batchnorm training",
     "batchnorm inference",
     "batchnorm fused relu",
+    "batchnorm sums in parts",
     "dense",
     "dense forward, rows split between threads",
     "relu",
@@ -126,6 +130,16 @@ def winograd_size(case):
     if kh == kw and kh in (3, 5) and tuple(case["strides"]) == (1, 1) and max(case["pads"]) <= kh - 1:
         return kh
     return None
+
+
+def bn_sum_parts(m, c, laid_out_threads):
+    """Parts of batch normalisation's column sums (bn_column_sums in csrc/tmpl_batchnorm.h): one
+    per laid-out thread when each has BN_PART_ROWS rows and the backward's two sums per part fit
+    BN_PARTIALS; the forward's single sums then fit too."""
+    parts = laid_out_threads
+    if parts * 2 * c > BN_PARTIALS or m < parts * BN_PART_ROWS:
+        return 1
+    return parts
 
 
 def dense_rows_split(case, effective_threads):
@@ -268,6 +282,12 @@ def sample_avgpool(rng, common):
 
 
 def sample_batchnorm(rng, common):
+    # from BN_PART_ROWS rows per laid-out thread the column sums run in parts, one per thread
+    # (and fit the stack's BN_PARTIALS): a third of the cases are drawn there
+    if rng.random() < 0.35:
+        return dict(common, op="batchnorm", m=rng.randint(BN_PART_ROWS, 5 * BN_PART_ROWS), c=rng.randint(1, 40),
+                    training=rng.random() < 0.85, need_dx=rng.random() < 0.8,
+                    center=rng.random() < 0.8, scale=rng.random() < 0.8, relu=rng.random() < 0.4)
     return dict(common, op="batchnorm", m=_size(rng, 40, 600), c=rng.randint(1, 70),
                 training=rng.random() < 0.7, need_dx=rng.random() < 0.8,
                 center=rng.random() < 0.8, scale=rng.random() < 0.8, relu=rng.random() < 0.4)
@@ -359,6 +379,7 @@ def run_case(case):
     c_engine.set_simd_level(case["simd"])
     c_engine.set_algorithm("auto")
     effective = c_engine.engine_info()["threads"]
+    laid_out = case["threads"]   # what the sums' parts follow (a team cap runs fewer)
     problems = []
 
     def normal(*shape):
@@ -479,8 +500,19 @@ def run_case(case):
             grads_ref = _on(kernels, "numpy", lambda: kernels.batchnorm_backward(dy, ref[3], case["need_dx"]))
             grads = _on(kernels, "c", lambda: kernels.batchnorm_backward(dy, got[3], case["need_dx"]))
             problems += [_compare(k, g, r, dtype) for k, g, r in zip(("dx", "dgamma", "dbeta"), grads, grads_ref)]
+            if case.get("team_cap"):   # the sums' parts follow the laid-out threads, not the team
+                c_engine.set_load_cap(None)
+                full = _on(kernels, "c", lambda: kernels.batchnorm_forward(*args))
+                full_grads = _on(kernels, "c", lambda: kernels.batchnorm_backward(dy, full[3], case["need_dx"]))
+                c_engine.set_load_cap(case["team_cap"])
+                for name, a, b in zip(("y", "mean", "var", "dx", "dgamma", "dbeta"),
+                                      tuple(got[:3]) + tuple(grads), tuple(full[:3]) + tuple(full_grads)):
+                    if (a is None) != (b is None) or (a is not None and a.tobytes() != b.tobytes()):
+                        problems.append(f"{name}: a capped team changed the bits")
         branches = ["batchnorm training" if case["training"] else "batchnorm inference"]
         branches += ["batchnorm fused relu"] if case.get("relu") else []
+        if case["training"] and bn_sum_parts(m, c, laid_out) > 1:
+            branches.append("batchnorm sums in parts")
     elif case["op"] == "relu":
         x, dy = normal(case["size"]), normal(case["size"])
         if case["special"]:   # NaN, infinities and signed zeros at random places of x and dy

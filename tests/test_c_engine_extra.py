@@ -6,6 +6,8 @@ largest magnitude of the NumPy engine's array. Every case runs at every SIMD lev
 supports and on 1 to 4 threads (the larger cases are above the C engine's threshold for
 waking a second thread, 2^17 operations).
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -125,6 +127,46 @@ def test_batch_normalization_c_matches_numpy(c_settings, shape, center, scale, d
     mean, var = rng.standard_normal(c).astype(dtype), (rng.random(c) + 0.1).astype(dtype)
     assert_parity(c_engine.batchnorm_forward_inference(x, gamma, beta, mean, var, 1e-3, relu),
                   numpy_engine.batchnorm_forward_inference(x, gamma, beta, mean, var, 1e-3, relu), dtype, "y")
+
+
+BN_PART_ROWS = 1024   # csrc/tmpl_batchnorm.h DN_BN_PART_ROWS: rows per part of the column sums
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_normalization_sums_in_parts_match_numpy_and_ignore_the_team(dtype):
+    """With BN_PART_ROWS rows per laid-out thread, the column sums (mean, variance, dbeta,
+    dgamma) run in one part per thread and add the parts in order: NumPy's numbers within the
+    parity tolerance at 1-4 threads, and a load cap that runs fewer threads than are laid out
+    gives the same bits (the parts follow the layout, never the team)."""
+    m, c = 4 * BN_PART_ROWS + 5, 24
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((m, c)) * 3 + 2).astype(dtype)
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    dy = rng.standard_normal((m, c)).astype(dtype)
+    expected = numpy_engine.batchnorm_forward_training(x, gamma, beta, 1e-3)
+    expected_grads = numpy_engine.batchnorm_backward(dy, expected[3], True)
+
+    def run():
+        got = c_engine.batchnorm_forward_training(x, gamma, beta, 1e-3)
+        return got, c_engine.batchnorm_backward(dy, got[3], True)
+
+    names = ("y", "mean", "var", "dx", "dgamma", "dbeta")
+    try:
+        for threads in (1, 2, 3, 4):
+            c_engine.set_num_threads(threads, beyond_cpus=True)
+            got, grads = run()
+            for name, a, b in zip(names, tuple(got[:3]) + tuple(grads), tuple(expected[:3]) + tuple(expected_grads)):
+                assert_parity(a, b, dtype, f"{name} at {threads} threads")
+        if len(os.sched_getaffinity(0)) >= 2:
+            c_engine.set_num_threads(2)          # laid out for two, as on a quiet machine
+            full, full_grads = run()
+            c_engine.set_load_cap(1)             # one of them runs, as beside a busy neighbour
+            capped, capped_grads = run()
+            for name, a, b in zip(names, tuple(capped[:3]) + tuple(capped_grads), tuple(full[:3]) + tuple(full_grads)):
+                assert a.tobytes() == b.tobytes(), name
+    finally:
+        c_engine.set_load_cap(None)
+        c_engine.set_num_threads(None)
 
 
 def test_layers_run_these_operators_in_c():
