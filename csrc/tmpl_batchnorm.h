@@ -6,7 +6,7 @@
  * one part per laid-out thread, each summed row after row into its own partial sums on the
  * caller's stack, then the partials are added in part order: the bits depend on the laid-out
  * threads (as the convolutions' kernel gradients do), never on the team the load leaves to
- * run them, and one part gives NumPy's bits. One thread over the rows read ~13 GB/s; split by
+ * run them, and one part is NumPy's order. One thread over the rows read ~13 GB/s; split by
  * columns instead, each thread pulled every line (the adjacent-line prefetcher) and ran 1.5-2x
  * slower (docs/performance.md). The elementwise passes run over row blocks on the engine's
  * threads, with no scratch memory.
