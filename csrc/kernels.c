@@ -73,6 +73,11 @@
 /* Most cells of a max-pool window that a convolution's passes take over (the fused
  * convolution + max pool, csrc/tmpl_conv_pool.h): 4x4. */
 #define MC_POOL_FUSE_CELLS 16
+/* How a max-pool window kernel (mk_pool_window) starts its running maximum: from its first
+ * cell, from a padding cell (-inf, index -1), or from what an earlier call for the same window
+ * left in the output (windows of more than MC_POOL_WINDOW_CELLS cells). */
+enum { MK_POOL_FROM_FIRST, MK_POOL_FROM_PADDING, MK_POOL_CONTINUE };
+#define MC_POOL_WINDOW_CELLS 16
 /* The fused forward runs the convolution on chunks of images whose output is about this many
  * bytes, so the pool reads it while it is still in the caches (docs/performance.md). */
 #define MC_FUSE_CHUNK_BYTES ((int64_t)1 << 20)
@@ -158,7 +163,8 @@ enum { MC_PASS_FORWARD, MC_PASS_DKERNEL, MC_PASS_DX };
         void (*wino5_dy)(const real *const *, int, int, real *, ptrdiff_t);                   \
         void (*wino_sandwich)(const real *, int, const real *, int, real *, ptrdiff_t, int);  \
         void (*relu_mask)(real *, const real *, const real *, int);                           \
-        void (*pool_max)(real *, int32_t *, const real *, int32_t, int);                      \
+        void (*pool_window)(real *, int32_t *, const real *const *, const int32_t *, int, int, \
+                            int);                                                             \
         void (*pool_expand)(real *const *, const int32_t *, int, const int32_t *, const real *,\
                             const real *, int);                                               \
         void (*adam)(real *, const real *, real *, real *, int64_t, const real *);            \
@@ -174,7 +180,7 @@ MC_TABLE_TYPE(double, f64)
      {0, mk_igemm_unit_h1_##s, mk_igemm_unit_h2_##s, 0, 0},                                   \
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, 0, 0}, {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, 0, 0},   \
      mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_wino5_in_##s, mk_wino5_out_##s,      \
-     mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_max_##s,                \
+     mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_window_##s,                \
      mk_pool_expand_##s, mk_adam_##s, mk_sgd_##s}
 #define MC_TABLE4(vlen, s)                                                                    \
     {vlen, 4, {0, 12, 12, 8, 6}, {0, 6, 6, 4, 3},                                             \
@@ -186,7 +192,7 @@ MC_TABLE_TYPE(double, f64)
      {0, mk_wgrad_1_##s, mk_wgrad_2_##s, mk_wgrad_3_##s, mk_wgrad_4_##s},                      \
      {0, mk_wgrad_h1_##s, mk_wgrad_h2_##s, mk_wgrad_h3_##s, mk_wgrad_h4_##s},                  \
      mk_wino_in_##s, mk_wino_out_##s, mk_wino_dy_##s, mk_wino5_in_##s, mk_wino5_out_##s,      \
-     mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_max_##s,                \
+     mk_wino5_dy_##s, mk_wino_sandwich_##s, mk_relu_mask_##s, mk_pool_window_##s,                \
      mk_pool_expand_##s, mk_adam_##s, mk_sgd_##s}
 
 #if MC_X86

@@ -417,30 +417,57 @@ static MK_ATTR void MK_NAME(mk_relu_mask)(MK_REAL *out, const MK_REAL *dy, const
     for (; i < n; i++) out[i] = dy[i] * (MK_REAL)(y[i] > 0);
 }
 
-/* One window cell of max pooling over C channels: where x beats the running maximum (strictly
- * greater keeps the first maximum; a NaN beats any number and then stays), take its value
- * and its index base + c. */
-static MK_ATTR void MK_NAME(mk_pool_max)(MK_REAL *best, int32_t *arg, const MK_REAL *x, int32_t base,
-                                         int C)
+/* One window of max pooling over C channels, its ncells cells inside the input (cells[k], whose
+ * channel c has the index base[k] + c), the running maximum kept in registers across them:
+ * where a cell beats it (strictly greater keeps the first maximum; a NaN beats any number and
+ * then stays), take its value and index; one store of each at the end. `start`: from the first
+ * cell (MK_POOL_FROM_FIRST), from a padding cell (-inf, index -1: MK_POOL_FROM_PADDING), or
+ * from the value and index already in best and arg (MK_POOL_CONTINUE). The same comparisons
+ * in the same order as cell by cell, so the same bits; with the maximum in memory between
+ * cells, 2x2 windows over 32 channels took twice as long. */
+static MK_ATTR void MK_NAME(mk_pool_window)(MK_REAL *best, int32_t *arg, const MK_REAL *const *cells,
+                                            const int32_t *base, int ncells, int start, int C)
 {
     typedef int32_t idx_vec __attribute__((vector_size(MK_VLEN * 4)));
+    const int from = start == MK_POOL_FROM_FIRST ? 1 : 0;
     idx_vec lane;
     for (int k = 0; k < MK_VLEN; k++) lane[k] = k;
     int c = 0;
     for (; c + MK_VLEN <= C; c += MK_VLEN) {
-        const MK_V v = MK_NAME(mk_load)(x + c), b = MK_NAME(mk_load)(best + c);
-        const MK_MASK better = (v > b) | ((v != v) & (b == b));
-        MK_NAME(mk_store)(best + c, (MK_V)(((MK_MASK)v & better) | ((MK_MASK)b & ~better)));
-        idx_vec a, take = __builtin_convertvector(better, idx_vec);
-        memcpy(&a, arg + c, sizeof a);
-        a = ((lane + (base + c)) & take) | (a & ~take);
+        MK_V b;
+        idx_vec a;
+        if (start == MK_POOL_FROM_FIRST) {
+            b = MK_NAME(mk_load)(cells[0] + c);
+            a = lane + (base[0] + c);
+        } else if (start == MK_POOL_FROM_PADDING) {
+            b = (MK_V){0} - (MK_REAL)INFINITY;
+            a = (idx_vec){0} - 1;
+        } else {
+            b = MK_NAME(mk_load)(best + c);
+            memcpy(&a, arg + c, sizeof a);
+        }
+        for (int k = from; k < ncells; k++) {
+            const MK_V v = MK_NAME(mk_load)(cells[k] + c);
+            const MK_MASK better = (v > b) | ((v != v) & (b == b));
+            b = (MK_V)(((MK_MASK)v & better) | ((MK_MASK)b & ~better));
+            const idx_vec take = __builtin_convertvector(better, idx_vec);
+            a = ((lane + (base[k] + c)) & take) | (a & ~take);
+        }
+        MK_NAME(mk_store)(best + c, b);
         memcpy(arg + c, &a, sizeof a);
     }
     for (; c < C; c++) {   /* without branches: on real data they are unpredictable */
-        const MK_REAL v = x[c], b = best[c];
-        const int better = (v > b) | ((v != v) & (b == b));
-        best[c] = better ? v : b;
-        arg[c] = better ? base + c : arg[c];
+        MK_REAL b = start == MK_POOL_FROM_FIRST ? cells[0][c]
+                  : start == MK_POOL_FROM_PADDING ? -(MK_REAL)INFINITY : best[c];
+        int32_t a = start == MK_POOL_FROM_FIRST ? base[0] + c : start == MK_POOL_FROM_PADDING ? -1 : arg[c];
+        for (int k = from; k < ncells; k++) {
+            const MK_REAL v = cells[k][c];
+            const int better = (v > b) | ((v != v) & (b == b));
+            b = better ? v : b;
+            a = better ? base[k] + c : a;
+        }
+        best[c] = b;
+        arg[c] = a;
     }
 }
 

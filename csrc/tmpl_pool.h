@@ -19,38 +19,29 @@ static void DN(maxpool_forward)(const mc_pool_geom *g, const DR *x, DR *y, int32
         for (int64_t q = 0; q < ow; q++) {
             DR *yo = y + (r * ow + q) * C;
             int32_t *ao = argmax + (r * ow + q) * C;
-            for (int i = 0; i < g->pool_h; i++) {
+            /* the window's cells inside the image, in row order, MC_POOL_WINDOW_CELLS per
+             * kernel call; a padding cell (-inf) counts only as the first of its window */
+            const DR *cells[MC_POOL_WINDOW_CELLS];
+            int32_t base[MC_POOL_WINDOW_CELLS];
+            int start = MK_POOL_FROM_FIRST, count = 0;
+            for (int i = 0; i < g->pool_h; i++)
                 for (int j = 0; j < g->pool_w; j++) {
                     const int64_t hh = p * g->stride_h + i - g->pad_top;
                     const int64_t ww = q * g->stride_w + j - g->pad_left;
-                    const int first = i == 0 && j == 0;
                     if (hh < 0 || hh >= g->h || ww < 0 || ww >= g->w) {
-                        /* a padding cell is -inf: it wins only as the first of its window */
-                        if (first)
-                            for (int c = 0; c < C; c++) { yo[c] = -(DR)INFINITY; ao[c] = -1; }
+                        if (i == 0 && j == 0) start = MK_POOL_FROM_PADDING;
                         continue;
                     }
-                    const int32_t base = (int32_t)((hh * g->w + ww) * C);
-                    const DR *xr = xi + base;
-                    if (first) {
-                        for (int c = 0; c < C; c++) { yo[c] = xr[c]; ao[c] = base + c; }
-                        continue;
-                    }
-                    if (C >= isa->vlen) {
-                        isa->pool_max(yo, ao, xr, base, C);
-                        continue;
-                    }
-                    /* fewer channels than a vector (LeNet's 6): the microkernel's scalar
-                     * tail, inline and without branches; as branches on random data they
-                     * were mispredicted half the time (3x slower than 16 channels) */
-                    for (int c = 0; c < C; c++) {
-                        const DR v = xr[c], b = yo[c];
-                        const int better = (v > b) | ((v != v) & (b == b));
-                        yo[c] = better ? v : b;
-                        ao[c] = better ? base + c : ao[c];
+                    base[count] = (int32_t)((hh * g->w + ww) * C);
+                    cells[count] = xi + base[count];
+                    if (++count == MC_POOL_WINDOW_CELLS) {
+                        isa->pool_window(yo, ao, cells, base, count, start, C);
+                        start = MK_POOL_CONTINUE;
+                        count = 0;
                     }
                 }
-            }
+            if (count > 0 || start == MK_POOL_FROM_PADDING)
+                isa->pool_window(yo, ao, cells, base, count, start, C);
         }
     }
 }

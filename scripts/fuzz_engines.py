@@ -11,7 +11,8 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
                  the two layers' passes apart; every forward also runs without a kept
                  padded copy (keep_cache=False, inference: frames padded a group of images at
                  a time, or x read in place without padding), bit for bit against the kept one
-    max pooling  windows 1-4, strides 1-3, valid and same
+    max pooling  windows 1-4 (a fifth 1-7: more cells than one window-kernel call takes),
+                 strides 1-3, valid and same
     avg pooling  windows 1-5, strides 1-3, valid and same (only the cells inside are averaged)
     batch norm   M 1-600 rows, C 1-70 features (a third 1024-5120 rows, C 1-40: the column
                  sums in one part per thread), training (forward and backward, dx on/off) or
@@ -74,6 +75,7 @@ WINO5_DX_CHANNELS = 32          # csrc/kernels.c MC_WINO5_DX_CHANNELS (F)
 FUSE_CHUNK_BYTES = 1 << 20      # csrc/kernels.c MC_FUSE_CHUNK_BYTES (conv + max pool forward)
 FORWARD_GROUP_BYTES = 1 << 20   # csrc/kernels.c MC_FORWARD_GROUP_BYTES (forward without xpad)
 DENSE_ROW_SPLIT = 128           # csrc/tmpl_dense.h DN_DENSE_ROW_SPLIT (dense forward: rows split)
+POOL_WINDOW_CELLS = 16          # csrc/kernels.c MC_POOL_WINDOW_CELLS (cells per window kernel call)
 BN_PART_ROWS = 1024             # csrc/tmpl_batchnorm.h DN_BN_PART_ROWS (rows per part of the sums)
 BN_PARTIALS = 2048              # csrc/tmpl_batchnorm.h DN_BN_PARTIALS (partial sums on the stack)
 UNIT_TILE_ROWS = 12              # csrc/kernels.c: the tallest igemm tile of any SIMD level
@@ -107,6 +109,7 @@ REQUIRED_BRANCHES = (
     "conv forward without xpad, reading x",
     "conv with maxpool forward without xpad",
     "pool",
+    "pool window over several kernel calls",
     "avgpool",
     "batchnorm training",
     "batchnorm inference",
@@ -130,6 +133,21 @@ def winograd_size(case):
     if kh == kw and kh in (3, 5) and tuple(case["strides"]) == (1, 1) and max(case["pads"]) <= kh - 1:
         return kh
     return None
+
+
+def largest_window_inside(case):
+    """The most cells of one max-pool window that lie inside the image (padding cells are not
+    passed to the window kernel)."""
+    from minicnn.kernels.geometry import window_output_shape
+    (wh, ww), (sh, sw), (top, _, left, _) = case["window"], case["strides"], case["pads"]
+    oh, ow = window_output_shape(case["h"], case["w"], (wh, ww), (sh, sw), case["pads"])
+
+    def inside(start, size, limit):
+        return max(0, min(start + size, limit) - max(start, 0))
+
+    rows = max(inside(p * sh - top, wh, case["h"]) for p in range(oh))
+    cols = max(inside(q * sw - left, ww, case["w"]) for q in range(ow))
+    return rows * cols
 
 
 def bn_sum_parts(m, c, laid_out_threads):
@@ -260,7 +278,10 @@ def sample_conv(rng, common):
 def sample_pool(rng, common):
     from minicnn.kernels.geometry import pads_2d
     n, h, w, c = rng.randint(1, 9), _size(rng, 12, 40), _size(rng, 12, 40), rng.randint(1, 70)
-    window = (rng.randint(1, 4), rng.randint(1, 4))
+    # windows of more than POOL_WINDOW_CELLS cells take several calls of the window kernel (the
+    # later ones continuing from the running maximum): a fifth of the windows are up to 7x7
+    side = 7 if rng.random() < 0.2 else 4
+    window = (rng.randint(1, side), rng.randint(1, side))
     strides = (rng.randint(1, 3), rng.randint(1, 3))
     padding = rng.choice(["valid", "same"])
     if padding == "valid" and (window[0] > h or window[1] > w):
@@ -470,7 +491,8 @@ def run_case(case):
         dx_ref = _on(kernels, "numpy", lambda: kernels.maxpool2d_backward(dy, cache_ref))
         dx = _on(kernels, "c", lambda: kernels.maxpool2d_backward(dy, cache))
         problems.append(_compare("dx", dx, dx_ref, dtype))
-        branches = ["pool"]
+        branches = ["pool"] + (["pool window over several kernel calls"]
+                               if largest_window_inside(case) > POOL_WINDOW_CELLS else [])
     elif case["op"] == "avgpool":
         x = normal(case["n"], case["h"], case["w"], case["c"])
         args = (x, tuple(case["window"]), tuple(case["strides"]), tuple(case["pads"]))

@@ -273,14 +273,19 @@ def test_maxpool2d_matches_numpy_engine(simd, case, dtype):
 @requires_c
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_maxpool2d_ties_nan_infinities_and_padding_like_numpy_engine(dtype):
-    """Small integers make ties everywhere; NaN and -inf test the two special rules."""
+    """Small integers make ties everywhere; NaN and -inf test the two special rules. 3 channels
+    run the window kernel's scalar lanes only, 37 its vectors and a tail; the 5x4 and 4x5
+    windows (20 cells) take two kernel calls, the second continuing from the first's maximum
+    (MC_POOL_WINDOW_CELLS = 16), with and without a padding cell first."""
     rng = np.random.default_rng(9)
-    x = rng.integers(-2, 3, size=(2, 9, 8, 3)).astype(dtype)
-    x[rng.random(x.shape) < 0.08] = np.nan
-    x[rng.random(x.shape) < 0.15] = -np.inf
-    for pool_size, strides, pads in [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (1, 1), (1, 1, 1, 1)),
-                                     ((3, 2), (2, 1), (2, 0, 1, 1)), ((2, 2), (1, 1), (1, 0, 0, 1))]:
-        run_pool_both(x, pool_size, strides, pads, rng)
+    for channels in (3, 37):
+        x = rng.integers(-2, 3, size=(2, 9, 8, channels)).astype(dtype)
+        x[rng.random(x.shape) < 0.08] = np.nan
+        x[rng.random(x.shape) < 0.15] = -np.inf
+        for pool_size, strides, pads in [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (1, 1), (1, 1, 1, 1)),
+                                         ((3, 2), (2, 1), (2, 0, 1, 1)), ((2, 2), (1, 1), (1, 0, 0, 1)),
+                                         ((5, 4), (1, 1), (2, 2, 1, 2)), ((4, 5), (3, 2), (0, 0, 0, 0))]:
+            run_pool_both(x, pool_size, strides, pads, rng)
 
 
 @requires_c
