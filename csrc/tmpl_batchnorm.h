@@ -58,17 +58,15 @@ static void DN(bn_column_sums)(int64_t m, int c, int kind, const DR *a, const DR
                 }
         }
     }
-    for (int p = 1; one && p < parts; p++) {
+    if (!one) return;
+    for (int j = 0; j < c; j++) s1[j] = one[j];
+    if (sums == 2)
+        for (int j = 0; j < c; j++) s2[j] = one[c + j];
+    for (int p = 1; p < parts; p++) {
         const DR *t1 = one + p * width, *t2 = t1 + c;
-        if (p == 1)
-            for (int j = 0; j < c; j++) {
-                s1[j] = one[j];
-                if (sums == 2) s2[j] = one[c + j];
-            }
-        for (int j = 0; j < c; j++) {
-            s1[j] += t1[j];
-            if (sums == 2) s2[j] += t2[j];
-        }
+        for (int j = 0; j < c; j++) s1[j] += t1[j];
+        if (sums == 2)
+            for (int j = 0; j < c; j++) s2[j] += t2[j];
     }
 }
 
