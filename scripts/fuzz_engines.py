@@ -22,6 +22,13 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     dropout      1-400,000 elements, rates 0-0.9, random 64-bit keys (both passes bit for bit)
     relu         1-400,000 elements, with NaN, infinities and signed zeros in half the cases
                  (both passes bit for bit; above 2^17 elements on several threads)
+    plan         (one case per 25 more, after the others) a random small model of the layers
+                 fit binds to C (minicnn/training/training_plan.py): 0-3 convolutions (kernels
+                 1-5, non-square too, strides 1-2, valid and same, ReLU or none, bias on/off),
+                 max pools that fuse with them or not, a pool before the first weights,
+                 Flatten, dense layers, a softmax or from_logits head; Adam or SGD (momentum,
+                 Nesterov); batch 1-9 with a shorter last batch; two epochs of fit through
+                 the plan, bit for bit against the general path (the layers one by one)
     all          float32 and float64, 1-4 threads, every SIMD level the CPU has; a fifth of the
                  cases laid out for two threads with one running (the load cap)
 
@@ -121,6 +128,11 @@ REQUIRED_BRANCHES = (
     "relu on threads",
     "dropout",
     "team below the threads laid out",
+    "training plan",
+    "training plan, batch 1",
+    "training plan, a pool not fused",
+    "training plan, a pool before the first weights",
+    "training plan, dense layer first",
 )
 
 
@@ -349,7 +361,63 @@ def make_cases(count, seed, threads, simd_levels):
                   sample_avgpool if roll < 0.85 else sample_batchnorm if roll < 0.92 else
                   sample_dense if roll < 0.96 else sample_relu if roll < 0.98 else sample_dropout)
         cases.append(sample(rng, common))
+    # the training plans' cases after the others, from their own generator, so that adding
+    # them changed none of the cases above
+    plan_rng = random.Random(seed + 1_000_003)
+    for index in range(count, count + max(1, count // 25)):
+        common = dict(index=index, seed=plan_rng.randrange(2**31), dtype=plan_rng.choice(["float32", "float64"]),
+                      threads=plan_rng.choice(threads), simd=plan_rng.choice(simd_levels), team_cap=None)
+        if 2 in threads and plan_rng.random() < 0.2:
+            common.update(threads=2, team_cap=1)
+        cases.append(sample_plan(plan_rng, common))
     return cases
+
+
+def _window_output(size, window, stride, padding):
+    """Outputs along one axis (TensorFlow's rule), or None when the window does not fit."""
+    if padding == "same":
+        return -(-size // stride)
+    return (size - window) // stride + 1 if size >= window else None
+
+
+def sample_plan(rng, common):
+    """A random model of the layers fit binds to C, as JSON-able layer specs."""
+    input_shape = [rng.randint(3, 16), rng.randint(3, 16), rng.randint(1, 4)]
+    h, w = input_shape[:2]
+    layers = []
+    if rng.random() < 0.15:   # no backward runs below the first layer with weights
+        layers.append(["pool", 2, 2, 2, 2, "same"])
+        h, w = -(-h // 2), -(-w // 2)
+    for _ in range(rng.randint(0, 3)):
+        kh = rng.choice([1, 2, 3, 3, 5])
+        kw = kh if rng.random() < 0.8 else rng.choice([1, 2, 3])
+        sh = rng.choice([1, 1, 2])
+        sw = sh if rng.random() < 0.8 else rng.choice([1, 2])
+        padding = rng.choice(["same", "valid"])
+        oh, ow = _window_output(h, kh, sh, padding), _window_output(w, kw, sw, padding)
+        if oh is None or ow is None:
+            break
+        layers.append(["conv", rng.randint(1, 12), kh, kw, sh, sw, padding, rng.random() < 0.7,
+                       rng.random() < 0.8])
+        h, w = oh, ow
+        if rng.random() < 0.6:
+            size = rng.choice([2, 2, 3])
+            stride = size if rng.random() < 0.7 else 1   # windows that overlap do not fuse
+            padding = "valid" if rng.random() < 0.8 else "same"
+            oh, ow = _window_output(h, size, stride, padding), _window_output(w, size, stride, padding)
+            if oh is not None and ow is not None:
+                layers.append(["pool", size, size, stride, stride, padding])
+                h, w = oh, ow
+    layers.append(["flatten"])
+    if rng.random() < 0.5:
+        layers.append(["dense", rng.randint(1, 20), rng.choice(["relu", "linear"]), rng.random() < 0.8])
+    classes = rng.randint(2, 6)
+    head = rng.choice(["softmax", "softmax", "linear"])   # linear: from_logits=True
+    layers.append(["dense", classes, head, True])
+    batch = 1 if rng.random() < 0.25 else rng.randint(2, 9)
+    n = batch * rng.randint(1, 3) + rng.randint(0, batch - 1)
+    return dict(common, op="plan", input_shape=input_shape, layers=layers, batch=batch, n=n, classes=classes,
+                from_logits=head == "linear", optimizer=rng.choice(["adam", "sgd", "momentum", "nesterov"]))
 
 
 def describe(case):
@@ -564,6 +632,8 @@ def run_case(case):
         if dx.tobytes() != dx_ref.tobytes():
             problems.append("dx: dropout gradients differ in their bits")
         branches = ["dropout"]
+    elif case["op"] == "plan":
+        problems, branches = run_plan_case(case, normal)
     else:
         x = normal(case["n"], case["k"])
         kernel = normal(case["k"], case["f"])
@@ -583,6 +653,76 @@ def run_case(case):
     if case.get("team_cap") and effective < case["threads"]:
         branches = branches + ["team below the threads laid out"]
     return [p for p in problems if p], branches
+
+
+def run_plan_case(case, normal):
+    """Two epochs of fit through the training plan and through the layers one by one: every
+    weight, optimizer state and logged number bit for bit, and the plan must have run."""
+    import numpy as np
+    import minicnn
+    from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+    from minicnn.training import training_plan
+
+    def layers():
+        made = []
+        for spec in case["layers"]:
+            first = {} if made else {"input_shape": tuple(case["input_shape"]), "dtype": case["dtype"]}
+            if spec[0] == "conv":
+                _, f, kh, kw, sh, sw, padding, relu, bias = spec
+                made.append(Conv2D(f, (kh, kw), strides=(sh, sw), padding=padding, use_bias=bias,
+                                   activation="relu" if relu else None, **first))
+            elif spec[0] == "pool":
+                _, ph, pw, sh, sw, padding = spec
+                made.append(MaxPooling2D((ph, pw), strides=(sh, sw), padding=padding, **first))
+            elif spec[0] == "flatten":
+                made.append(Flatten(**first))
+            else:
+                _, units, activation, bias = spec
+                made.append(Dense(units, activation=activation, use_bias=bias, **first))
+        return made
+
+    optimizers = {"adam": lambda: minicnn.optimizers.Adam(0.01), "sgd": lambda: minicnn.optimizers.SGD(0.05),
+                  "momentum": lambda: minicnn.optimizers.SGD(0.05, momentum=0.9),
+                  "nesterov": lambda: minicnn.optimizers.SGD(0.05, momentum=0.8, nesterov=True)}
+    x = normal(case["n"], *case["input_shape"])
+    y = np.random.default_rng(case["seed"]).integers(0, case["classes"], case["n"])
+    counts = []
+    close, step = training_plan.FitPlans.close, training_plan.FitPlans.step
+
+    def counting_close(self):
+        counts.append(self.planned_steps)
+        close(self)
+
+    def train(planned):
+        training_plan.FitPlans.step = step if planned else (lambda self, *args: None)
+        training_plan.FitPlans.close = counting_close
+        try:
+            minicnn.set_seed(case["seed"])
+            model = Sequential(layers())
+            loss = minicnn.losses.SparseCategoricalCrossentropy(from_logits=case["from_logits"])
+            model.compile(optimizer=optimizers[case["optimizer"]](), loss=loss, metrics=["accuracy"])
+            history = model.fit(x, y, batch_size=case["batch"], epochs=2, verbose=0)
+        finally:
+            training_plan.FitPlans.step, training_plan.FitPlans.close = step, close
+        state = model.optimizer.get_state()
+        return ([w.tobytes() for w in model.get_weights()], [a.tobytes() for a in state["slots"].values()],
+                state["iterations"], repr(history.history))
+
+    planned, general = train(True), train(False)
+    problems = [f"plan: {name} differ from the general path's" for name, a, b in
+                zip(("weights", "optimizer state", "steps", "history"), planned, general) if a != b]
+    if counts[0] == 0:
+        problems.append("plan: fit never ran its training plan")
+    kinds = [spec[0] for spec in case["layers"]]
+    branches = ["training plan"] + (["training plan, batch 1"] if case["batch"] == 1 else [])
+    for i, kind in enumerate(kinds):
+        if kind == "pool" and (i == 0 or kinds[i - 1] != "conv" or case["layers"][i][3] < case["layers"][i][1]
+                               or case["layers"][i][5] == "same"):
+            branches.append("training plan, a pool not fused" if i else
+                            "training plan, a pool before the first weights")
+    if "conv" not in kinds:   # the dense layer's backward reads the step's input itself
+        branches.append("training plan, dense layer first")
+    return problems, sorted(set(branches))
 
 
 def child_main(cases_path, first, stop, progress_path):

@@ -57,7 +57,8 @@ print('running on', k.__file__, c.engine_info())
 "
         "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_c_engine.py tests/test_kernels.py \
             tests/test_gradients.py tests/test_engine_fuzz_regressions.py tests/test_c_engine_extra.py \
-            tests/test_conv_maxpool_backward.py tests/test_predict_fast_path.py tests/test_conv_inference.py "$@"
+            tests/test_conv_maxpool_backward.py tests/test_predict_fast_path.py tests/test_conv_inference.py \
+            tests/test_training_plan.py "$@"
         # the children inherit the preloaded sanitizers; the OpenMP build runs 2+ threads
         "$PYTHON" scripts/fuzz_engines.py --cases "$FUZZ_CASES" --seed "${FUZZ_SEED:-11}" \
             --threads 1,2,3,4 --timeout 1200

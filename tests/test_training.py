@@ -221,9 +221,9 @@ def test_shuffle_changes_the_order_every_epoch_and_false_keeps_it():
         batches = []
         original = model._train_step
 
-        def spy(x_batch, targets, fused, original=original, batches=batches):
+        def spy(x_batch, targets, fused, *plans, original=original, batches=batches):
             batches.append(x_batch.copy())
-            return original(x_batch, targets, fused)
+            return original(x_batch, targets, fused, *plans)
 
         model._train_step = spy
         model.fit(x, y, epochs=2, batch_size=48, shuffle=shuffle, verbose=0)

@@ -648,6 +648,42 @@ def inference_plan(ops, x_shape, dtype):
     return make(steps, tuple(x_shape), dtype)
 
 
+def training_plan(ops, x_shape, dtype):
+    """A prepared training step for inputs of x_shape (batch axis included) and dtype: forward
+    with training=True, backward and the optimizer's update bound to the engine once, or None
+    when the active engine has none for these ops (the caller then runs its layers one by one).
+    The same calls as the general path, so the same bits.
+
+    ops, in order (the arrays are the layers' own, read and updated in place by the plan):
+        ("conv2d", kernel, bias, strides, pads, relu)     ("dense", kernel, bias, relu)
+        ("conv2d_maxpool", kernel, bias, strides, pads, relu, pool_size, pool_strides)
+        ("maxpool2d", pool_size, strides, pads)            ("reshape", shape without the batch axis)
+    The first op with weights computes no input gradient and the ops before it no backward, as
+    Sequential.backward(need_input_gradient=False) runs them. Every op is checked here the
+    general path's way, by running its forward once through this face on zeros, before the
+    engine binds any pointer. plan.forward(x), plan.backward(dy), plan.update(*scalars) after
+    plan.bind_updates(kind, updates): see c_engine.TrainingPlan.
+    """
+    make = getattr(_active, "training_plan", None)
+    if make is None:
+        return None
+    x = np.zeros(x_shape, dtype=dtype)
+    steps = []
+    for op in ops:
+        op = tuple(op)
+        if op[0] == "conv2d_maxpool":
+            _, kernel, bias, strides, pads, relu, pool_size, pool_strides = op
+            y = conv2d_maxpool_forward(x, kernel, bias, strides, pads, pool_size, pool_strides, relu,
+                                       keep_cache=False)[0]
+        elif op[0] in ("conv2d", "maxpool2d", "dense", "reshape"):
+            y = _run_inference_op(op, x)
+        else:
+            raise ValueError(f"training_plan: unknown op {op[0]!r}")
+        steps.append((op, x.shape, y.shape))
+        x = y
+    return make(steps, tuple(x_shape), dtype)
+
+
 def _run_inference_op(op, x):
     kind = op[0]
     if kind == "conv2d":

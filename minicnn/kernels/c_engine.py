@@ -759,6 +759,7 @@ def batchnorm_backward(dy, cache, need_dx=True):
 # placeholders in a step's arguments: the input's and the output's pointers, known per call only,
 # and the thread's workspace (pointer, length)
 _INPUT, _OUTPUT, _WORK = object(), object(), object()
+_DY = object()   # a training plan's: the gradient its backward starts from
 
 
 class _Scratch:
@@ -919,3 +920,242 @@ def _bind_steps(steps, x_shape, dtype):
     position = args.index(out)
     args[position:position + 1] = [_OUTPUT, int(np.prod(out_shape))]
     return InferencePlan(x_shape, dtype, calls, queries, tuple(out_shape), tuple(final_shape), tuple(tail))
+
+
+# ---- training plans: a whole training step bound to C once (fit's fast path) ----
+#
+# Why: a training step of the seed model at batch 32 makes 16 C calls in ~4.5 ms, and the
+# general path spent ~0.9 ms more in Python around them. Most of that is not the Python's own
+# work (~0.35 ms when it runs in a loop) but its cold start: after a large C call the
+# interpreter's code and objects have left the caches, and every distinct function it then
+# runs pays for it again (a 10-iteration Python loop: 0.3 us in a loop, 7 us right after a C
+# call; docs/performance.md, "A training step bound to C"). A plan binds the step once: the
+# activations, the padded copies, the pool winners and the gradients are buffers it owns; each
+# step only binds the input and the loss gradient, asks C for the workspace under the current
+# threads, and calls C with the same functions and arguments as the general path, so the same
+# bits. The weights and the optimizer's state are bound by pointer (updates in place are seen);
+# whoever caches a plan must drop it when an array is replaced (minicnn/training/trainer.py).
+
+
+class TrainingPlan:
+    """forward(x, training=True), backward and the optimizer's update for inputs of one shape and
+    dtype, bound to C. Made by training_plan from the face's checked ops. Not thread-safe: one
+    fit uses it at a time.
+
+    forward(x) -> the last op's output (a buffer the plan reuses: copy what must outlive the step)
+    backward(dy): dy with respect to that output; fills the gradient buffers
+    update(*scalars): the optimizer's C update of every bound parameter with this step's scalars
+    gradients: [(op index, "kernel" or "bias", buffer)] in the ops' order
+    """
+
+    def __init__(self, x_shape, dtype, forward_calls, backward_calls, queries, output, gradients):
+        self.x_shape, self.dtype = x_shape, dtype
+        self._ctype = _CTYPES[dtype]
+        # [(C function, arguments, template, positions of _INPUT / _DY)]; the arguments are the
+        # template's with the workspace bound (_bind_work), the positions filled in per call
+        self._forward_calls = forward_calls
+        self._backward_calls = backward_calls
+        self._queries = queries                 # [(C query, its arguments)]: workspace elements
+        self.output = output                    # the forward's output buffer
+        self.gradients = gradients
+        self._work = np.empty(0, dtype=dtype)
+        self._bound_work = None                 # (pointer, length) the bound calls hold
+        self._update_calls = []                 # [(C function, leading arguments)]
+        self._x = self._x_pointer = None        # this step's input, from forward to backward
+
+    def bind_updates(self, kind, updates):
+        """kind "adam" or "sgd"; updates: [(param, grad buffer, state arrays)] with state (m, v)
+        for Adam and (velocity,) or () for SGD, all C-contiguous and writable in param's dtype
+        and size. Returns False, binding nothing, when one is not (the general path updates
+        those through NumPy)."""
+        function = getattr(lib, f"mc_{kind}_update{_SUFFIX[self.dtype]}")
+        calls = []
+        for param, grad, state in updates:
+            n = param.size
+            for array in (param, grad, *state):
+                if (type(array) is not np.ndarray or array.dtype != self.dtype or array.size != n
+                        or not array.flags.c_contiguous or not array.flags.writeable):
+                    return False
+            pointers = [_verified(param), (ffi.from_buffer(self._ctype, grad, False), n)]
+            pointers += [_verified(array) for array in state] or ([(ffi.NULL, 0)] if kind == "sgd" else [])
+            calls.append((function, (n, *(p for pair in pointers for p in pair))))
+        self._update_calls = calls
+        return True
+
+    def _bind_work(self):
+        """Rebind the workspace argument when the current threads need more than is bound."""
+        need = max([query(*args) for query, args in self._queries], default=0)
+        if self._bound_work is not None and need <= self._work.size:
+            return
+        self._work = np.empty(max(need, 1) * 5 // 4, dtype=self.dtype)
+        work = (ffi.from_buffer(self._ctype, self._work, True), self._work.size)
+        for calls in (self._forward_calls, self._backward_calls):
+            for i, (function, _, template, fill) in enumerate(calls):
+                args = []
+                for arg in template:
+                    args.extend(work if arg is _WORK else (arg,))
+                fill = tuple(j for j, arg in enumerate(args) if arg is _INPUT or arg is _DY) or None
+                calls[i] = (function, tuple(args), template, fill)
+        self._bound_work = work
+
+    def forward(self, x):
+        if not (type(x) is np.ndarray and x.shape == self.x_shape and x.dtype == self.dtype
+                and x.flags.c_contiguous):
+            raise ValueError(f"training plan: x must be a C-contiguous {self.dtype} array of shape "
+                             f"{self.x_shape}, received {getattr(x, 'shape', type(x).__name__)}")
+        self._bind_work()
+        self._x = x   # a dense layer first reads x again in the backward
+        self._x_pointer = ffi.from_buffer(self._ctype, x, False)
+        self._run(self._forward_calls, None)
+        return self.output
+
+    def backward(self, dy):
+        if not (type(dy) is np.ndarray and dy.shape == self.output.shape and dy.dtype == self.dtype
+                and dy.flags.c_contiguous):
+            raise ValueError(f"training plan: dy must be a C-contiguous {self.dtype} array of shape "
+                             f"{self.output.shape}, received {getattr(dy, 'shape', type(dy).__name__)}")
+        if self._x is None:
+            raise RuntimeError("training plan: backward needs a forward first")
+        # the workspace forward bound serves the backward: the threads change only between steps
+        self._run(self._backward_calls, ffi.from_buffer(self._ctype, dy, False))
+        self._x = self._x_pointer = None
+
+    def _run(self, calls, dy_pointer):
+        for function, args, _, fill in calls:
+            if fill is not None:
+                args = list(args)
+                for j in fill:
+                    args[j] = self._x_pointer if args[j] is _INPUT else dy_pointer
+            status = function(*args)
+            if status != 0:
+                raise ValueError(f"training plan: {_ERRORS.get(status, f'error {status}')}")
+
+    def update(self, *scalars):
+        """Every bound parameter's update with this step's scalars (Adam: lr_t, beta_1, beta_2,
+        epsilon; SGD: learning_rate, momentum, nesterov), in the order bind_updates got them."""
+        for function, args in self._update_calls:
+            status = function(*args, *scalars)
+            if status != 0:
+                raise ValueError(f"training plan: {_ERRORS.get(status, f'error {status}')}")
+
+
+def training_plan(steps, x_shape, dtype):
+    """A TrainingPlan for `steps`, or None when one cannot be bound (a weight C would need
+    copied). steps: [(op, x_shape, y_shape)] the face checked (kernels.training_plan lists the
+    ops); the first op with weights computes no input gradient, and the ops before it have no
+    backward (the general path's rule for need_input_gradient=False)."""
+    try:
+        return _bind_training(steps, tuple(x_shape), np.dtype(dtype))
+    except _Unbindable:
+        return None
+
+
+def _buffer(shape, dtype):
+    array = np.empty(shape, dtype=dtype)
+    return array, (ffi.from_buffer(_CTYPES[array.dtype], array, True), array.size)
+
+
+def _bind_training(steps, x_shape, dtype):
+    sfx, itemsize = _SUFFIX[dtype], dtype.itemsize
+    weighted = [i for i, (op, _, _) in enumerate(steps) if op[0] in ("conv2d", "conv2d_maxpool", "dense")]
+    if not weighted:
+        raise _Unbindable   # nothing to train
+    forward, queries = [], []
+    source = (_INPUT, int(np.prod(x_shape)))   # what the next op reads: the input or a buffer
+    bound = []   # per op: its input, output, padded copy and pool winners, for the backward
+    output = None
+    for op, in_shape, y_shape in steps:
+        kind = op[0]
+        xpad = argmax = None
+        if kind == "reshape":
+            bound.append((source, source, None, None))   # the same buffer, another shape
+            output = output.reshape(y_shape) if output is not None else None
+            continue
+        output, out = _buffer(y_shape, dtype)
+        if kind in ("conv2d", "conv2d_maxpool"):
+            kernel, bias, strides, pads, relu = op[1:6]
+            geometry = _conv_geometry(in_shape, kernel.shape, strides, pads)
+            n, h, w, c = in_shape
+            top, bottom, left, right = pads
+            xpad = _buffer((n, h + top + bottom, w + left + right, c), dtype)[1]
+            weights = [*_weight_pointer(kernel, dtype), *_weight_pointer(bias, dtype)]
+            if kind == "conv2d":
+                forward.append((getattr(lib, f"mc_conv2d_forward{sfx}"),
+                                [geometry, *source, *weights, int(relu), *xpad, *out, _WORK]))
+                queries.append((lib.mc_conv2d_forward_workspace, (geometry, itemsize, 1)))
+            else:
+                pool_geometry = _conv_pool_geometry(in_shape, op)
+                argmax = _buffer(y_shape, np.int32)[1]
+                forward.append((getattr(lib, f"mc_conv2d_forward_maxpool{sfx}"),
+                                [geometry, pool_geometry, *source, *weights, int(relu), *xpad, *out, *argmax,
+                                 _WORK]))
+                queries.append((lib.mc_conv2d_forward_maxpool_workspace, (geometry, pool_geometry, itemsize, 1)))
+        elif kind == "maxpool2d":
+            geometry = _pool_geometry(in_shape, *op[1:4])
+            argmax = _buffer(y_shape, np.int32)[1]
+            forward.append((getattr(lib, f"mc_maxpool2d_forward{sfx}"), [geometry, *source, *out, *argmax]))
+        elif kind == "dense":
+            kernel, bias, relu = op[1:4]
+            n, k, f = in_shape[0], in_shape[1], kernel.shape[1]
+            weights = [*_weight_pointer(kernel, dtype), *_weight_pointer(bias, dtype)]
+            forward.append((getattr(lib, f"mc_dense_forward{sfx}"),
+                            [n, k, f, *source, *weights, int(relu), *out, _WORK]))
+            queries.append((lib.mc_dense_forward_workspace, (n, k, f, itemsize)))
+        else:
+            raise _Unbindable
+        bound.append((source, out, xpad, argmax))
+        source = out
+    # the backward, last op first, down to the first op with weights (which computes no dx): dy
+    # arrives as _DY, and each op's dx is the dy of the op before it
+    backward, gradients = [], []
+    dy = (_DY, output.size)
+    for index in range(len(steps) - 1, weighted[0] - 1, -1):
+        (op, in_shape, _), (x, out, xpad, argmax) = steps[index], bound[index]
+        kind = op[0]
+        if kind == "reshape":
+            continue
+        need_dx = index > weighted[0]
+        dx = _buffer(in_shape, dtype)[1] if need_dx else (ffi.NULL, 0)
+        if kind == "maxpool2d":
+            geometry = _pool_geometry(in_shape, *op[1:4])
+            backward.append((getattr(lib, f"mc_maxpool2d_backward{sfx}"), [geometry, *dy, *argmax, *dx]))
+            dy = dx
+            continue
+        kernel, bias = op[1], op[2]
+        relu = op[3] if kind == "dense" else op[5]
+        grads = [(index, "kernel", _buffer(kernel.shape, dtype))]
+        if bias is not None:
+            grads.append((index, "bias", _buffer(bias.shape, dtype)))
+        gradients[:0] = [(i, key, array) for i, key, (array, _) in grads]
+        dkernel = grads[0][2][1]
+        dbias = grads[1][2][1] if bias is not None else (ffi.NULL, 0)
+        weights = _weight_pointer(kernel, dtype)
+        relu_y = out if relu else (ffi.NULL, 0)   # C masks dy by the fused ReLU's output > 0
+        if kind == "dense":
+            n, k, f = in_shape[0], in_shape[1], kernel.shape[1]
+            backward.append((getattr(lib, f"mc_dense_backward{sfx}"),
+                             [n, k, f, *x, *weights, *dy, *relu_y, *dx, *dkernel, *dbias, _WORK]))
+            queries.append((lib.mc_dense_backward_workspace, (n, k, f, itemsize)))
+        elif kind == "conv2d":
+            geometry = _conv_geometry(in_shape, kernel.shape, op[3], op[4])
+            backward.append((getattr(lib, f"mc_conv2d_backward{sfx}"),
+                             [geometry, *xpad, *weights, *dy, *relu_y, *dx, *dkernel, *dbias, _WORK]))
+            queries.append((lib.mc_conv2d_backward_workspace, (geometry, itemsize, int(need_dx), int(relu))))
+        else:   # conv2d_maxpool: the pool's gradient goes to its winners inside C
+            geometry = _conv_geometry(in_shape, kernel.shape, op[3], op[4])
+            backward.append((getattr(lib, f"mc_conv2d_backward_from_maxpool{sfx}"),
+                             [geometry, _conv_pool_geometry(in_shape, op), *xpad, *weights, *dy, *relu_y,
+                              *argmax, *dx, *dkernel, *dbias, _WORK]))
+            queries.append((lib.mc_conv2d_backward_workspace, (geometry, itemsize, int(need_dx), 1)))
+        dy = dx
+    calls = [[(function, None, tuple(args), None) for function, args in group] for group in (forward, backward)]
+    return TrainingPlan(x_shape, dtype, calls[0], calls[1], queries, output, gradients)
+
+
+def _conv_pool_geometry(in_shape, op):
+    """The pool geometry of a ("conv2d_maxpool", kernel, bias, strides, pads, relu, pool_size,
+    pool_strides) op on inputs of in_shape."""
+    kernel, strides, pads, pool_size, pool_strides = op[1], op[3], op[4], op[6], op[7]
+    n, h, w, _ = in_shape
+    oh, ow = window_output_shape(h, w, kernel.shape[:2], strides, pads)
+    return _pool_geometry((n, oh, ow, kernel.shape[3]), pool_size, pool_strides, (0, 0, 0, 0))

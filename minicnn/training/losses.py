@@ -178,6 +178,22 @@ class SparseCategoricalCrossentropy(Loss):
         rows = np.arange(len(labels))
         return -self._log_probabilities(y_pred)[rows, labels]
 
+    def value(self, labels, y_pred):
+        """np.mean(per_sample(...)) with the same roundings, computed on each row's labelled
+        entry only: the renormalisation, the clip and the log are elementwise, so picking first
+        changes no bit, and a training step then runs a third of the NumPy calls (each ~5 us
+        right after the C engine's large calls: docs/performance.md, "A training step bound
+        to C"). np.mean's rounding: a pairwise sum in y_pred's dtype, divided in that dtype."""
+        if self.from_logits or y_pred.dtype not in (np.float32, np.float64):
+            return super().value(labels, y_pred)
+        rows = np.arange(len(labels))
+        p = y_pred[rows, labels] / np.add.reduce(y_pred, axis=1)
+        np.maximum(p, EPSILON, out=p)              # np.clip(p, EPSILON, 1 - EPSILON), no NaN lost:
+        np.minimum(p, 1.0 - EPSILON, out=p)        # maximum and minimum propagate NaN as clip does
+        np.log(p, out=p)
+        np.negative(p, out=p)
+        return float(np.add.reduce(p) / len(labels))
+
     def _softmax_gradient(self, labels, probabilities, n):
         dz = probabilities.copy()
         dz[np.arange(n), labels] -= 1

@@ -124,12 +124,7 @@ class Optimizer:
     # -- the step ---------------------------------------------------------------------------
     def apply(self, model):
         """One update of every trainable parameter from the gradients its layer holds now."""
-        if self._variables is None:
-            self.build(model)
-        # Keras' order: the rate of this step comes from iterations before the increment.
-        learning_rate = self._learning_rate if self._schedule is None else self._scheduled_rate()
-        self.iterations += 1
-        coefficients = self._step_coefficients(learning_rate)
+        coefficients = self.begin_step(model)
         for layer, key in self._variables:
             param = layer.params[key]
             grad = layer.grads[key]
@@ -142,6 +137,17 @@ class Optimizer:
             # A view on the front of the shared buffer, shaped like the parameter: no allocation.
             self._update(param, grad, self._slots[(layer.name, key)],
                          scratch[:param.size].reshape(param.shape), coefficients)
+
+    def begin_step(self, model):
+        """Start one update: build for `model` if needed, take this step's learning rate and
+        count the step; returns what `_update` needs for every parameter of it (apply's first
+        half; fit's training plans run the second half in C)."""
+        if self._variables is None:
+            self.build(model)
+        # Keras' order: the rate of this step comes from iterations before the increment.
+        learning_rate = self._learning_rate if self._schedule is None else self._scheduled_rate()
+        self.iterations += 1
+        return self._step_coefficients(learning_rate)
 
     def _step_coefficients(self, learning_rate):
         """What `_update` needs for every parameter of this step, computed once (iterations has

@@ -19,7 +19,7 @@ import numpy as np
 from .. import kernels, seeding
 from ..errors import check_int, shorten
 from . import callbacks as callbacks_module
-from . import data, losses, metrics as metrics_module, optimizers
+from . import data, losses, metrics as metrics_module, optimizers, training_plan
 
 
 # Inference runs in chunks whose largest activation is about this size (see _inference_forward):
@@ -145,19 +145,24 @@ class Trainer:
             progress.shows_learning_rate = log_learning_rate
         callback_list.on_train_begin()
         logs = {}
-        for epoch in range(int(initial_epoch), int(epochs)):
-            callback_list.on_epoch_begin(epoch)
-            order = self._epoch_order(len(x)) if shuffle else None
-            self._epochs_seen += 1
-            logs = self._train_epoch(x, targets, order, batch_size, epoch, callback_list, progress)
-            if x_val is not None:
-                val_logs = self._evaluate_arrays(x_val, targets_val, validation_batch_size)
-                logs.update({"val_" + key: value for key, value in val_logs.items()})
-            if log_learning_rate:
-                logs["learning_rate"] = self.optimizer.learning_rate
-            callback_list.on_epoch_end(epoch, logs)
-            if self.stop_training:
-                break
+        # the training step bound to the engine once, for this fit only (training_plan.py)
+        plans = training_plan.FitPlans(self)
+        try:
+            for epoch in range(int(initial_epoch), int(epochs)):
+                callback_list.on_epoch_begin(epoch)
+                order = self._epoch_order(len(x)) if shuffle else None
+                self._epochs_seen += 1
+                logs = self._train_epoch(x, targets, order, batch_size, epoch, callback_list, progress, plans)
+                if x_val is not None:
+                    val_logs = self._evaluate_arrays(x_val, targets_val, validation_batch_size)
+                    logs.update({"val_" + key: value for key, value in val_logs.items()})
+                if log_learning_rate:
+                    logs["learning_rate"] = self.optimizer.learning_rate
+                callback_list.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+        finally:
+            plans.close()
         callback_list.on_train_end(logs)
         return history
 
@@ -282,9 +287,14 @@ class Trainer:
             self._shuffle_seed = int(seeding.generator().integers(2 ** 63))
         return np.random.default_rng([self._shuffle_seed, self._epochs_seen]).permutation(n)
 
-    def _train_step(self, x_batch, targets, fused):
-        """forward, loss, backward, update. A non-finite loss skips backward and update."""
+    def _train_step(self, x_batch, targets, fused, plans=None):
+        """forward, loss, backward, update. A non-finite loss skips backward and update.
+        plans (fit's training_plan.FitPlans): the step bound to the engine when it can be."""
         kernels.adapt_threads_to_load()
+        if plans is not None:
+            planned = plans.step(x_batch, targets, fused)
+            if planned is not None:
+                return planned
         y_pred = self.forward(x_batch, training=True)
         loss_value, dy = self.loss.value_and_gradient(targets, y_pred, fused)
         if math.isfinite(loss_value):
@@ -292,7 +302,7 @@ class Trainer:
             self.optimizer.apply(self)
         return loss_value, y_pred
 
-    def _train_epoch(self, x, targets, order, batch_size, epoch, callback_list, progress):
+    def _train_epoch(self, x, targets, order, batch_size, epoch, callback_list, progress, plans=None):
         """One pass over x in batches; returns the epoch's logs (batch-size weighted means)."""
         n = len(x)
         dtype = self.dtype
@@ -313,7 +323,7 @@ class Trainer:
             if batch_hooks:
                 callback_list.on_train_batch_begin(step, {})
             batch_targets = targets[index]
-            loss_value, y_pred = self._train_step(data.batch(x, index, dtype), batch_targets, fused)
+            loss_value, y_pred = self._train_step(data.batch(x, index, dtype), batch_targets, fused, plans)
             count = len(batch_targets)
             loss_sum += loss_value * count
             seen += count
