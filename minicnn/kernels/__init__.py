@@ -661,13 +661,15 @@ def training_plan(ops, x_shape, dtype):
     The first op with weights computes no input gradient and the ops before it no backward, as
     Sequential.backward(need_input_gradient=False) runs them. Every op is checked here the
     general path's way, by running its forward once through this face on zeros, before the
-    engine binds any pointer. plan.forward(x), plan.backward(dy), plan.update(*scalars) after
+    engine binds any pointer: on one image (no check depends on the batch, and fit makes a plan
+    per call). plan.forward(x), plan.backward(dy), plan.update(*scalars) after
     plan.bind_updates(kind, updates): see c_engine.TrainingPlan.
     """
     make = getattr(_active, "training_plan", None)
     if make is None:
         return None
-    x = np.zeros(x_shape, dtype=dtype)
+    batch = _int_tuple((x_shape[0],), 1, 1, "training_plan", "the batch")[0]
+    x = np.zeros((1, *x_shape[1:]), dtype=dtype)
     steps = []
     for op in ops:
         op = tuple(op)
@@ -679,7 +681,7 @@ def training_plan(ops, x_shape, dtype):
             y = _run_inference_op(op, x)
         else:
             raise ValueError(f"training_plan: unknown op {op[0]!r}")
-        steps.append((op, x.shape, y.shape))
+        steps.append((op, (batch, *x.shape[1:]), (batch, *y.shape[1:])))
         x = y
     return make(steps, tuple(x_shape), dtype)
 
