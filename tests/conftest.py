@@ -26,6 +26,18 @@ def backend(request):
 
 
 @pytest.fixture
+def c_backend():
+    """The C engine for one test, the previous engine after it (modules about the C engine's
+    plans use it for every test and skip themselves when it is not built)."""
+    previous = kernels.get_backend()
+    minicnn.set_backend("c")
+    try:
+        yield
+    finally:
+        minicnn.set_backend(previous)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

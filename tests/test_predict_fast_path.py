@@ -23,17 +23,8 @@ try:
 except ImportError:   # not built: every test here is about the C engine's plan
     c_engine = None
 
-pytestmark = pytest.mark.skipif(c_engine is None, reason="C engine not built")
-
-
-@pytest.fixture(autouse=True)
-def c_backend():
-    previous = kernels.get_backend()
-    minicnn.set_backend("c")
-    try:
-        yield
-    finally:
-        minicnn.set_backend(previous)
+pytestmark = [pytest.mark.skipif(c_engine is None, reason="C engine not built"),
+              pytest.mark.usefixtures("c_backend")]
 
 
 def _images(n, size=28, channels=1, dtype=np.float32, seed=0):
