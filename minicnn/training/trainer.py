@@ -9,6 +9,9 @@ One training step:
                                                 ends in a softmax: dy = (p - onehot) / N
     backward(dy, need_input_gradient=False, dy_is_logits_gradient=fused)
     optimizer.apply(model)                      params updated in place from grads
+
+In fit, a model of layers the engine can bind runs the same step through a training plan
+(training_plan.py): the same C calls with the same arguments, prepared once per batch shape.
 """
 import math
 import warnings
