@@ -25,8 +25,9 @@ Random cases over the whole geometry space, in the C engine's automatic algorith
     plan         (one case per 25 more, after the others) a random small model of the layers
                  fit binds to C (minicnn/training/training_plan.py): 0-3 convolutions (kernels
                  1-5, non-square too, strides 1-2, valid and same, ReLU or none, bias on/off),
-                 max pools that fuse with them or not, a pool before the first weights,
-                 Flatten, dense layers, a softmax or from_logits head; Adam or SGD (momentum,
+                 ReLU layers, dropout (rates 0-0.8, minicnn's generator or a seed), max pools
+                 that fuse with them or not, a pool before the first weights, Flatten, dense
+                 layers, a softmax or from_logits head; Adam or SGD (momentum,
                  Nesterov); batch 1-9 with a shorter last batch; two epochs of fit through
                  the plan, bit for bit against the general path (the layers one by one)
     all          float32 and float64, 1-4 threads, every SIMD level the CPU has; a fifth of the
@@ -133,6 +134,8 @@ REQUIRED_BRANCHES = (
     "training plan, a pool not fused",
     "training plan, a pool before the first weights",
     "training plan, dense layer first",
+    "training plan, a ReLU layer",
+    "training plan, dropout",
 )
 
 
@@ -380,6 +383,11 @@ def _window_output(size, window, stride, padding):
     return (size - window) // stride + 1 if size >= window else None
 
 
+def _sample_dropout(rng):
+    """A Dropout layer's spec: a rate (0: the identity) and a seed of its own or None."""
+    return ["dropout", rng.choice([0.0, 0.2, 0.5, 0.8]), rng.choice([None, rng.randrange(1000)])]
+
+
 def sample_plan(rng, common):
     """A random model of the layers fit binds to C, as JSON-able layer specs."""
     input_shape = [rng.randint(3, 16), rng.randint(3, 16), rng.randint(1, 4)]
@@ -397,9 +405,13 @@ def sample_plan(rng, common):
         oh, ow = _window_output(h, kh, sh, padding), _window_output(w, kw, sw, padding)
         if oh is None or ow is None:
             break
-        layers.append(["conv", rng.randint(1, 12), kh, kw, sh, sw, padding, rng.random() < 0.7,
-                       rng.random() < 0.8])
+        relu = rng.random() < 0.6
+        layers.append(["conv", rng.randint(1, 12), kh, kw, sh, sw, padding, relu, rng.random() < 0.8])
         h, w = oh, ow
+        if not relu and rng.random() < 0.4:
+            layers.append(["relu"])   # a ReLU layer of its own: the pool after it does not fuse
+        if rng.random() < 0.25:
+            layers.append(_sample_dropout(rng))
         if rng.random() < 0.6:
             size = rng.choice([2, 2, 3])
             stride = size if rng.random() < 0.7 else 1   # windows that overlap do not fuse
@@ -411,6 +423,8 @@ def sample_plan(rng, common):
     layers.append(["flatten"])
     if rng.random() < 0.5:
         layers.append(["dense", rng.randint(1, 20), rng.choice(["relu", "linear"]), rng.random() < 0.8])
+        if rng.random() < 0.4:
+            layers.append(_sample_dropout(rng))
     classes = rng.randint(2, 6)
     head = rng.choice(["softmax", "softmax", "linear"])   # linear: from_logits=True
     layers.append(["dense", classes, head, True])
@@ -660,7 +674,7 @@ def run_plan_case(case, normal):
     weight, optimizer state and logged number bit for bit, and the plan must have run."""
     import numpy as np
     import minicnn
-    from minicnn import Conv2D, Dense, Flatten, MaxPooling2D, Sequential
+    from minicnn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, ReLU, Sequential
     from minicnn.training import training_plan
 
     def layers():
@@ -676,6 +690,10 @@ def run_plan_case(case, normal):
                 made.append(MaxPooling2D((ph, pw), strides=(sh, sw), padding=padding, **first))
             elif spec[0] == "flatten":
                 made.append(Flatten(**first))
+            elif spec[0] == "relu":
+                made.append(ReLU(**first))
+            elif spec[0] == "dropout":
+                made.append(Dropout(spec[1], seed=spec[2], **first))
             else:
                 _, units, activation, bias = spec
                 made.append(Dense(units, activation=activation, use_bias=bias, **first))
@@ -722,6 +740,10 @@ def run_plan_case(case, normal):
                             "training plan, a pool before the first weights")
     if "conv" not in kinds:   # the dense layer's backward reads the step's input itself
         branches.append("training plan, dense layer first")
+    if "relu" in kinds:
+        branches.append("training plan, a ReLU layer")
+    if any(spec[0] == "dropout" and spec[1] > 0 for spec in case["layers"]):
+        branches.append("training plan, dropout")
     return problems, sorted(set(branches))
 
 

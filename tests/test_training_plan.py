@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Sequential,
-                     kernels)
+from minicnn import (AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D,
+                     ReLU, Sequential, kernels)
 from minicnn.callbacks import Callback, LearningRateScheduler
 from minicnn.layers import Softmax
 from minicnn.training import training_plan
@@ -88,8 +88,17 @@ def _pool_first():
             Flatten(), Dense(4, activation="softmax")]
 
 
+def _relu_and_dropout_layers():
+    """ReLU and Dropout layers of their own (a ReLU between a convolution and its pool, which
+    then do not fuse), dropout with minicnn's generator (twice: the keys' order matters), with
+    its own seed, and at rate 0."""
+    return [Conv2D(6, (3, 3), padding="same", input_shape=(12, 12, 2)), ReLU(), MaxPooling2D((2, 2)),
+            Dropout(0.25), Conv2D(8, (3, 3), activation="relu"), Flatten(), Dropout(0.1), Dense(12), ReLU(),
+            Dropout(0.5, seed=3), Dropout(0.0), Dense(5, activation="softmax")]
+
+
 ARCHITECTURES = {"seed": _seed_like, "lenet": _lenet_like, "unfused": _unfused_pools,
-                 "dense_first": _dense_first, "pool_first": _pool_first}
+                 "dense_first": _dense_first, "pool_first": _pool_first, "relu_dropout": _relu_and_dropout_layers}
 
 
 def _data(model_layers, n, classes, seed=0, dtype=np.float32):
@@ -189,18 +198,24 @@ def test_schedules_and_callbacks_that_change_the_rate_reach_the_plan(monkeypatch
                      callbacks=lambda: [LearningRateScheduler(lambda epoch, rate: rate * 0.5)])
 
 
-class _ReplaceWeights(Callback):
-    """Replaces a weight array with a new one (equal values, then shifted) before chosen steps."""
+class _AtSteps(Callback):
+    """Calls change(model, step) before each step of the fit numbered in `steps` (counted
+    across epochs, from 0)."""
 
-    def __init__(self, steps):
+    def __init__(self, steps, change):
         super().__init__()
-        self.steps, self.seen = set(steps), 0
+        self.steps, self.change, self.seen = set(steps), change, 0
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.seen in self.steps:
-            layer = self.model.layers[0]
-            layer.params["kernel"] = layer.params["kernel"] + np.float32(0.01)
+            self.change(self.model, self.seen)
         self.seen += 1
+
+
+def _replace_first_kernel(model, step):
+    """A new array in place of the first layer's kernel (its values shifted)."""
+    layer = model.layers[0]
+    layer.params["kernel"] = layer.params["kernel"] + np.float32(0.01)
 
 
 @pytest.mark.parametrize("steps", [[3], [2, 5, 8], range(40)])
@@ -209,20 +224,28 @@ def test_a_replaced_weight_array_makes_a_new_plan(monkeypatch, planned_steps, st
     Replacing arrays at every step stops planning after MAX_BUILDS_PER_FIT builds."""
     x, y = _data(_seed_like(), 64, 5, seed=5)
     _assert_same_fit(monkeypatch, planned_steps, _seed_like, OPTIMIZERS["adam"], x, y,
-                     callbacks=lambda: [_ReplaceWeights(steps)])
+                     callbacks=lambda: [_AtSteps(steps, _replace_first_kernel)])
     if len(steps) == 40:   # a build per step until the cap, then the layers
         assert planned_steps[-2] == training_plan.MAX_BUILDS_PER_FIT
 
 
-class _Freeze(Callback):
-    def __init__(self, at_step, index):
-        super().__init__()
-        self.at_step, self.index, self.seen = at_step, index, 0
+def _change_dropout_rates(model, step):
+    """0.25 -> 0.1, 0.1 -> 0.2, 0.5 -> 0 and 0 -> 0.4."""
+    for layer, rate in zip([layer for layer in model.layers if isinstance(layer, Dropout)], (0.1, 0.2, 0.0, 0.4)):
+        layer.rate = rate
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.seen == self.at_step:
-            self.model.layers[self.index].trainable = False
-        self.seen += 1
+
+def test_a_changed_dropout_rate_makes_a_new_plan(monkeypatch, planned_steps):
+    """A plan bound to rate 0 (no op at all) or to another rate's threshold and scale would
+    keep dropping the old way."""
+    x, y = _data(_relu_and_dropout_layers(), 40, 5, seed=13)
+    _assert_same_fit(monkeypatch, planned_steps, _relu_and_dropout_layers, OPTIMIZERS["adam"], x, y,
+                     callbacks=lambda: [_AtSteps([3], _change_dropout_rates)])
+    assert planned_steps[-2] == 10
+
+
+def _freeze_first_layer(model, step):
+    model.layers[0].trainable = False
 
 
 def test_a_layer_frozen_during_fit_leaves_the_plan(monkeypatch, planned_steps):
@@ -230,7 +253,7 @@ def test_a_layer_frozen_during_fit_leaves_the_plan(monkeypatch, planned_steps):
     plan, which computes every layer's gradients, must not run."""
     x, y = _data(_seed_like(), 48, 5, seed=6)
     _assert_same_fit(monkeypatch, planned_steps, _seed_like, OPTIMIZERS["adam"], x, y, epochs=1,
-                     callbacks=lambda: [_Freeze(2, 0)])
+                     callbacks=lambda: [_AtSteps([2], _freeze_first_layer)])
     assert planned_steps[-2] == 2
 
 
@@ -255,8 +278,8 @@ def test_recompiling_and_switching_the_engine_between_fits(monkeypatch, planned_
 
 
 @pytest.mark.parametrize("layers, optimizer", [
-    (lambda: _seed_like()[:-2] + [Dropout(0.3), Dense(5, activation="softmax")], "adam"),
     (lambda: _seed_like()[:2] + [BatchNormalization()] + _seed_like()[2:], "adam"),
+    (lambda: _seed_like()[:1] + [AveragePooling2D((2, 2))] + _seed_like()[2:], "adam"),
     (lambda: _seed_like()[:-1] + [Dense(5), Softmax()], "adam"),
     (_seed_like, "adamw"),
     (_seed_like, "rmsprop"),
@@ -301,17 +324,9 @@ def test_after_a_planned_fit_the_grads_are_the_last_steps_and_no_cache_is_left(m
     planned.backward(np.ones((8, 5), np.float32), need_input_gradient=False)
 
 
-class _PoisonOutputLayer(Callback):
-    """Writes NaN into the last layer's kernel, in place, before step `at_step`."""
-
-    def __init__(self, at_step):
-        super().__init__()
-        self.at_step, self.seen = at_step, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.seen == self.at_step:
-            self.model.layers[-1].params["kernel"][0, 0] = np.nan
-        self.seen += 1
+def _poison_output_layer(model, step):
+    """NaN into the last layer's kernel, in place."""
+    model.layers[-1].params["kernel"][0, 0] = np.nan
 
 
 def test_a_non_finite_loss_stops_a_planned_fit_before_its_update(monkeypatch, planned_steps):
@@ -320,7 +335,7 @@ def test_a_non_finite_loss_stops_a_planned_fit_before_its_update(monkeypatch, pl
     x, y = _data(_seed_like(), 40, 5, seed=11)
     with pytest.warns(RuntimeWarning, match="the loss became nan in epoch 1, batch 2"):
         _assert_same_fit(monkeypatch, planned_steps, _seed_like, OPTIMIZERS["adam"], x, y,
-                         callbacks=lambda: [_PoisonOutputLayer(2)])
+                         callbacks=lambda: [_AtSteps([2], _poison_output_layer)])
     assert planned_steps[-2] == 3
 
 
@@ -353,6 +368,13 @@ def test_a_plan_checks_its_input_and_gradient():
     plan.forward(np.zeros((4, 12, 12, 1), np.float32))
     with pytest.raises(ValueError, match=r"dy must be a C-contiguous float32 array of shape \(4, 5\)"):
         plan.backward(np.zeros((4, 6), np.float32))
+    model, plan = _plan_for(_relu_and_dropout_layers, 2)
+    x = np.zeros((2, 12, 12, 2), np.float32)
+    with pytest.raises(ValueError, match=r"expected 3 dropout keys, ints in \[0, 2\*\*64\), received \[1\]"):
+        plan.forward(x, [1])
+    with pytest.raises(ValueError, match="expected 3 dropout keys"):
+        plan.forward(x, [1, 2, 2**64])
+    plan.forward(x, [1, 2, 2**64 - 1])
 
 
 def test_a_plan_binds_no_update_it_cannot_run_in_place():
@@ -368,9 +390,8 @@ def test_a_plan_binds_no_update_it_cannot_run_in_place():
     assert plan.bind_updates("adam", [(kernel, grad, state)])
 
 
-class _ChangeThreads(Callback):
-    def on_train_batch_begin(self, batch, logs=None):
-        c_engine.set_num_threads(1 + batch % 4, beyond_cpus=True)
+def _change_threads(model, step):
+    c_engine.set_num_threads(1 + step % 4, beyond_cpus=True)
 
 
 def test_the_plans_workspace_follows_the_threads(monkeypatch, planned_steps):
@@ -386,7 +407,7 @@ def test_the_plans_workspace_follows_the_threads(monkeypatch, planned_steps):
     kernels.set_adaptive_threads(False)
     try:
         _assert_same_fit(monkeypatch, planned_steps, layers, OPTIMIZERS["adam"], x, y, batch_size=16,
-                         callbacks=lambda: [_ChangeThreads()])
+                         callbacks=lambda: [_AtSteps(range(10**6), _change_threads)])
     finally:
         c_engine.set_num_threads(None)
         kernels.set_adaptive_threads(adaptive)

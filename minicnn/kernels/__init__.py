@@ -461,10 +461,15 @@ def dropout_forward(x, rate, key):
         raise ValueError(f"{who}: rate must be a number in [0, 1), received {rate!r}")
     if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < 2**64:
         raise ValueError(f"{who}: key must be an integer in [0, 2**64), received {key!r}")
-    threshold = round(rate * numpy_engine.DROPOUT_ONE)
-    scale = float(x.dtype.type(1.0 / (1.0 - rate)))
+    threshold, scale = _dropout_constants(rate, x.dtype)
     y, cache = _active.dropout_forward(x, int(key), threshold, scale)
     return y, _Cache("dropout", _active, y.shape, y.dtype, cache)
+
+
+def _dropout_constants(rate, dtype):
+    """(threshold, scale) of a dropout rate: kept below rate * 2^24 of the hash's top 24 bits
+    dropped, the kept ones times 1 / (1 - rate) rounded to the dtype."""
+    return round(rate * numpy_engine.DROPOUT_ONE), float(np.dtype(dtype).type(1.0 / (1.0 - rate)))
 
 
 def dropout_backward(dy, cache):
@@ -658,11 +663,13 @@ def training_plan(ops, x_shape, dtype):
         ("conv2d", kernel, bias, strides, pads, relu)     ("dense", kernel, bias, relu)
         ("conv2d_maxpool", kernel, bias, strides, pads, relu, pool_size, pool_strides)
         ("maxpool2d", pool_size, strides, pads)            ("reshape", shape without the batch axis)
+        ("relu",)                                          ("dropout", rate): rate in (0, 1), its
+                                                           key passed to plan.forward per step
     The first op with weights computes no input gradient and the ops before it no backward, as
     Sequential.backward(need_input_gradient=False) runs them. Every op is checked here the
     general path's way, by running its forward once through this face on zeros, before the
     engine binds any pointer: on one image (no check depends on the batch, and fit makes a plan
-    per call). plan.forward(x), plan.backward(dy), plan.update(*scalars) after
+    per call). plan.forward(x, keys), plan.backward(dy), plan.update(*scalars) after
     plan.bind_updates(kind, updates): see c_engine.TrainingPlan.
     """
     make = getattr(_active, "training_plan", None)
@@ -677,8 +684,11 @@ def training_plan(ops, x_shape, dtype):
             _, kernel, bias, strides, pads, relu, pool_size, pool_strides = op
             y = conv2d_maxpool_forward(x, kernel, bias, strides, pads, pool_size, pool_strides, relu,
                                        keep_cache=False)[0]
-        elif op[0] in ("conv2d", "maxpool2d", "dense", "reshape"):
+        elif op[0] in ("conv2d", "maxpool2d", "dense", "reshape", "relu"):
             y = _run_inference_op(op, x)
+        elif op[0] == "dropout":
+            y = dropout_forward(x, op[1], 0)[0]
+            op = ("dropout", *_dropout_constants(op[1], dtype))   # the engine's (threshold, scale)
         else:
             raise ValueError(f"training_plan: unknown op {op[0]!r}")
         steps.append((op, (batch, *x.shape[1:]), (batch, *y.shape[1:])))

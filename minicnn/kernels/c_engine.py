@@ -762,6 +762,15 @@ _INPUT, _OUTPUT, _WORK = object(), object(), object()
 _DY = object()   # a training plan's: the gradient its backward starts from
 
 
+class _Key:
+    """A training plan's placeholder for the per-step key of its `index`-th dropout op."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+
 class _Scratch:
     """A per-thread buffer of `shape` and `dtype` a plan binds (an activation, xpad, argmax)."""
 
@@ -942,14 +951,16 @@ class TrainingPlan:
     dtype, bound to C. Made by training_plan from the face's checked ops. Not thread-safe: one
     fit uses it at a time.
 
-    forward(x) -> the last op's output (a buffer the plan reuses: copy what must outlive the step)
+    forward(x, keys=()) -> the last op's output (a buffer the plan reuses: copy what must
+        outlive the step); keys: one 64-bit key per dropout op, in order, drawn for this step
     backward(dy): dy with respect to that output; fills the gradient buffers
     update(*scalars): the optimizer's C update of every bound parameter with this step's scalars
     gradients: [(op index, "kernel" or "bias", buffer)] in the ops' order
     """
 
-    def __init__(self, x_shape, dtype, forward_calls, backward_calls, queries, output, gradients):
+    def __init__(self, x_shape, dtype, forward_calls, backward_calls, queries, output, gradients, keys=0):
         self.x_shape, self.dtype = x_shape, dtype
+        self.keys = keys                        # dropout ops: keys forward needs each step
         self._ctype = _CTYPES[dtype]
         # [(C function, arguments, template, positions of _INPUT / _DY)]; the arguments are the
         # template's with the workspace bound (_bind_work), the positions filled in per call
@@ -994,18 +1005,23 @@ class TrainingPlan:
                 args = []
                 for arg in template:
                     args.extend(work if arg is _WORK else (arg,))
-                fill = tuple(j for j, arg in enumerate(args) if arg is _INPUT or arg is _DY) or None
+                fill = tuple(j for j, arg in enumerate(args)
+                             if arg is _INPUT or arg is _DY or type(arg) is _Key) or None
                 calls[i] = (function, tuple(args), template, fill)
         self._bound_work = work
 
-    def forward(self, x):
+    def forward(self, x, keys=()):
         if not (type(x) is np.ndarray and x.shape == self.x_shape and x.dtype == self.dtype
                 and x.flags.c_contiguous):
             raise ValueError(f"training plan: x must be a C-contiguous {self.dtype} array of shape "
                              f"{self.x_shape}, received {getattr(x, 'shape', type(x).__name__)}")
+        if len(keys) != self.keys or not all(type(k) is int and 0 <= k < 2**64 for k in keys):
+            raise ValueError(f"training plan: expected {self.keys} dropout keys, ints in [0, 2**64), "
+                             f"received {keys!r}")
         self._bind_work()
         self._x = x   # a dense layer first reads x again in the backward
         self._x_pointer = ffi.from_buffer(self._ctype, x, False)
+        self._keys = keys
         self._run(self._forward_calls, None)
         return self.output
 
@@ -1025,7 +1041,9 @@ class TrainingPlan:
             if fill is not None:
                 args = list(args)
                 for j in fill:
-                    args[j] = self._x_pointer if args[j] is _INPUT else dy_pointer
+                    arg = args[j]
+                    args[j] = (self._x_pointer if arg is _INPUT else dy_pointer if arg is _DY
+                               else self._keys[arg.index])
             status = function(*args)
             if status != 0:
                 raise ValueError(f"training plan: {_ERRORS.get(status, f'error {status}')}")
@@ -1061,8 +1079,9 @@ def _bind_training(steps, x_shape, dtype):
     if not weighted:
         raise _Unbindable   # nothing to train
     forward, queries = [], []
+    keys = 0   # dropout ops so far
     source = (_INPUT, int(np.prod(x_shape)))   # what the next op reads: the input or a buffer
-    bound = []   # per op: its input, output, padded copy and pool winners, for the backward
+    bound = []   # per op: its input, output, padded copy and pool winners (or dropout's mask)
     output = None
     for op, in_shape, y_shape in steps:
         kind = op[0]
@@ -1101,6 +1120,13 @@ def _bind_training(steps, x_shape, dtype):
             forward.append((getattr(lib, f"mc_dense_forward{sfx}"),
                             [n, k, f, *source, *weights, int(relu), *out, _WORK]))
             queries.append((lib.mc_dense_forward_workspace, (n, k, f, itemsize)))
+        elif kind == "relu":
+            forward.append((getattr(lib, f"mc_relu_forward{sfx}"), [output.size, *source, *out]))
+        elif kind == "dropout":
+            argmax = _buffer(y_shape, np.uint8)[1]   # the mask, kept for the backward
+            forward.append((getattr(lib, f"mc_dropout_forward{sfx}"),
+                            [output.size, *source, _Key(keys), int(op[1]), float(op[2]), *out, *argmax]))
+            keys += 1
         else:
             raise _Unbindable
         bound.append((source, out, xpad, argmax))
@@ -1116,9 +1142,15 @@ def _bind_training(steps, x_shape, dtype):
             continue
         need_dx = index > weighted[0]
         dx = _buffer(in_shape, dtype)[1] if need_dx else (ffi.NULL, 0)
-        if kind == "maxpool2d":
-            geometry = _pool_geometry(in_shape, *op[1:4])
-            backward.append((getattr(lib, f"mc_maxpool2d_backward{sfx}"), [geometry, *dy, *argmax, *dx]))
+        if kind in ("maxpool2d", "relu", "dropout"):
+            size = int(np.prod(in_shape))
+            if kind == "maxpool2d":
+                geometry = _pool_geometry(in_shape, *op[1:4])
+                backward.append((getattr(lib, f"mc_maxpool2d_backward{sfx}"), [geometry, *dy, *argmax, *dx]))
+            elif kind == "relu":   # dx = dy where the output is > 0
+                backward.append((getattr(lib, f"mc_relu_backward{sfx}"), [size, *dy, *out, *dx]))
+            else:                  # dx = dy * the mask * scale
+                backward.append((getattr(lib, f"mc_dropout_backward{sfx}"), [size, *dy, *argmax, float(op[2]), *dx]))
             dy = dx
             continue
         kernel, bias = op[1], op[2]
@@ -1149,7 +1181,7 @@ def _bind_training(steps, x_shape, dtype):
             queries.append((lib.mc_conv2d_backward_workspace, (geometry, itemsize, int(need_dx), 1)))
         dy = dx
     calls = [[(function, None, tuple(args), None) for function, args in group] for group in (forward, backward)]
-    return TrainingPlan(x_shape, dtype, calls[0], calls[1], queries, output, gradients)
+    return TrainingPlan(x_shape, dtype, calls[0], calls[1], queries, output, gradients, keys)
 
 
 def _conv_pool_geometry(in_shape, op):

@@ -59,12 +59,15 @@ class Dropout(RandomLayer):
         if self.rate == 0.0:
             self._identity = True
             return x
-        # One 64-bit key per step from the layer's generator (set_seed or seed=) decides every
-        # element: the kernel face hashes (key, index), the same on every engine and thread
-        # count. Kept cells are multiplied by exactly 1/(1 - rate) rounded to the dtype.
-        key = int(self._generator().integers(0, 2**64, dtype=np.uint64))
-        y, self._cache = kernels.dropout_forward(x, self.rate, key)
+        y, self._cache = kernels.dropout_forward(x, self.rate, self.step_key())
         return y
+
+    def step_key(self):
+        """This step's key, drawn from the layer's generator (set_seed or seed=): one 64-bit
+        key decides every element (the kernel face hashes (key, index), the same on every
+        engine and thread count). Kept cells are multiplied by exactly 1/(1 - rate) rounded to
+        the dtype. fit's training plans draw it here too, in layer order, as the forward does."""
+        return int(self._generator().integers(0, 2**64, dtype=np.uint64))
 
     def inference_ops(self):
         return []   # the identity when not training

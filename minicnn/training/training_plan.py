@@ -8,8 +8,8 @@ forward, the backward and the update as three loops over prepared C calls, and o
 stays in NumPy (docs/performance.md, "A training step bound to C"). The same C functions with
 the same arguments in the same order: the same bits as the general path, which the tests pin.
 
-A model is planned when every layer is exactly a Conv2D, MaxPooling2D, Flatten or Dense
-(subclasses may compute something else), the last a Dense, every layer with weights is
+A model is planned when every layer is exactly a Conv2D, MaxPooling2D, Flatten, Dense, ReLU or
+Dropout (subclasses may compute something else), the last a Dense, every layer with weights is
 trainable, activations are none or ReLU (fused into the kernel) except a final softmax, the
 optimizer is exactly Adam or SGD, and the engine has plans (the C engine). Anything else
 trains through the layers, as do train_on_batch and a plan that keeps going stale.
@@ -23,9 +23,11 @@ import math
 import numpy as np
 
 from .. import kernels
+from ..layers.activations import ReLU
 from ..layers.conv import Conv2D
 from ..layers.core import Dense, Flatten
 from ..layers.pooling import MaxPooling2D
+from ..layers.regularization import Dropout
 from .optimizers import SGD, Adam
 
 # A plan is rebuilt when it goes stale (a weight array replaced, set_backend, a layer made
@@ -64,8 +66,9 @@ class FitPlans:
         general step, or none): clear them, so a backward without a new forward refuses."""
         if self.planned_steps:
             for layer in self.model.layers:
-                if getattr(layer, "_cache", None) is not None:
-                    layer._cache = None
+                for cache in ("_cache", "_y"):   # _y: a ReLU layer's output
+                    if getattr(layer, cache, None) is not None:
+                        setattr(layer, cache, None)
         self._plans.clear()
 
 
@@ -109,6 +112,9 @@ class _PlannedStep:
         # the last layer's softmax (None: no activation, or its ReLU in the kernel)
         last = model.layers[-1]
         self.softmax = last.activation if last.activation_name == "softmax" else None
+        # the dropout layers that draw a key each step, in the forward's order
+        self.dropouts = [layer for layer in model.layers if type(layer) is Dropout and layer.rate > 0]
+        self.rates = [(layer, layer.rate) for layer in model.layers if type(layer) is Dropout]
 
     def current(self):
         """The same engine, layers, weight arrays, optimizer and loss, and every layer with
@@ -117,7 +123,8 @@ class _PlannedStep:
         by set_state; a new optimizer comes with compile.)"""
         model = self.model
         if (kernels.get_backend() != self.engine or model.optimizer is not self.optimizer
-                or model.loss is not self.loss or tuple(model.layers) != self.layers):
+                or model.loss is not self.loss or tuple(model.layers) != self.layers
+                or any(layer.rate != rate for layer, rate in self.rates)):
             return False
         for layer, key, array in self.weights:
             if not layer.trainable or layer.params.get(key) is not array:
@@ -127,7 +134,7 @@ class _PlannedStep:
     def run(self, x_batch, targets, fused):
         """Trainer._train_step's work, bound: (loss, y_pred)."""
         plan = self.plan
-        output = plan.forward(x_batch)
+        output = plan.forward(x_batch, [layer.step_key() for layer in self.dropouts])
         # the last layer's own softmax (a new array; the plan checked its input), or a copy of
         # the output: the plan's buffer is overwritten by the next step
         y_pred = self.softmax._forward(output, True) if self.softmax is not None else output.copy()
@@ -174,6 +181,11 @@ def _training_ops(layers, fused):
             ops.append(("maxpool2d", layer.pool_size, layer.strides, layer.pads))
         elif kind is Flatten:
             ops.append(("reshape", layer.output_shape))
+        elif kind is ReLU:
+            ops.append(("relu",))
+        elif kind is Dropout:
+            # rate 0 passes x on (the general path's identity); the others draw a key per step
+            ops.append(("dropout", layer.rate) if layer.rate > 0 else ("reshape", layer.output_shape))
         else:
             return None
         op_layers.append(layer)
