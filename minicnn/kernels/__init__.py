@@ -467,8 +467,9 @@ def dropout_forward(x, rate, key):
 
 
 def _dropout_constants(rate, dtype):
-    """(threshold, scale) of a dropout rate: kept below rate * 2^24 of the hash's top 24 bits
-    dropped, the kept ones times 1 / (1 - rate) rounded to the dtype."""
+    """(threshold, scale) of a dropout rate: an element is kept when the top 24 bits of its
+    hash are >= threshold = round(rate * 2^24), and a kept one is multiplied by scale =
+    1 / (1 - rate) rounded to the dtype (dropout_forward and the training plans share them)."""
     return round(rate * numpy_engine.DROPOUT_ONE), float(np.dtype(dtype).type(1.0 / (1.0 - rate)))
 
 
