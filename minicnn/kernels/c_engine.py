@@ -120,7 +120,12 @@ def _call(function_name, *args):
             c_args.append(arg)
     status = getattr(lib, function_name)(*c_args)
     if status != 0:
-        raise ValueError(f"{function_name}: {_ERRORS.get(status, f'error {status}')}")
+        raise _status_error(function_name, status)
+
+
+def _status_error(who, status):
+    """The ValueError for C's error code `status`, named after `who`."""
+    return ValueError(f"{who}: {_ERRORS.get(status, f'error {status}')}")
 
 
 def _contiguous(array, dtype, name, who):
@@ -852,7 +857,7 @@ class InferencePlan:
                     args[i] = x_pointer if args[i] is _INPUT else y_pointer
             status = function(*args)
             if status != 0:
-                raise ValueError(f"inference plan: {_ERRORS.get(status, f'error {status}')}")
+                raise _status_error("inference plan", status)
         if self._final_shape != self._out_shape:
             y = y.reshape(self._final_shape)
         for function in self._tail:
@@ -1046,7 +1051,7 @@ class TrainingPlan:
                                else self._keys[arg.index])
             status = function(*args)
             if status != 0:
-                raise ValueError(f"training plan: {_ERRORS.get(status, f'error {status}')}")
+                raise _status_error("training plan", status)
 
     def update(self, *scalars):
         """Every bound parameter's update with this step's scalars (Adam: lr_t, beta_1, beta_2,
@@ -1054,7 +1059,7 @@ class TrainingPlan:
         for function, args in self._update_calls:
             status = function(*args, *scalars)
             if status != 0:
-                raise ValueError(f"training plan: {_ERRORS.get(status, f'error {status}')}")
+                raise _status_error("training plan", status)
 
 
 def training_plan(steps, x_shape, dtype):
@@ -1069,8 +1074,9 @@ def training_plan(steps, x_shape, dtype):
 
 
 def _buffer(shape, dtype):
+    """A new array a plan owns, and its (pointer, length)."""
     array = np.empty(shape, dtype=dtype)
-    return array, (ffi.from_buffer(_CTYPES[array.dtype], array, True), array.size)
+    return array, _verified(array)
 
 
 def _bind_training(steps, x_shape, dtype):
