@@ -81,9 +81,10 @@ class Sequential(Trainer):
                     f"e.g. (None, 28, 28, 1), received {input_shape}"
                 )
             shape = input_shape[1:]
-        self.input_shape = tuple(shape)
+        input_shape = tuple(shape)
         for layer in self.layers:
-            shape = layer.build(shape)
+            shape = layer.build(shape)   # a no-op for a layer already built for this shape
+        self.input_shape = input_shape
         self.output_shape = tuple(shape)
         self.built = True
 

@@ -1,4 +1,6 @@
 """Layer contract, Keras-compatible arguments, shapes, dtypes, weights and error messages."""
+import json
+
 import numpy as np
 import pytest
 
@@ -207,6 +209,51 @@ def test_sequential_add_and_lazy_build():
         model.add("dense")
     with pytest.raises(ValueError, match="only the first layer may declare input_shape"):
         model.add(Dense(2, input_shape=(3,)))
+
+
+def test_trained_layers_reused_in_a_new_model_keep_and_share_their_weights():
+    """Keras' transfer-learning idiom, Sequential(base.layers[:-1] + [new head]): the shared
+    layers were once built again, which drew new weights for both models."""
+    minicnn.set_seed(0)
+    base = Sequential([Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)), MaxPooling2D(), Flatten(),
+                       Dense(3, activation="softmax")])
+    base.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 16)
+    base.fit(x, y, epochs=2, verbose=0)
+    weights, outputs = [w.copy() for w in base.get_weights()], base.predict(x, verbose=0)
+    kernel = base.layers[0].params["kernel"]
+    new = Sequential(base.layers[:-1] + [Dense(2, activation="softmax")])
+    assert new.layers[0].params["kernel"] is kernel                    # shared, not copied or redrawn
+    assert all(np.array_equal(a, b) for a, b in zip(base.get_weights(), weights))
+    assert np.array_equal(base.predict(x, verbose=0), outputs)
+    base.build((None, 8, 8, 1))                                          # again, the same shape: nothing
+    assert base.layers[0].params["kernel"] is kernel and np.array_equal(kernel, weights[0])
+
+
+def test_a_built_layer_refuses_to_be_built_for_another_shape():
+    minicnn.set_seed(0)
+    model = Sequential([Conv2D(2, 3), Flatten(), Dense(2)])
+    model.build((None, 8, 8, 1))
+    weights = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match=r"cannot be built again for \(9, 9, 1\)"):
+        model.build((None, 9, 9, 1))
+    with pytest.raises(ValueError, match=r"Conv2D 'conv2d.*already built for inputs of shape \(8, 8, 1\) and "
+                                         r"cannot be built again for \(7, 7, 1\).*use a new layer"):
+        Sequential([model.layers[0]]).build((None, 7, 7, 1))
+    with pytest.raises(ValueError, match=r"Flatten .*already built for inputs of shape \(6, 6, 2\)"):
+        Sequential([Conv2D(2, 3, input_shape=(7, 7, 1)), model.layers[1]])
+    assert model.input_shape == (8, 8, 1)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights))
+    model.predict(np.zeros((1, 8, 8, 1), np.float32), verbose=0)     # the model still works
+
+
+def test_filters_and_units_take_numpy_integers():
+    conv, dense = Conv2D(np.int64(4), 3), Dense(np.int32(2))
+    assert (conv.filters, dense.units) == (4, 2) and type(conv.filters) is int and type(dense.units) is int
+    json.dumps([conv.get_config(), dense.get_config()])   # plain ints in the config
+    with pytest.raises(ValueError, match="filters must be a positive integer, received np.int64\\(0\\)"):
+        Conv2D(np.int64(0), 3)
 
 
 def test_model_layers_follow_the_first_layers_dtype():

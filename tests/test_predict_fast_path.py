@@ -196,6 +196,24 @@ def test_a_replaced_weight_array_makes_a_new_plan():
     assert after.tobytes() != before.tobytes()
 
 
+def test_a_changed_layer_setting_makes_a_new_plan():
+    """A plan copies settings into its calls (batch normalisation's epsilon, a Softmax layer's
+    axis): one set between two predictions must reach the next one, and an unchanged model must
+    keep its plan (a forward sets only private attributes)."""
+    model = _normalising_model()
+    x = _images(1, size=12, channels=2)
+    before = _assert_fast_equals_general(model, x)
+    first_plan = _plan(model, x)
+    model.predict(x, verbose=0)
+    model.forward(x, training=True)   # the caches a training forward sets leave the plan current
+    _assert_fast_equals_general(model, x)
+    assert _plan(model, x) is first_plan
+    model.layers[2].epsilon = 0.5
+    after = _assert_fast_equals_general(model, x)
+    assert _plan(model, x) is not first_plan
+    assert after.tobytes() != before.tobytes()
+
+
 def test_a_replaced_weight_of_another_dtype_is_refused_like_the_general_path():
     minicnn.set_seed(0)
     model = seed_model()
@@ -368,9 +386,11 @@ def test_a_plan_refuses_an_input_it_was_not_made_for():
     x = _images(2)
     model.predict(x, verbose=0)
     plan = _plan(model, x)
-    for wrong in (_images(1), x.astype(np.float64), np.asfortranarray(_images(2, size=28)).transpose(0, 2, 1, 3),
-                  x.tolist()):
+    for wrong in (_images(1), np.asfortranarray(_images(2, size=28)).transpose(0, 2, 1, 3)):
         with pytest.raises(ValueError, match="inference plan: x must be a C-contiguous float32 array"):
+            plan.run(wrong)
+    for wrong, received in ((x.astype(np.float64), "float64"), (x.tolist(), "list")):
+        with pytest.raises(TypeError, match=f"inference plan: x must be a float32 array, received {received}"):
             plan.run(wrong)
 
 

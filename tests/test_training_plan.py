@@ -277,6 +277,125 @@ def test_recompiling_and_switching_the_engine_between_fits(monkeypatch, planned_
     assert planned_steps[-8:] == [3, 3, 0, 3] + [0] * 4
 
 
+def _numpy_engine_for_steps_2_and_3(model, step):
+    minicnn.set_backend("numpy" if step in (2, 3) else "c")
+
+
+def test_a_plan_refused_on_another_engine_is_made_again_back_on_c(monkeypatch, planned_steps):
+    """Steps 2 and 3 on the NumPy engine (no plans there), then C again: the plan is made anew
+    for the remaining steps instead of the refusal standing for the rest of the fit."""
+    x, y = _data(_seed_like(), 48, 5, seed=14)
+    try:
+        _assert_same_fit(monkeypatch, planned_steps, _seed_like, OPTIMIZERS["adam"], x, y, epochs=2,
+                         callbacks=lambda: [_AtSteps(range(12), _numpy_engine_for_steps_2_and_3)])
+    finally:
+        minicnn.set_backend("c")
+    assert planned_steps[-2] == 12 - 2
+
+
+def test_a_setting_changed_during_fit_makes_a_new_plan(monkeypatch, planned_steps):
+    """A setting changed during the fit reaches the next step: here from_logits on a softmax
+    output (its own backward runs, so no plan) becomes a linear output at step 2, which a plan
+    takes from then on."""
+    def to_linear_output(model, step):
+        model.layers[-1].activation_name = "linear"
+        model.layers[-1].activation = None
+    loss = lambda: minicnn.losses.SparseCategoricalCrossentropy(from_logits=True)   # noqa: E731
+    x, y = _data(_seed_like(), 40, 5, seed=15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # from_logits on a softmax output
+        planned, general = [_train_with(general, loss=loss(), x=x, y=y, monkeypatch=monkeypatch,
+                                        callbacks=[_AtSteps([2], to_linear_output)]) for general in (False, True)]
+    assert planned == general
+    assert planned_steps[-2] == 3   # steps 2, 3 and 4 of five
+
+
+def _train_with(general, *, x, y, callbacks, monkeypatch, loss="sparse_categorical_crossentropy"):
+    with monkeypatch.context() as patch:
+        if general:
+            _general_path_only(patch)
+        minicnn.set_seed(0)
+        model = Sequential(_seed_like())
+        model.compile(optimizer=OPTIMIZERS["adam"](), loss=loss)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+        return _state_bytes(model)
+
+
+def test_two_models_sharing_an_optimizer_each_update_their_own_weights(monkeypatch, planned_steps):
+    """Two models with the same layer names (a copy from get_config) share one optimizer, and a
+    callback in B's fit trains A for one batch. Each later step of B's fit must update B's
+    weights: the general path's optimizer once went on updating A's, with A's old gradients,
+    and the plan (which kept B's) gave other bytes."""
+    x, y = _data(_seed_like(), 32, 5, seed=16)
+
+    def run(general):
+        with monkeypatch.context() as patch:
+            if general:
+                _general_path_only(patch)
+            minicnn.set_seed(0)
+            a = Sequential(_seed_like())
+            b = Sequential.from_config(a.get_config())
+            b.set_weights(a.get_weights())
+            optimizer = OPTIMIZERS["adam"]()
+            a.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+            b.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+            a_after_its_step = []
+
+            def train_a(model, step):
+                a.train_on_batch(x[:8], y[:8])
+                a_after_its_step.extend(w.copy() for w in a.get_weights())
+
+            b_before = [w.copy() for w in b.get_weights()]
+            b.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[_AtSteps([1], train_a)])
+            # A changed only in its own step; B's last kernel moved in every one of its steps
+            assert all(np.array_equal(w, kept) for w, kept in zip(a.get_weights(), a_after_its_step))
+            assert not np.array_equal(b.get_weights()[-2], b_before[-2])
+            return [w.tobytes() for w in a.get_weights() + b.get_weights()], _state_bytes(b)
+
+    assert run(general=False) == run(general=True)
+    assert planned_steps[-2:] == [4, 0]   # B's fit, planned and not; A's one step is no fit
+
+
+def test_a_model_cannot_share_an_optimizer_built_for_other_parameters():
+    optimizer = OPTIMIZERS["adam"]()
+    a = Sequential(_seed_like())
+    a.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    a.fit(*_data(_seed_like(), 8, 5), batch_size=8, verbose=0)   # builds the optimizer for a
+    other = Sequential(_lenet_like())
+    other.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"another model, has .*; compile each model, and a changed model "
+                                         r"again, with a new optimizer"):
+        other.fit(*_data(_lenet_like(), 8, 5), batch_size=8, verbose=0)
+
+
+def test_a_step_whose_optimizer_refuses_leaves_its_gradients_in_the_layers(monkeypatch, planned_steps):
+    """The schedule gives NaN at the first step, so begin_step raises after the backward: the
+    layers hold that step's gradients on both paths."""
+    class NaNFirst(minicnn.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return float("nan") if step == 0 else 0.01
+
+        def get_config(self):
+            return {}
+
+    x, y = _data(_seed_like(), 16, 5, seed=17)
+
+    def run(general):
+        with monkeypatch.context() as patch:
+            if general:
+                _general_path_only(patch)
+            minicnn.set_seed(0)
+            model = Sequential(_seed_like())
+            model.compile(optimizer=minicnn.optimizers.Adam(NaNFirst()), loss="sparse_categorical_crossentropy")
+            with pytest.raises(ValueError, match="gave nan at step 0"):
+                model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+            return _state_bytes(model), [layer.grads[key].tobytes() for layer in model.layers
+                                         for key in sorted(layer.grads)]
+
+    assert run(general=False) == run(general=True)
+    assert planned_steps[-2] == 1
+
+
 @pytest.mark.parametrize("layers, optimizer", [
     (lambda: _seed_like()[:2] + [BatchNormalization()] + _seed_like()[2:], "adam"),
     (lambda: _seed_like()[:1] + [AveragePooling2D((2, 2))] + _seed_like()[2:], "adam"),
@@ -359,15 +478,18 @@ def test_a_plan_checks_its_input_and_gradient():
     model, plan = _plan_for(_seed_like, 4)
     with pytest.raises(ValueError, match=r"x must be a C-contiguous float32 array of shape \(4, 12, 12, 1\)"):
         plan.forward(np.zeros((3, 12, 12, 1), np.float32))
-    with pytest.raises(ValueError, match="x must be a C-contiguous float32"):
+    # the wrong dtype is a TypeError, as the kernel face raises on the general path
+    with pytest.raises(TypeError, match="x must be a float32 array, received float64"):
         plan.forward(np.zeros((4, 12, 12, 1), np.float64))
-    with pytest.raises(ValueError, match="x must be a C-contiguous float32"):
+    with pytest.raises(ValueError, match=r"x must be a C-contiguous float32 .*, not C-contiguous"):
         plan.forward(np.zeros((4, 12, 24, 1), np.float32)[:, :, ::2])
     with pytest.raises(RuntimeError, match="backward needs a forward first"):
         plan.backward(np.zeros((4, 5), np.float32))
     plan.forward(np.zeros((4, 12, 12, 1), np.float32))
     with pytest.raises(ValueError, match=r"dy must be a C-contiguous float32 array of shape \(4, 5\)"):
         plan.backward(np.zeros((4, 6), np.float32))
+    with pytest.raises(TypeError, match="dy must be a float32 array, received float64"):
+        plan.backward(np.zeros((4, 5), np.float64))
     model, plan = _plan_for(_relu_and_dropout_layers, 2)
     x = np.zeros((2, 12, 12, 2), np.float32)
     with pytest.raises(ValueError, match=r"expected 3 dropout keys, ints in \[0, 2\*\*64\), received \[1\]"):

@@ -128,6 +128,16 @@ def _status_error(who, status):
     return ValueError(f"{who}: {_ERRORS.get(status, f'error {status}')}")
 
 
+def _refuse_plan_array(who, name, array, shape, dtype):
+    """Raise for an array a plan cannot take (it takes exactly its planned shape, dtype and C
+    order): TypeError for the wrong type or dtype, as the kernel face raises, else ValueError."""
+    if not isinstance(array, np.ndarray) or array.dtype != dtype:
+        got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+        raise TypeError(f"{who}: {name} must be a {dtype} array, received {got}")
+    raise ValueError(f"{who}: {name} must be a C-contiguous {dtype} array of shape {shape}, received "
+                     f"shape {array.shape}{'' if array.flags.c_contiguous else ', not C-contiguous'}")
+
+
 def _contiguous(array, dtype, name, who):
     """The array itself when C can read it, else a C-contiguous copy; never a silent cast."""
     if array is None:
@@ -844,8 +854,7 @@ class InferencePlan:
         """The model's output for x (C-contiguous, exactly the planned shape and dtype): a new array."""
         if not (type(x) is np.ndarray and x.shape == self.x_shape and x.dtype == self.dtype
                 and x.flags.c_contiguous):
-            raise ValueError(f"inference plan: x must be a C-contiguous {self.dtype} array of shape "
-                             f"{self.x_shape}, received {getattr(x, 'shape', type(x).__name__)}")
+            _refuse_plan_array("inference plan", "x", x, self.x_shape, self.dtype)
         calls = self._bound(max([query(*args) for query, args in self._queries], default=0))
         y = np.empty(self._out_shape, dtype=self.dtype)
         x_pointer = ffi.from_buffer(self._ctype, x, False)
@@ -1018,8 +1027,7 @@ class TrainingPlan:
     def forward(self, x, keys=()):
         if not (type(x) is np.ndarray and x.shape == self.x_shape and x.dtype == self.dtype
                 and x.flags.c_contiguous):
-            raise ValueError(f"training plan: x must be a C-contiguous {self.dtype} array of shape "
-                             f"{self.x_shape}, received {getattr(x, 'shape', type(x).__name__)}")
+            _refuse_plan_array("training plan", "x", x, self.x_shape, self.dtype)
         if len(keys) != self.keys or not all(type(k) is int and 0 <= k < 2**64 for k in keys):
             raise ValueError(f"training plan: expected {self.keys} dropout keys, ints in [0, 2**64), "
                              f"received {keys!r}")
@@ -1033,8 +1041,7 @@ class TrainingPlan:
     def backward(self, dy):
         if not (type(dy) is np.ndarray and dy.shape == self.output.shape and dy.dtype == self.dtype
                 and dy.flags.c_contiguous):
-            raise ValueError(f"training plan: dy must be a C-contiguous {self.dtype} array of shape "
-                             f"{self.output.shape}, received {getattr(dy, 'shape', type(dy).__name__)}")
+            _refuse_plan_array("training plan", "dy", dy, self.output.shape, self.dtype)
         if self._x is None:
             raise RuntimeError("training plan: backward needs a forward first")
         # the workspace forward bound serves the backward: the threads change only between steps

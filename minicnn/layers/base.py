@@ -86,6 +86,16 @@ class Layer:
     # True for layers with forward_with_relu(x, training): Sequential then runs a ReLU layer
     # that follows them as part of their pass (BatchNormalization).
     fuses_following_relu = False
+    # How many times a public attribute was set (bn.epsilon = 1e-2, dropout.rate = 0.3,
+    # layer.trainable = False). The inference and training plans copy such settings into their
+    # C calls when they are made, so they keep this count and are remade when it moves; the
+    # private attributes a forward sets every call (caches) leave it alone.
+    _settings_version = 0
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name[0] != "_":
+            object.__setattr__(self, "_settings_version", self._settings_version + 1)
 
     def __init__(self, name=None, dtype=None, input_shape=None, trainable=True):
         who = type(self).__name__
@@ -107,12 +117,25 @@ class Layer:
 
     # -- building ---------------------------------------------------------------------------
     def build(self, input_shape):
-        """Create parameters for inputs of `input_shape` (no batch axis); return the output shape."""
+        """Create parameters for inputs of `input_shape` (no batch axis); return the output shape.
+
+        A layer is built once, as in Keras: building it again for the same shape keeps its
+        weights (a trained layer reused in a new model, `Sequential(base.layers[:-1] + [head])`,
+        shares them), and a built layer refuses another shape, since new weights would silently
+        replace the ones every model holding the layer uses."""
         input_shape = as_shape(input_shape, self.describe(), "input_shape")
         if self.declared_input_shape is not None and input_shape != self.declared_input_shape:
             raise ValueError(
                 f"{self.describe()}: was declared with input_shape={self.declared_input_shape} "
                 f"but is being built for {input_shape}"
+            )
+        if self.built:
+            if input_shape == self.input_shape:
+                return self.output_shape
+            raise ValueError(
+                f"{self.describe()}: is already built for inputs of shape {self.input_shape} and "
+                f"cannot be built again for {input_shape} (its weights, shared by every model that "
+                f"holds the layer, are made for the first shape); use a new layer for the new shape"
             )
         self.output_shape = self._build(input_shape)
         self.input_shape = input_shape

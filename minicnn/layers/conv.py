@@ -1,4 +1,6 @@
 """Conv2D: 2-D convolution over NHWC images, Keras' arguments and weight layout."""
+import numpy as np
+
 from .. import kernels
 from ..errors import quote
 from .activations import WithActivation
@@ -27,14 +29,14 @@ class Conv2D(WithActivation, Layer):
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         who = self.describe()
-        if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        if isinstance(filters, (bool, np.bool_)) or not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ValueError(f"{who}: filters must be a positive integer, received {quote(filters)}")
         if filters > LARGEST_DIMENSION:
             raise ValueError(f"{who}: filters must be at most {LARGEST_DIMENSION:,} (the engines' largest "
                              f"dimension), received {quote(filters)}")
         if data_format not in (None, "channels_last"):
             raise ValueError(f"{who}: only data_format='channels_last' (NHWC) is supported, received {quote(data_format)}")
-        self.filters = filters
+        self.filters = int(filters)   # a NumPy integer too: the config stays plain JSON
         self.kernel_size = normalize_tuple(kernel_size, 2, who, "kernel_size")
         self.strides = normalize_tuple(strides, 2, who, "strides")
         self.padding = normalize_padding(padding, who)

@@ -44,12 +44,12 @@ class Dense(WithActivation, Layer):
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         who = self.describe()
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+        if isinstance(units, (bool, np.bool_)) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError(f"{who}: units must be a positive integer, received {quote(units)}")
         if units > LARGEST_DIMENSION:
             raise ValueError(f"{who}: units must be at most {LARGEST_DIMENSION:,} (the engines' largest "
                              f"dimension), received {quote(units)}")
-        self.units = units
+        self.units = int(units)   # a NumPy integer too: the config stays plain JSON
         self._set_kernel_and_activation(activation, use_bias, kernel_initializer, bias_initializer)
 
     def _build(self, input_shape):

@@ -41,6 +41,7 @@ class Optimizer:
     `coefficients` is what `_step_coefficients()` returned once for the whole step."""
 
     slot_names = ()
+    _model_id = None   # id() of the model the optimizer was built (or last re-bound) for
 
     def __init__(self, learning_rate=0.001, name=None):
         who = type(self).__name__
@@ -56,16 +57,21 @@ class Optimizer:
     # -- binding to a model -----------------------------------------------------------------
     def build(self, model):
         """Create zeroed state for every trainable parameter of `model` (done by the first
-        `apply` too). A built optimizer refuses a model whose parameters differ."""
+        `apply` too). A built optimizer refuses a model whose parameters differ; one whose
+        parameters have the same names and shapes (the same model with its layers replaced, or
+        another model sharing this optimizer) takes its place, with the same state."""
         variables = _trainable_variables(model)
         if self._variables is not None:
             if _signature(variables) != _signature(self._variables):
+                changed = ("the model now has" if id(model) == self._model_id
+                           else f"model '{shorten(getattr(model, 'name', '?'))}', another model, has")
                 raise ValueError(
                     f"{type(self).__name__}: this optimizer was built for parameters "
-                    f"{_describe(self._variables)} but the model now has {_describe(variables)}; "
-                    f"call model.compile() again with a new optimizer after changing the model"
+                    f"{_describe(self._variables)} but {changed} {_describe(variables)}; "
+                    f"compile each model, and a changed model again, with a new optimizer"
                 )
             self._variables = variables   # same names and shapes: follow the current layers
+            self._model_id = id(model)
             return
         slots = {}
         for layer, key in variables:
@@ -76,6 +82,7 @@ class Optimizer:
                 self._scratch[param.dtype] = np.empty(param.size, dtype=param.dtype)
         self._slots = slots
         self._variables = variables
+        self._model_id = id(model)
 
     @property
     def built(self):
@@ -142,7 +149,8 @@ class Optimizer:
         """Start one update: build for `model` if needed, take this step's learning rate and
         count the step; returns what `_update` needs for every parameter of it (apply's first
         half; fit's training plans run the second half in C)."""
-        if self._variables is None:
+        if self._variables is None or id(model) != self._model_id:
+            # another model sharing this optimizer: update its parameters, not the last ones
             self.build(model)
         # Keras' order: the rate of this step comes from iterations before the increment.
         learning_rate = self._learning_rate if self._schedule is None else self._scheduled_rate()

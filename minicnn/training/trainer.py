@@ -453,18 +453,21 @@ _PLANS_PER_MODEL = 16
 
 class _CachedPlan:
     """A model's plan (None: the layers cannot be planned on this engine) with what it was made
-    from. It is used only while it is current: the same engine, the same layers, and every
-    weight array the same object. Writes into the weights (set_weights, load_weights, optimizer
-    steps, the moving statistics) need nothing, the plan reads the arrays themselves; an array
-    replaced by another, a layer added or removed, or set_backend make a new plan. The threads,
+    from. It is used only while it is current: the same engine, the same layers with the same
+    settings (Layer._settings_version: bn.epsilon = 1e-2 is copied into the plan's calls), and
+    every weight array the same object. Writes into the weights (set_weights, load_weights,
+    optimizer steps, the moving statistics) need nothing, the plan reads the arrays themselves;
+    an array replaced by another, a layer added, removed or given a new setting, or set_backend
+    make a new plan. The threads,
     the SIMD level and the algorithm are C's to read at every call (the plan asks C for the
     workspace each time), so they never make a plan stale."""
 
-    __slots__ = ("plan", "engine", "layers", "weights")
+    __slots__ = ("plan", "engine", "layers", "settings", "weights")
 
     def __init__(self, layers, x_shape, dtype):
         self.engine = kernels.get_backend()
         self.layers = tuple(layers)
+        self.settings = [layer._settings_version for layer in self.layers]
         self.weights = [(layer, kind, key, array) for layer in self.layers
                         for kind in ("params", "state") for key, array in getattr(layer, kind).items()]
         ops = []
@@ -477,7 +480,8 @@ class _CachedPlan:
         self.plan = kernels.inference_plan(ops, x_shape, dtype)
 
     def current(self, layers):
-        if self.engine != kernels.get_backend() or self.layers != tuple(layers):
+        if self.engine != kernels.get_backend() or self.layers != tuple(layers) \
+                or self.settings != [layer._settings_version for layer in self.layers]:
             return False
         for layer, kind, key, array in self.weights:
             if getattr(layer, kind).get(key) is not array:

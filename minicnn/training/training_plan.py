@@ -42,7 +42,8 @@ class FitPlans:
 
     def __init__(self, model):
         self.model = model
-        self._plans = {}        # (x shape, dtype, fused) -> _PlannedStep or None (cannot plan)
+        self._plans = {}        # (x shape, dtype, fused) -> _PlannedStep
+        self._refused = {}      # the same keys -> _context() when a plan could not be made
         self._builds = 0
         self.planned_steps = 0  # steps run through a plan (the tests read it)
 
@@ -52,12 +53,17 @@ class FitPlans:
         key = (x_batch.shape, x_batch.dtype, fused)
         planned = self._plans.get(key)
         if planned is None or not planned.current():
-            if key in self._plans and planned is None or self._builds >= MAX_BUILDS_PER_FIT:
+            # a refused plan is tried again only once something it depends on changed (back on
+            # the C engine after a step on NumPy, a new optimizer built by its first step)
+            if self._builds >= MAX_BUILDS_PER_FIT or self._refused.get(key) == _context(self.model):
                 return None
             self._builds += 1
-            planned = self._plans[key] = _PlannedStep.make(self.model, x_batch.shape, x_batch.dtype, fused)
+            planned = _PlannedStep.make(self.model, x_batch.shape, x_batch.dtype, fused)
             if planned is None:
+                self._plans.pop(key, None)
+                self._refused[key] = _context(self.model)
                 return None
+            self._plans[key] = planned
         self.planned_steps += 1
         return planned.run(x_batch, targets, fused)
 
@@ -70,6 +76,15 @@ class FitPlans:
                     if getattr(layer, cache, None) is not None:
                         setattr(layer, cache, None)
         self._plans.clear()
+        self._refused.clear()
+
+
+def _context(model):
+    """What decides whether a model can be planned, besides the batch: the engine, the
+    optimizer (and whether it is built yet), the loss, the layers and their settings."""
+    optimizer = model.optimizer
+    return (kernels.get_backend(), optimizer, optimizer.built, model.loss, tuple(model.layers),
+            tuple(layer._settings_version for layer in model.layers))
 
 
 class _PlannedStep:
@@ -114,17 +129,18 @@ class _PlannedStep:
         self.softmax = last.activation if last.activation_name == "softmax" else None
         # the dropout layers that draw a key each step, in the forward's order
         self.dropouts = [layer for layer in model.layers if type(layer) is Dropout and layer.rate > 0]
-        self.rates = [(layer, layer.rate) for layer in model.layers if type(layer) is Dropout]
+        # every layer's settings as the plan copied them (a dropout rate, an activation)
+        self.settings = [layer._settings_version for layer in self.layers]
 
     def current(self):
-        """The same engine, layers, weight arrays, optimizer and loss, and every layer with
-        weights still trainable. Writes into the arrays need nothing: the plan reads them in
-        place. (The optimizer's state arrays are its own: made once by build, written in place
+        """The same engine, layers, layer settings (Layer._settings_version), weight arrays,
+        optimizer and loss, and every layer with weights still trainable. Writes into the arrays
+        need nothing: the plan reads them in place. (The optimizer's state arrays are its own: made once by build, written in place
         by set_state; a new optimizer comes with compile.)"""
         model = self.model
         if (kernels.get_backend() != self.engine or model.optimizer is not self.optimizer
                 or model.loss is not self.loss or tuple(model.layers) != self.layers
-                or any(layer.rate != rate for layer, rate in self.rates)):
+                or self.settings != [layer._settings_version for layer in self.layers]):
             return False
         for layer, key, array in self.weights:
             if not layer.trainable or layer.params.get(key) is not array:
@@ -141,14 +157,16 @@ class _PlannedStep:
         loss_value, dy = self.loss.value_and_gradient(targets, y_pred, fused)
         if math.isfinite(loss_value):
             plan.backward(np.ascontiguousarray(dy))
+            # the layers hold this step's gradients from here on, as after the general path's
+            # backward, even if the optimizer then refuses (a schedule's NaN rate)
+            for grads, key, buffer in self.grad_links:
+                grads[key] = buffer
             coefficients = self.optimizer.begin_step(self.model)
             if self.kind == "adam":
                 optimizer = self.optimizer
                 plan.update(float(coefficients), optimizer.beta_1, optimizer.beta_2, optimizer.epsilon)
             else:
                 plan.update(float(coefficients), float(self.optimizer.momentum), int(self.optimizer.nesterov))
-            for grads, key, buffer in self.grad_links:
-                grads[key] = buffer
         return loss_value, y_pred
 
 
