@@ -43,6 +43,9 @@ def run(args, out=None, err=None):
     except ImportError:
         print(f"error: drawing the explanations needs matplotlib: {_INSTALL_HINT}", file=err)
         return 2
+    if os.path.exists(args.out) and not os.path.isdir(args.out):   # before any of the work
+        print(f"error: --out {args.out} is a file; it must name a folder (created if missing)", file=err)
+        return 2
     try:
         model = minicnn.load_model(args.model, compile=False)
     except (OSError, ValueError) as error:
@@ -73,7 +76,11 @@ def run(args, out=None, err=None):
     except (TypeError, ValueError) as error:    # e.g. --layer naming no feature-map layer
         print(f"error: {error}", file=err)
         return 2
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:     # --out names a file, or a folder under one, or no permission
+        print(f"error: cannot make the folder --out {args.out}: {error.strerror or error}", file=err)
+        return 2
     taken = set()
     probabilities = found.outputs if kind == "probabilities" else softmax(found.outputs)
     for i, (path, image) in enumerate(readable):

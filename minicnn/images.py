@@ -331,11 +331,29 @@ def _decode(image_module, file):
         if picture.format == "JPEG":
             picture.draft("L" if picture.mode == "RGB" else None,
                           (_MAX_WORKING_SIDE, _MAX_WORKING_SIDE))
+        else:
+            # Decoded at full size anyway; loading first lets a loader that turns the picture
+            # upright itself do so before thumbnail sizes it: Pillow's TIFF loader applies the
+            # orientation and removes the tag, which must then not be applied a second time.
+            picture.load()
+            if _orientation(picture) != orientation:
+                orientation = 1
+        value_range = None
+        if picture.mode in _DEEP_MODES:
+            # Pillow's resampling of 16- and 32-bit pictures is not to be trusted: Lanczos
+            # overshoots below zero (a [0, 1] float picture came out with -0.0015, which is
+            # refused as a negative pixel) and big-endian 16-bit data came out distorted. So
+            # these are resampled as the float pixels _pixels makes of them, clipped back to
+            # the range they had.
+            values = _pixels(picture)
+            value_range = (values.min(), values.max()) if values.size else None
+            picture = image_module.fromarray(values)
         picture.thumbnail((_MAX_WORKING_SIDE, _MAX_WORKING_SIDE), reducing_gap=2.0)
         if orientation in _UPRIGHT:
             methods = getattr(image_module, "Transpose", image_module)
             picture = picture.transpose(getattr(methods, _UPRIGHT[orientation]))
-        return _pixels(picture)
+        pixels = _pixels(picture)
+        return pixels if value_range is None else np.clip(pixels, *value_range)
 
 
 def _orientation(picture):
@@ -347,11 +365,15 @@ def _orientation(picture):
     return value if isinstance(value, int) else 1
 
 
+# One-channel pictures of more than 8 bits: float ("F"), 32-bit and 16-bit integers.
+_DEEP_MODES = ("F", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
 def _pixels(picture):
     """A Pillow image -> array of a dtype and layout prepare_image takes."""
     if picture.mode == "F":          # float grayscale: prepare_image tells 0..1 from 0..255 itself
         return np.asarray(picture, dtype=np.float32)
-    if picture.mode in ("I", "I;16", "I;16B", "I;16L"):          # 16-bit / 32-bit integer grayscale
+    if picture.mode in _DEEP_MODES:  # 16-bit / 32-bit integer grayscale
         a = np.asarray(picture, dtype=np.float32)
         return a / (65535 if a.max() > 255 else 255)
     has_alpha = "A" in picture.mode or "transparency" in picture.info

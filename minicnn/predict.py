@@ -53,16 +53,21 @@ def output_kind(model, class_names):
         raise ValueError(f"the model outputs shape {output_shape} per image, but predict needs "
                          f"{expected}: one probability for each of the {len(class_names)} "
                          f"Fashion-MNIST classes")
-    # Flatten only reshapes: the layer before it made the values.
+    # Layers that pass their input on at inference (Flatten reshapes; dropout and augmentation
+    # are the identity) did not make the values: the layer before them did.
     last = next((layer for layer in reversed(model.layers)
-                 if type(layer).__name__ != "Flatten"), None)
+                 if type(layer).__name__ not in _PASSED_THROUGH), None)
     activation = getattr(last, "activation_name", None)
     if isinstance(last, Softmax) or activation == "softmax":
         return "probabilities"
-    if activation == "linear":
+    if activation in ("linear", None):   # None: a layer with no activation (pooling, normalization)
         return "logits"
-    raise ValueError(f"the model ends in a {activation!r} activation, but predict needs "
-                     f"probabilities (a final softmax) or logits (no final activation)")
+    raise ValueError(f"the model ends in {last.describe()}, whose {activation!r} activation makes "
+                     f"neither probabilities nor logits; predict needs a final softmax or no final "
+                     f"activation")
+
+
+_PASSED_THROUGH = ("Flatten", "Dropout", "RandomFlip", "RandomTranslation")
 
 
 def softmax(logits):

@@ -12,6 +12,8 @@ import pytest
 
 import minicnn
 from minicnn import Dense, Flatten, Sequential
+from minicnn.datasets.fashion_mnist import CLASS_NAMES
+from minicnn.predict import output_kind
 from processes import run_python
 
 TIMEOUT = 30   # seconds; a healthy run takes about one
@@ -136,12 +138,29 @@ def huge_kernels(model):
     return [np.full_like(w, 3e38) if w.ndim == 2 else w for w in model.get_weights()]
 
 
+@pytest.mark.parametrize("layers, kind", [
+    (lambda: [Dense(10, activation="softmax"), minicnn.Dropout(0.5)], "probabilities"),
+    (lambda: [Dense(10), minicnn.BatchNormalization()], "logits"),
+    (lambda: [Dense(10)], "logits"),
+], ids=["softmax-dropout", "dense-batchnorm", "dense"])
+def test_output_kind_looks_past_layers_that_pass_values_on(layers, kind):
+    """Bug: a Dropout after the softmax, or a batch normalisation after the last Dense, was
+    refused as "a None activation" while asking for "no final activation"."""
+    model = Sequential([Flatten(input_shape=(28, 28, 1))] + layers())
+    assert output_kind(model, CLASS_NAMES) == kind
+
+
+def test_a_global_average_pooled_head_gives_logits():
+    model = Sequential([minicnn.Conv2D(10, 3, input_shape=(28, 28, 1)), minicnn.GlobalAveragePooling2D()])
+    assert output_kind(model, CLASS_NAMES) == "logits"
+
+
 @pytest.mark.parametrize("layers, input_shape, expected", [
     ([Dense(12, activation="softmax")], (28, 28, 1), "outputs shape (12,) per image"),
     ([Dense(5, activation="softmax")], (28, 28, 1), "outputs shape (5,) per image"),
     ("conv", (28, 28, 1), "outputs shape (26, 26, 4) per image"),
     ([Dense(10, activation="softmax")], (32, 32, 3), "takes images of shape (32, 32, 3)"),
-    ([Dense(10, activation="relu")], (28, 28, 1), "ends in a 'relu' activation"),
+    ([Dense(10, activation="relu")], (28, 28, 1), "whose 'relu' activation makes neither probabilities nor logits"),
 ], ids=["dense12", "dense5", "conv", "input32x32x3", "relu"])
 def test_a_model_that_does_not_output_ten_probabilities_is_refused_in_one_line(
         tmp_path, layers, input_shape, expected):
@@ -231,7 +250,7 @@ def test_predict_image_files_refuses_a_model_that_cannot_answer_before_reading(t
     with pytest.raises(ValueError, match=r"takes images of shape \(28, 28, 3\).*\(28, 28, 1\)"):
         predict_image_files(FakeModel([np.full(10, 0.1)], [minicnn.Softmax()], (28, 28, 3)), files,
                             CLASS_NAMES, print_fn=lines.append)
-    with pytest.raises(ValueError, match=r"ends in a 'relu' activation"):
+    with pytest.raises(ValueError, match=r"ends in ReLU '.*', whose 'relu' activation makes neither"):
         predict_image_files(FakeModel([np.full(10, 0.1)], [minicnn.ReLU()]), files, CLASS_NAMES,
                             print_fn=lines.append)
     assert lines == []                                 # nothing printed before refusing

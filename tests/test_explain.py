@@ -418,6 +418,21 @@ def test_explain_command_refuses_a_layer_the_model_does_not_have(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("out", ["a_file", "a_file/under_it"])
+def test_explain_command_refuses_an_out_that_is_a_file_in_one_line(tmp_path, out):
+    """Bug: --out naming a file (or a folder under one) ended the run, after all the work, in a
+    FileExistsError / NotADirectoryError traceback."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("PIL")
+    model = small_fashion_model(tmp_path / "m.npz")
+    (tmp_path / "a_file").write_text("not a folder")
+    status, out_text, err = explain_command("--model", str(model), "--out", str(tmp_path / out),
+                                            str(write_shirt(tmp_path / "shirt.png")))
+    assert status == 2 and out_text == ""
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and str(tmp_path / out) in err
+    assert "Traceback" not in err
+
+
 def test_explain_command_without_matplotlib_says_how_to_get_it(tmp_path):
     code = textwrap.dedent("""
         import sys

@@ -204,6 +204,46 @@ def test_load_image_applies_the_exif_orientation(tmp_path):
     assert_fashion_mnist_like(images.load_image(path), tall=True)
 
 
+@pytest.mark.parametrize("orientation, stored_as", [(3, 2), (6, 1), (8, 3)])   # np.rot90's k
+@pytest.mark.parametrize("kind", ["tiff", "tiff-lzw", "png", "webp"])
+def test_every_format_applies_the_exif_orientation_once(tmp_path, kind, orientation, stored_as):
+    """Bug: Pillow's TIFF loader turns the picture upright itself (and drops the tag), and
+    load_image turned it once more: a boot came out upside down or on its side ("Bag 95%")."""
+    image_module = pytest.importorskip("PIL.Image")
+    if kind == "webp" and not image_module.registered_extensions().get(".webp"):
+        pytest.skip("this Pillow has no WebP")
+    upright = np.kron(trousers(), np.ones((3, 3), np.uint8))    # 360x270: shrunk like a photo
+    exif = image_module.Exif()
+    exif[0x0112] = orientation
+    suffix, options = {"tiff": (".tif", {}), "tiff-lzw": (".tif", {"compression": "tiff_lzw"}),
+                       "png": (".png", {}), "webp": (".webp", {"lossless": True})}[kind]
+    path = tmp_path / f"turned{suffix}"
+    save(np.ascontiguousarray(np.rot90(upright, stored_as)), path, exif=exif, **options)
+    expected = images.load_image(save(upright, tmp_path / "upright.png"))
+    assert np.abs(images.load_image(path) - expected).max() < 0.02
+
+
+@pytest.mark.parametrize("mode", ["F", "I", "I;16", "I;16B"])
+def test_deep_pictures_larger_than_the_working_size_are_read_like_8_bit_ones(tmp_path, mode):
+    """Bug: Pillow's Lanczos shrink of a float or 32-bit picture overshoots below zero (refused
+    as a negative pixel), and its shrink of big-endian 16-bit data distorts the picture."""
+    image_module = pytest.importorskip("PIL.Image")
+    picture = np.kron(trousers(light_background=False), np.ones((10, 10), np.uint8))   # 1200x900
+    expected = images.load_image(save(picture, tmp_path / "eight_bit.png"))
+    levels = picture.astype(np.float64) / 255
+    if mode == "F":
+        deep = image_module.fromarray(levels.astype(np.float32))
+    elif mode == "I":
+        deep = image_module.fromarray(np.round(levels * 65535).astype(np.int32))
+    else:
+        order = "<u2" if mode == "I;16" else ">u2"
+        raw = np.round(levels * 65535).astype(order).tobytes()
+        deep = image_module.frombytes(mode, picture.shape[::-1], raw)
+    path = tmp_path / "deep.tif"
+    deep.save(path)
+    assert np.abs(images.load_image(path) - expected).max() < 0.02
+
+
 def test_load_image_shrinks_large_photos(tmp_path):
     pytest.importorskip("PIL")
     big = np.kron(trousers(300, 200, top=50, left=40), np.ones((10, 10), np.uint8))  # 3000x2000
