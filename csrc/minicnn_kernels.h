@@ -25,7 +25,8 @@ enum {
     MC_OK = 0,
     MC_ERR_GEOMETRY = 1,   /* impossible shape, stride or padding */
     MC_ERR_SIZE = 2,       /* a buffer length does not match the geometry */
-    MC_ERR_NULL = 3        /* a required pointer is NULL */
+    MC_ERR_NULL = 3,       /* a required pointer is NULL */
+    MC_ERR_INDEX = 4       /* a max pool's winner points outside its image (dx undefined) */
 };
 
 enum { MC_SIMD_BASELINE = 0, MC_SIMD_AVX2 = 1, MC_SIMD_AVX512 = 2 };
@@ -211,7 +212,8 @@ int mc_maxpool2d_forward_f32(const mc_pool_geom *g, const float *x, int64_t x_le
                              float *y, int64_t y_len, int32_t *argmax, int64_t argmax_len);
 int mc_maxpool2d_forward_f64(const mc_pool_geom *g, const double *x, int64_t x_len,
                              double *y, int64_t y_len, int32_t *argmax, int64_t argmax_len);
-/* dx = 0, then dx[winner] += dy for every output (overlapping windows add up). */
+/* dx = 0, then dx[winner] += dy for every output (overlapping windows add up). argmax comes
+ * back from the caller: a winner outside its image is never written through (MC_ERR_INDEX). */
 int mc_maxpool2d_backward_f32(const mc_pool_geom *g, const float *dy, int64_t dy_len,
                               const int32_t *argmax, int64_t argmax_len,
                               float *dx, int64_t dx_len);

@@ -137,8 +137,7 @@ int DN(mc_maxpool2d_backward)(const mc_pool_geom *g, const DR *dy, int64_t dy_le
     const int64_t out = (int64_t)g->n * oh * ow * g->c;
     if (dx_len != (int64_t)g->n * g->h * g->w * g->c || dy_len != out || argmax_len != out)
         return MC_ERR_SIZE;
-    DN(maxpool_backward)(g, dy, argmax, dx, oh, ow, mc_team_now());
-    return MC_OK;
+    return DN(maxpool_backward)(g, dy, argmax, dx, oh, ow, mc_team_now()) ? MC_ERR_INDEX : MC_OK;
 }
 
 int DN(mc_dense_forward)(int n, int k, int f, const DR *x, int64_t x_len, const DR *kernel,

@@ -83,20 +83,29 @@ static void DN(maxpool_forward)(const mc_pool_geom *g, const DR *x, DR *y, int32
     }
 }
 
-static void DN(maxpool_backward)(const mc_pool_geom *g, const DR *dy, const int32_t *argmax,
-                                 DR *dx, int64_t oh, int64_t ow, int threads)
+/* Returns the count of winners outside their image (0 for any argmax maxpool_forward wrote):
+ * the winners come back from the caller, so each is checked before dx is written through it
+ * (-1, a window with no cell inside the image, adds nothing). */
+static int64_t DN(maxpool_backward)(const mc_pool_geom *g, const DR *dy, const int32_t *argmax,
+                                    DR *dx, int64_t oh, int64_t ow, int threads)
 {
     const int64_t img_in = (int64_t)g->h * g->w * g->c, img_out = oh * ow * g->c;
+    int64_t outside = 0;
     threads = DN(threads_for)((int64_t)g->n * (img_in + img_out), threads);
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && g->n > 1) reduction(+ : outside)
 #endif
     for (int n = 0; n < g->n; n++) {
         DR *dxi = dx + n * img_in;
         const DR *dyi = dy + n * img_out;
         const int32_t *ai = argmax + n * img_out;
         memset(dxi, 0, (size_t)img_in * sizeof(DR));
-        for (int64_t k = 0; k < img_out; k++)
-            if (ai[k] >= 0) dxi[ai[k]] += dyi[k];
+        for (int64_t k = 0; k < img_out; k++) {
+            if (ai[k] >= 0 && ai[k] < img_in)
+                dxi[ai[k]] += dyi[k];
+            else if (ai[k] != -1)
+                outside++;
+        }
     }
+    return outside;
 }

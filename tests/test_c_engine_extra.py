@@ -330,3 +330,69 @@ def test_dropout_entry_points_refuse_bad_thresholds_lengths_and_null():
     assert lib.mc_dropout_backward_f32(10, px, 10, pm, 10, 2.0, py, 11) == lib.MC_ERR_SIZE
     assert lib.mc_dropout_backward_f32(10, px, 10, ffi.NULL, 10, 2.0, py, 10) == lib.MC_ERR_NULL
     assert lib.mc_dropout_backward_f32(0, px, 0, pm, 0, 2.0, py, 0) == lib.MC_ERR_GEOMETRY
+
+
+@pytest.mark.parametrize("dtype, sfx", [(np.float32, "f32"), (np.float64, "f64")])
+def test_max_pool_backward_never_writes_through_a_winner_outside_the_image(dtype, sfx):
+    """The winners come back from the caller (a cache's argmax): one changed to 10**9 was a
+    segfault. C checks each before dx is written through it; -1 (no cell inside) adds nothing."""
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(dtype)
+    y, cache = c_engine.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0, 0, 0))
+    assert not cache.argmax.flags.writeable       # the forward's winners cannot be changed by accident
+    geometry = c_engine._pool_geometry(x.shape, (2, 2), (2, 2), (0, 0, 0, 0))
+    dy, dx = np.ones_like(y), np.empty_like(x)
+    ctype = "float[]" if dtype == np.float32 else "double[]"
+    backward = getattr(lib, f"mc_maxpool2d_backward_{sfx}")
+    pdy, pdx = ffi.from_buffer(ctype, dy), ffi.from_buffer(ctype, dx, require_writable=True)
+    for outside in (x[0].size, 10**9, -2, -2**31):
+        argmax = cache.argmax.copy()
+        argmax[1, 1, 0, 2] = outside
+        pa = ffi.from_buffer("int32_t[]", argmax)
+        assert backward(geometry, pdy, dy.size, pa, argmax.size, pdx, dx.size) == lib.MC_ERR_INDEX
+    argmax = cache.argmax.copy()
+    argmax[0, 0, 0, 0] = -1                        # a window with no winner: nothing added, no error
+    pa = ffi.from_buffer("int32_t[]", argmax)
+    assert backward(geometry, pdy, dy.size, pa, argmax.size, pdx, dx.size) == lib.MC_OK
+    assert dx.sum() == dy.size - 1
+    forced = cache._replace(argmax=np.full_like(cache.argmax, 10**9))
+    with pytest.raises(ValueError, match="maxpool2d_backward: a max pool's winner index points outside its image"):
+        c_engine.maxpool2d_backward(dy, forced)
+
+
+def test_optimizer_updates_refuse_arrays_that_share_memory_and_skip_empty_ones(backend):
+    buffer = np.zeros(4097, np.float32)
+    with pytest.raises(ValueError, match="optimizer_sgd_update: param and grad share memory"):
+        kernels.optimizer_sgd_update(buffer[1:], buffer[:-1], None, 0.1, 0.0, False)
+    p, g, m = np.ones(8, np.float32), np.ones(8, np.float32), np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="optimizer_adam_update: m and v share memory"):
+        kernels.optimizer_adam_update(p, g, m, m, 0.1, 0.9, 0.999, 1e-7)
+    with pytest.raises(ValueError, match="param and velocity share memory"):
+        kernels.optimizer_sgd_update(p, g, p[::-1], 0.1, 0.9, False)
+    with pytest.raises(TypeError, match="learning_rate must be a number, received '0.1'"):
+        kernels.optimizer_sgd_update(p, g, None, "0.1", 0.0, False)
+    empty = np.ones(0, np.float32)
+    kernels.optimizer_sgd_update(empty, empty.copy(), None, 0.1, 0.0, False)   # nothing to do, no error
+    kernels.optimizer_adam_update(empty, empty.copy(), empty.copy(), empty.copy(), 0.1, 0.9, 0.999, 1e-7)
+
+
+def test_numpy_scalars_are_numbers_and_the_engine_limits_are_named(backend):
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    y32, _ = kernels.dropout_forward(x, np.float32(0.5), 7)
+    y64, _ = kernels.dropout_forward(x, 0.5, 7)
+    assert y32.tobytes() == y64.tobytes()
+    ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+    kernels.batchnorm_forward(x, ones, zeros, zeros, ones, np.float32(1e-3), training=False)
+    with pytest.raises(ValueError, match=r"strides must be 2 integers >= 1 \(at most 16777216\)"):
+        kernels.maxpool2d_forward(np.ones((1, 4, 4, 1), np.float32), (2, 2), (2**24 + 1, 1), (0, 0, 0, 0))
+
+
+def test_a_geometry_c_refuses_is_named_as_the_face_names_it():
+    wide = np.zeros((1, 1, 2**24 + 1, 1), np.float32)      # wider than the engine's 2**24
+    with pytest.raises(ValueError, match=r"^maxpool2d_forward: the geometry is invalid .*each at most 2\*\*24"):
+        c_engine.maxpool2d_forward(wide, (1, 1), (1, 1), (0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("bad", [2.7, "3", True, -1])
+def test_set_num_threads_takes_only_a_count(bad):
+    with pytest.raises((TypeError, ValueError), match="set_num_threads: threads must be an integer"):
+        c_engine.set_num_threads(bad)

@@ -214,6 +214,15 @@ def test_a_changed_layer_setting_makes_a_new_plan():
     assert after.tobytes() != before.tobytes()
 
 
+def test_a_function_before_a_reshape_runs_before_it():
+    """Bug: a reshape after a Python function (a softmax over a convolution's channels, then
+    Flatten) ran before it, so the softmax spread over the whole flattened vector."""
+    minicnn.set_seed(2)
+    model = Sequential([Conv2D(3, (3, 3), activation="softmax", input_shape=(5, 5, 2)), Flatten()])
+    fast = _assert_fast_equals_general(model, _images(1, size=5, channels=2))
+    np.testing.assert_allclose(fast.reshape(1, 9, 3).sum(axis=-1), 1.0, rtol=1e-6)
+
+
 def test_a_replaced_weight_of_another_dtype_is_refused_like_the_general_path():
     minicnn.set_seed(0)
     model = seed_model()

@@ -148,9 +148,10 @@ def _select_from_environment():
         )
 
 
-# The C engine computes sizes in C ints; no real geometry comes near this, so larger values are
-# refused here with a ValueError rather than overflowing anywhere.
-_LARGEST = 2**31 - 1
+# The C engine takes strides, pads and dimensions up to 2**24 (MC_DIM_MAX in csrc/kernels.c, and
+# the layers' LARGEST_DIMENSION): no real geometry comes near it, and no index arithmetic can
+# overflow below it. Larger strides and pads are refused here, on every engine, naming the limit.
+_LARGEST = 2**24
 
 
 # The checks below run on every kernel call, so each starts with the test that passes for good
@@ -198,7 +199,7 @@ def _check_grad(dy, expected_shape, dtype, who):
 
 
 def _int_tuple(value, length, minimum, who, name):
-    """value as a tuple of `length` Python ints in [minimum, 2**31 - 1], or a clear error."""
+    """value as a tuple of `length` Python ints in [minimum, 2**24], or a clear error."""
     if type(value) is tuple and len(value) == length:
         for v in value:
             if type(v) is not int or v < minimum or v > _LARGEST:
@@ -428,12 +429,15 @@ def dense_backward(dy, cache, need_dx=True):
 
 def _check_update_arrays(who, param, grad, **state):
     """param, grad and the state arrays: ndarrays of one float dtype and param's shape; param and
-    the state writable (they are updated in place)."""
+    the state writable (they are updated in place); no two sharing memory (the engines read and
+    write them element by element in different orders, so an overlap gives each engine its own
+    wrong answer)."""
     if type(param) is np.ndarray and param.dtype in _FLOAT_DTYPES and param.flags.writeable:
         shape, dtype = param.shape, param.dtype
         if type(grad) is np.ndarray and grad.dtype == dtype and grad.shape == shape and all(
                 type(a) is np.ndarray and a.dtype == dtype and a.shape == shape and a.flags.writeable
                 for a in state.values()):
+            _check_apart(who, {"param": param, "grad": grad, **state})
             return
     arrays = {"param": param, "grad": grad, **state}
     for name, a in arrays.items():
@@ -447,6 +451,25 @@ def _check_update_arrays(who, param, grad, **state):
             raise ValueError(f"{who}: {name} must have param's shape {param.shape}, received {a.shape}")
         if name != "grad" and not a.flags.writeable:
             raise ValueError(f"{who}: {name} must be writable (it is updated in place)")
+    _check_apart(who, arrays)
+
+
+def _check_numbers(who, **values):
+    """Each value a real number (a NumPy scalar too); no "0.1" or True read by float()."""
+    for name, value in values.items():
+        if type(value) is not float and (isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, float, np.integer, np.floating))):
+            raise TypeError(f"{who}: {name} must be a number, received {value!r}")
+
+
+def _check_apart(who, arrays):
+    names = list(arrays)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            # bounds only (~0.2 us a pair): separate allocations never overlap
+            if np.may_share_memory(arrays[first], arrays[second]):
+                raise ValueError(f"{who}: {first} and {second} share memory; param, grad and the "
+                                 f"optimizer state must be separate arrays")
 
 
 def dropout_forward(x, rate, key):
@@ -457,11 +480,12 @@ def dropout_forward(x, rate, key):
     key gives the same mask on every engine and thread count."""
     who = "dropout_forward"
     _check_float_array(x, who, "x")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer, np.floating)) \
+            or not 0 <= rate < 1:
         raise ValueError(f"{who}: rate must be a number in [0, 1), received {rate!r}")
     if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < 2**64:
         raise ValueError(f"{who}: key must be an integer in [0, 2**64), received {key!r}")
-    threshold, scale = _dropout_constants(rate, x.dtype)
+    threshold, scale = _dropout_constants(float(rate), x.dtype)
     y, cache = _active.dropout_forward(x, int(key), threshold, scale)
     return y, _Cache("dropout", _active, y.shape, y.dtype, cache)
 
@@ -508,6 +532,9 @@ def optimizer_adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scra
     NumPy engine an allocation; the C engine needs none.
     """
     _check_update_arrays("optimizer_adam_update", param, grad, m=m, v=v)
+    _check_numbers("optimizer_adam_update", lr_t=lr_t, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+    if param.size == 0:
+        return   # nothing to update, on every engine
     if scratch is not None and (scratch.shape != param.shape or scratch.dtype != param.dtype):
         scratch = None
     _active.adam_update(param, grad, m, v, lr_t, beta_1, beta_2, epsilon, scratch)
@@ -518,6 +545,9 @@ def optimizer_sgd_update(param, grad, velocity, learning_rate, momentum, nestero
     momentum velocity - lr g and param += velocity (nesterov: param += momentum velocity - lr g)."""
     state = {} if velocity is None else {"velocity": velocity}
     _check_update_arrays("optimizer_sgd_update", param, grad, **state)
+    _check_numbers("optimizer_sgd_update", learning_rate=learning_rate, momentum=momentum)
+    if param.size == 0:
+        return   # nothing to update, on every engine
     if scratch is not None and (scratch.shape != param.shape or scratch.dtype != param.dtype):
         scratch = None
     _active.sgd_update(param, grad, velocity, learning_rate, momentum, nesterov, scratch)
@@ -599,7 +629,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, tra
             got = value.shape if isinstance(value, np.ndarray) else type(value).__name__
             raise ValueError(f"{who}: {name} must be an array of shape ({channels},), received {got}")
     _check_same_dtype(who, x=x, **vectors)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
+    if isinstance(epsilon, (bool, np.bool_)) or not isinstance(epsilon, (int, float, np.integer, np.floating)) \
+            or not epsilon > 0:
         raise ValueError(f"{who}: epsilon must be a positive number, received {epsilon!r}")
     engine = _active
     if not training:

@@ -31,6 +31,7 @@ instead of being returned to the OS and page-faulted in again, which cost more t
 pooling itself at batch 32. The process then keeps up to 256 MiB of freed memory.
 MINICNN_KEEP_FREED_MEMORY=0 turns this off; engine_info() reports it.
 """
+import functools
 import os
 import threading
 import warnings
@@ -39,6 +40,7 @@ from collections import namedtuple
 import numpy as np
 
 from .._kernels import ffi, lib
+from ..errors import check_int
 from . import numpy_engine  # the optimizer updates' fallback for arrays C cannot update in place
 from .geometry import window_output_shape
 
@@ -48,9 +50,11 @@ _SUFFIX = {np.dtype(np.float32): "_f32", np.dtype(np.float64): "_f64"}
 _INT32 = np.dtype(np.int32)
 _UINT8 = np.dtype(np.uint8)
 _ERRORS = {
-    1: "the geometry is invalid (shape, stride or padding)",
+    1: "the geometry is invalid (shape, stride or padding: each at most 2**24, every array at most "
+       "2**40 elements)",
     2: "a buffer length does not match the geometry",
     3: "a required buffer is missing",
+    4: "a max pool's winner index points outside its image (the cache was changed after the forward)",
 }
 _SIMD_LEVELS = {"sse2": 0, "baseline": 0, "avx2": 1, "avx512": 2}
 _ALGORITHMS = {"auto": 0, "direct": 1, "winograd": 2}
@@ -120,7 +124,8 @@ def _call(function_name, *args):
             c_args.append(arg)
     status = getattr(lib, function_name)(*c_args)
     if status != 0:
-        raise _status_error(function_name, status)
+        # named as the kernel face names it: mc_maxpool2d_forward_f32 -> maxpool2d_forward
+        raise _status_error(function_name[3:].rsplit("_", 1)[0], status)
 
 
 def _status_error(who, status):
@@ -313,6 +318,7 @@ def conv2d_maxpool_forward(x, kernel, bias, strides, pads, relu, pool_size, pool
     )
     if not keep_cache:
         return pooled, None, None
+    argmax.flags.writeable = False   # the winners the backward indexes with (C checks them too)
     return (pooled, ConvCache(x.shape, strides, pads, xpad, kernel, bias is not None, bool(relu), None),
             PoolCache((n, oh, ow, f), pool_size, pool_strides, no_pads, argmax, pooled))
 
@@ -420,6 +426,7 @@ def maxpool2d_forward(x, pool_size, strides, pads):
         "mc_maxpool2d_forward" + sfx, geometry, _In("x", x, dtype, x.size),
         *_verified(y), *_verified(argmax),
     )
+    argmax.flags.writeable = False   # the winners the backward indexes with (C checks them too)
     return y, PoolCache(x.shape, pool_size, strides, pads, argmax, y)
 
 
@@ -610,6 +617,8 @@ def set_num_threads(threads, beyond_cpus=False):
     tests and scripts/fuzz_engines.py, which must run 3 and 4 threads even on a 2-core machine
     (the threads then take turns on the cores).
     engine_info()["threads"] reports the number a call really uses."""
+    if threads is not None:
+        threads = check_int(threads, "set_num_threads", "threads", 0, 2**31)   # no 2.7, "3" or True
     lib.mc_allow_threads_beyond_cpus(int(bool(beyond_cpus)))
     lib.mc_set_num_threads(int(threads or 0))
 
@@ -887,6 +896,10 @@ def inference_plan(steps, x_shape, dtype):
         return None
 
 
+def _reshaped(y, shape):
+    return y.reshape(shape)
+
+
 def _bind_steps(steps, x_shape, dtype):
     sfx, itemsize = _SUFFIX[dtype], dtype.itemsize
     calls, queries, tail = [], [], []
@@ -895,7 +908,10 @@ def _bind_steps(steps, x_shape, dtype):
     for op, in_shape, y_shape in steps:
         kind = op[0]
         if kind == "reshape":
-            final_shape = y_shape
+            if tail:   # after a Python function (a softmax over channels, then Flatten): in turn
+                tail.append(functools.partial(_reshaped, shape=y_shape))
+            else:
+                final_shape = y_shape
             continue
         if kind == "function":
             tail.append(op[1])
