@@ -1,5 +1,6 @@
 """Optimizers: Keras' update rules by hand, against PyTorch where importable, in place, saveable."""
 import math
+import os
 import tracemalloc
 
 import numpy as np
@@ -180,14 +181,20 @@ def test_sgd_plain_momentum_and_nesterov_by_hand():
 
 
 def test_rmsprop_by_hand():
-    # a = 0.1 * 4 = 0.4; p = 1 - 0.01 * 2 / (sqrt(0.4) + 1e-7)
+    # a = 0.1 * 4 = 0.4; p = 1 - 0.01 * 2 / sqrt(0.4 + 1e-7): Keras 3 adds epsilon under the root
     model = make_model(units=1, inputs=1)
     layer = model.layers[0]
     layer.params["kernel"][...] = 1.0
     layer.grads["kernel"] = np.array([[2.0]])
     layer.grads["bias"] = np.array([0.0])
     RMSprop(learning_rate=0.01).apply(model)
-    assert layer.params["kernel"][0, 0] == pytest.approx(1 - 0.02 / (math.sqrt(0.4) + 1e-7), abs=1e-14)
+    assert layer.params["kernel"][0, 0] == pytest.approx(1 - 0.02 / math.sqrt(0.4 + 1e-7), abs=1e-14)
+    # a tiny gradient, where the two rules part: Keras' moves the weight lr * g / sqrt(eps)
+    layer.params["kernel"][...] = 1.0
+    layer.grads["kernel"] = np.array([[5e-7]])
+    RMSprop(learning_rate=0.01).apply(model)
+    a = 0.1 * 5e-7 ** 2
+    assert layer.params["kernel"][0, 0] == pytest.approx(1 - 0.01 * 5e-7 / math.sqrt(a + 1e-7), abs=1e-14)
 
 
 # -- against PyTorch -----------------------------------------------------------------------------
@@ -248,10 +255,26 @@ def test_sgd_matches_torch(momentum, nesterov):
                       lambda ts: torch.optim.SGD(ts, lr=0.05, momentum=momentum, nesterov=nesterov))
 
 
-def test_rmsprop_matches_torch():
-    torch = pytest.importorskip("torch")
-    run_against_torch(lambda: RMSprop(0.01, rho=0.9, epsilon=1e-7),
-                      lambda ts: torch.optim.RMSprop(ts, lr=0.01, alpha=0.9, eps=1e-7))
+def test_rmsprop_matches_keras():
+    """Keras 3's rule, sqrt(a + epsilon) (PyTorch's, sqrt(a) + eps, was here once: it parts from
+    Keras' for gradients near sqrt(epsilon), so the gradients below include such ones)."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(5)
+    model = make_model("float64", units=5, inputs=7)
+    variables = [keras.Variable(p.copy(), dtype="float64") for p in params_of(model)]
+    # a rate float32 holds exactly: Keras keeps its learning rate in a float32 variable
+    ours, theirs = RMSprop(2**-6, rho=0.9, epsilon=1e-7), keras.optimizers.RMSprop(2**-6, rho=0.9, epsilon=1e-7)
+    layer = model.layers[0]   # one Dense: its kernel and bias, in params_of's order
+    for step in range(8):
+        set_grads(model, rng)
+        for key in layer.grads:
+            layer.grads[key] = layer.grads[key] * (1e-6 if step % 2 else 1.0)
+        grads = [layer.grads[key] for key in layer.params]
+        ours.apply(model)
+        theirs.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], variables))
+    for got, variable in zip(params_of(model), variables):
+        np.testing.assert_allclose(got, keras.ops.convert_to_numpy(variable), rtol=1e-9, atol=1e-12)
 
 
 # -- in place, no allocation, state ---------------------------------------------------------------

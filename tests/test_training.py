@@ -552,3 +552,72 @@ def test_the_model_checks_its_input_once_and_still_runs_a_layers_own_forward():
         model.forward(x.astype(np.float64))          # the first layer's check
     with pytest.raises(ValueError, match=r"expected input of shape \(batch, 5, 5, 1\)"):
         model.forward(x[:, :4])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_layer_frozen_by_a_callback_is_not_updated_for_the_rest_of_the_fit(backend, optimizer):
+    """Bug: the optimizer kept updating a layer frozen mid-fit with the last gradient it held
+    (its backward no longer made one): plain SGD moved it by 4 * lr * that stale gradient.
+    Keras leaves a layer frozen mid-fit as it is."""
+    class FreezeFirstLayerAtEpoch1(minicnn.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.layers[0].trainable = False
+                self.frozen = [w.copy() for w in self.model.layers[0].get_weights()]
+
+    rng = np.random.default_rng(1)
+    x, y = rng.random((64, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, 64)
+    minicnn.set_seed(0)
+    model = Sequential([Conv2D(4, (3, 3), activation="relu", input_shape=(8, 8, 1)), MaxPooling2D(), Flatten(),
+                        Dense(3, activation="softmax")])
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    dense_before = model.layers[-1].get_weights()[0].copy()
+    freeze = FreezeFirstLayerAtEpoch1()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[freeze])
+    assert all(np.array_equal(w, kept) for w, kept in zip(model.layers[0].get_weights(), freeze.frozen))
+    assert not np.array_equal(model.layers[-1].get_weights()[0], dense_before)   # the rest trained on
+
+
+class _TopK(minicnn.metrics.Metric):
+    """A metric with an argument of its own (and a required one when k is None)."""
+    sparse = True
+
+    def __init__(self, k, name="topk"):
+        self.k = k
+        super().__init__(name)
+
+    def update(self, labels, y_pred):
+        top = np.argsort(-y_pred, axis=1, kind="stable")[:, :self.k]
+        self.correct += int((top == labels[:, None]).any(axis=1).sum())
+        self.count += len(labels)
+
+
+def test_evaluate_and_validation_keep_a_custom_metrics_own_arguments():
+    """Bug: evaluate and fit's validation rebuilt each metric as type(m)(name=m.name): TopK(k=1)
+    reported top-5 accuracy, and a metric whose argument is required raised a TypeError."""
+    rng = np.random.default_rng(2)
+    x, y = rng.random((40, 6, 6, 1)).astype(np.float32), rng.integers(0, 8, 40)
+    minicnn.set_seed(0)
+    model = Sequential([Flatten(input_shape=(6, 6, 1)), Dense(8, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=[_TopK(1), _TopK(3, name="top3")])
+    probabilities = model.predict(x, verbose=0)
+    top1 = float(np.mean(probabilities.argmax(axis=1) == y))
+    top3 = float(np.mean((np.argsort(-probabilities, axis=1, kind="stable")[:, :3] == y[:, None]).any(axis=1)))
+    assert top1 != top3
+    assert model.evaluate(x, y, verbose=0, return_dict=True) == pytest.approx(
+        {"loss": model.evaluate(x, y, verbose=0, return_dict=True)["loss"], "topk": top1, "top3": top3})
+    history = model.fit(x, y, epochs=1, batch_size=40, verbose=0, validation_data=(x, y))
+    after = model.predict(x, verbose=0)
+    assert history.history["val_topk"] == [float(np.mean(after.argmax(axis=1) == y))]
+
+
+@pytest.mark.parametrize("metric, loss", [
+    (lambda: minicnn.metrics.SparseCategoricalAccuracy(), "categorical_crossentropy"),
+    (lambda: minicnn.metrics.CategoricalAccuracy(), "sparse_categorical_crossentropy"),
+])
+def test_a_metric_object_that_does_not_fit_the_loss_is_refused_at_compile(metric, loss):
+    """Bug: the string names were refused at compile, the objects only by a NumPy broadcasting
+    error in fit, after the first update."""
+    model = Sequential([Flatten(input_shape=(2, 2, 1)), Dense(3, activation="softmax")])
+    with pytest.raises(ValueError, match=r"compile: metric .* takes .* but the loss .* gives .*metrics=\['accuracy'\]"):
+        model.compile("adam", loss, metrics=[metric()])

@@ -71,8 +71,18 @@ _ACCURACY_NAMES = ("accuracy", "acc")
 
 
 def get(identifier, loss):
-    """A fresh Metric for a name (or a Metric instance, returned as is) given the compiled loss."""
+    """A fresh Metric for a name (or a Metric instance, returned as is) given the compiled loss;
+    one whose targets are not the loss's (integer labels or one-hot rows: Metric.sparse) is
+    refused here, not by a broadcasting error in the first step."""
     if isinstance(identifier, Metric):
+        if bool(identifier.sparse) != bool(loss.sparse):
+            takes = "integer labels" if identifier.sparse else "one-hot targets"
+            gives = "integer labels" if loss.sparse else "one-hot targets"
+            raise ValueError(
+                f"compile: metric {quote(identifier.name)} ({type(identifier).__name__}) takes {takes}, "
+                f"but the loss {quote(loss.name)} gives {gives}; use metrics=['accuracy'] and minicnn "
+                f"picks the right one (a Metric subclass says which it takes with `sparse`)"
+            )
         return identifier
     if isinstance(identifier, str) and identifier.lower() in _ACCURACY_NAMES:
         cls = SparseCategoricalAccuracy if loss.sparse else CategoricalAccuracy

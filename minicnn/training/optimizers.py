@@ -133,6 +133,10 @@ class Optimizer:
         """One update of every trainable parameter from the gradients its layer holds now."""
         coefficients = self.begin_step(model)
         for layer, key in self._variables:
+            if not layer.trainable:
+                # frozen during a fit (a callback): its backward made no gradient, and the last
+                # one it holds is stale. Keras leaves it as it is; a new fit asks for compile.
+                continue
             param = layer.params[key]
             grad = layer.grads[key]
             if grad is None:
@@ -339,12 +343,14 @@ class AdamW(Adam):
 
 @REGISTRY.register("rmsprop")
 class RMSprop(Optimizer):
-    """RMSprop, Keras' formulation (Keras' default optimizer in compile):
+    """RMSprop, Keras 3's formulation (keras/src/optimizers/rmsprop.py):
 
         a  = rho * a + (1 - rho) * g**2
-        p -= learning_rate * g / (sqrt(a) + epsilon)
+        p -= learning_rate * g / sqrt(a + epsilon)
 
-    PyTorch's RMSprop (alpha=rho, same eps) computes the same thing.
+    PyTorch's RMSprop (alpha=rho) adds eps after the square root instead, lr * g / (sqrt(a) +
+    eps): the two part where a is near epsilon (a gradient of 5e-7 moved a weight 0.0194 by
+    PyTorch's rule, 1.6e-5 by Keras').
     """
 
     slot_names = ("rms",)
@@ -363,8 +369,8 @@ class RMSprop(Optimizer):
         np.multiply(grad, grad, out=scratch)
         scratch *= 1.0 - self.rho
         a += scratch
-        np.sqrt(a, out=scratch)
-        scratch += self.epsilon
+        np.add(a, self.epsilon, out=scratch)
+        np.sqrt(scratch, out=scratch)
         np.divide(grad, scratch, out=scratch)
         scratch *= lr
         param -= scratch

@@ -13,6 +13,7 @@ One training step:
 In fit, a model of layers the engine can bind runs the same step through a training plan
 (training_plan.py): the same C calls with the same arguments, prepared once per batch shape.
 """
+import copy
 import math
 import warnings
 import weakref
@@ -414,7 +415,10 @@ class Trainer:
 
     def _evaluate_arrays(self, x, targets, batch_size, verbose=0):
         """{'loss': ..., metric: ...} over checked arrays, in batches, training=False."""
-        metrics = [type(m)(name=m.name) for m in self.compiled_metrics]
+        # copies of the compiled metrics, reset: a subclass's own arguments (a k) come along
+        metrics = [copy.deepcopy(m) for m in self.compiled_metrics]
+        for metric in metrics:
+            metric.reset()
         loss_sum = 0.0
         bar = _progress_bar(-(-len(x) // batch_size), "evaluate", verbose)
         for start in range(0, len(x), batch_size):
