@@ -22,6 +22,8 @@ The header (format version 1):
                   "dtype": "float32", "shape": [3, 3, 1, 32]}, ...],
      "compile": {"optimizer": {...}, "loss": {...}, "metrics": [{"class_name", "name"}]} or null,
      "training": {"optimizer_iterations": 1875, "shuffle_seed": ..., "epochs_seen": 1,
+                  "layer_generators": {"dropout": {"bit_generator": "PCG64", "state": "0x...", ...}},
+                  "minicnn_generator": {...} or null,   # the random layers' generators (seeding.py)
                   "slots": [{"entry": "optimizer_0000", "layer": "conv2d", "param": "kernel",
                              "slot": "m", "dtype": "float32", "shape": [3, 3, 1, 32]}, ...]} or null}
 """
@@ -65,6 +67,8 @@ def save_model(model, filepath, overwrite=True, include_optimizer=True):
             "optimizer_iterations": int(state["iterations"]),
             "shuffle_seed": training["shuffle_seed"],
             "epochs_seen": training["epochs_seen"],
+            "layer_generators": training["layer_generators"],
+            "minicnn_generator": training["minicnn_generator"],
             "slots": slots,
         }
     return io.write(filepath, header, arrays, overwrite)
@@ -240,8 +244,8 @@ def _compile(model, config):
 
 
 def _restore_training_state(model, training):
-    model.set_training_state({"shuffle_seed": training.get("shuffle_seed"),
-                              "epochs_seen": training.get("epochs_seen")})
+    model.set_training_state({key: training.get(key) for key in
+                              ("shuffle_seed", "epochs_seen", "layer_generators", "minicnn_generator")})
 
 
 def _restore_optimizer(model, training, contents):

@@ -180,6 +180,69 @@ def test_resume_in_a_new_process_equals_uninterrupted_training(tmp_path):
     assert [w.tobytes() for w in resumed.get_weights()] == [w.tobytes() for w in uninterrupted.get_weights()]
 
 
+def random_model(seed_of_layers):
+    """Dropout, RandomFlip and RandomTranslation with seed_of_layers (None: minicnn's generator)."""
+    minicnn.set_seed(3)
+    model = Sequential([
+        minicnn.RandomFlip("horizontal", seed=seed_of_layers, input_shape=(6, 6, 1)),
+        minicnn.RandomTranslation(0.2, 0.2, seed=None if seed_of_layers is None else seed_of_layers + 1),
+        Conv2D(3, (3, 3), activation="relu"), Flatten(),
+        minicnn.Dropout(0.4, seed=None if seed_of_layers is None else seed_of_layers + 2),
+        Dense(3, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("seed_of_layers", [None, 7], ids=["minicnn_generator", "own_seeds"])
+def test_resuming_a_model_with_random_layers_equals_uninterrupted_training(tmp_path, seed_of_layers):
+    """Bug: a model file kept no generator positions, so after load_model the dropout masks,
+    flips and shifts started over (seed=) or came from wherever minicnn's generator was:
+    2 epochs + save/load + 3 epochs differed from 5 epochs."""
+    x, y = data(40)
+    uninterrupted = random_model(seed_of_layers)
+    uninterrupted.fit(x, y, epochs=5, batch_size=8, verbose=0)
+    first = random_model(seed_of_layers)
+    first.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = first.save(tmp_path / "two-epochs")
+    minicnn.set_seed(999)                               # another process's state
+    minicnn.seeding.generator().random(17)
+    resumed = minicnn.load_model(path)
+    resumed.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    assert [w.tobytes() for w in resumed.get_weights()] == [w.tobytes() for w in uninterrupted.get_weights()]
+
+
+def test_a_file_from_before_the_generators_were_kept_still_loads(tmp_path):
+    x, y = data(16)
+    model = random_model(7)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+    def drop_generators(entries, header):
+        del header["training"]["layer_generators"], header["training"]["minicnn_generator"]
+
+    old = rewrite(model.save(tmp_path / "m"), tmp_path / "old.npz", drop_generators)
+    assert minicnn.load_model(old).get_training_state()["epochs_seen"] == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g.update(state="0x" + "f" * 33), "state must be a hex string of at most 128 bits"),
+    (lambda g: g.update(inc=12), "inc must be a hex string"),
+    (lambda g: g.update(bit_generator="MT19937"), "expected a PCG64 generator state"),
+    (lambda g: g.update(has_uint32=2), "has_uint32 must be 0 or 1"),
+])
+def test_a_damaged_generator_position_is_refused_naming_the_file(tmp_path, change, message):
+    x, y = data(16)
+    model = random_model(7)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+    def damage(entries, header):
+        change(next(iter(header["training"]["layer_generators"].values())))
+
+    target = rewrite(model.save(tmp_path / "m"), tmp_path / "damaged.npz", damage)
+    with pytest.raises(ModelFileError, match=f"training state is invalid.*{message}"):
+        minicnn.load_model(target)
+
+
 # -- writing is atomic -------------------------------------------------------------------------
 
 def test_a_failing_save_leaves_the_previous_file_and_no_temporary(trained, monkeypatch):
@@ -565,7 +628,9 @@ def test_load_model_without_compile_never_reads_the_optimizer_state(trained, tmp
 def test_training_state_is_public_and_checked(trained):
     model, path = trained
     state = model.get_training_state()
-    assert set(state) == {"shuffle_seed", "epochs_seen"} and state["epochs_seen"] == 2
+    assert set(state) == {"shuffle_seed", "epochs_seen", "layer_generators", "minicnn_generator"}
+    assert state["epochs_seen"] == 2
+    assert state["layer_generators"] == {} and state["minicnn_generator"] is None   # no random layers
     assert minicnn.load_model(path).get_training_state() == state
     fresh = make_model()
     for bad, error in [({"shuffle_seed": 1.5, "epochs_seen": 1}, TypeError),
@@ -573,6 +638,7 @@ def test_training_state_is_public_and_checked(trained):
                        ({"shuffle_seed": 2 ** 63, "epochs_seen": 1}, ValueError)]:
         with pytest.raises(error):
             fresh.set_training_state(bad)
-    assert fresh.get_training_state() == {"shuffle_seed": None, "epochs_seen": 0}   # nothing set
+    assert fresh.get_training_state()["shuffle_seed"] is None                        # nothing set
+    assert fresh.get_training_state()["epochs_seen"] == 0
     fresh.set_training_state(state)
     assert fresh.get_training_state() == state

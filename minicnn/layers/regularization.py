@@ -28,6 +28,17 @@ class RandomLayer(Layer):
     def _generator(self):
         return self._own_generator if self._own_generator is not None else seeding.generator()
 
+    def get_generator_state(self):
+        """Where the layer's own generator (seed=) is, or None when it draws from minicnn's
+        (a model file keeps both: Trainer.get_training_state)."""
+        return None if self._own_generator is None else seeding.generator_state(self._own_generator)
+
+    def set_generator_state(self, state):
+        """Put the layer's own generator where get_generator_state found it."""
+        if self._own_generator is None:
+            raise ValueError(f"{self.describe()}: has no generator of its own (seed=None) to set")
+        seeding.restore_generator(self._own_generator, state, self.describe())
+
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
 

@@ -21,7 +21,8 @@ import weakref
 import numpy as np
 
 from .. import kernels, seeding
-from ..errors import check_int, shorten
+from ..errors import check_int, quote, shorten
+from ..layers.regularization import RandomLayer
 from . import callbacks as callbacks_module
 from . import data, losses, metrics as metrics_module, optimizers, training_plan
 
@@ -238,16 +239,43 @@ class Trainer:
 
     def get_training_state(self):
         """What fit needs besides weights and optimizer to continue exactly where it stopped:
-        {'shuffle_seed': int or None, 'epochs_seen': int}."""
-        return {"shuffle_seed": self._shuffle_seed, "epochs_seen": self._epochs_seen}
+        {'shuffle_seed': int or None, 'epochs_seen': int,
+         'layer_generators': {layer name: position} of the random layers (Dropout, RandomFlip,
+             RandomTranslation) with a seed= of their own,
+         'minicnn_generator': the position of minicnn's generator (set_seed's) when a random
+             layer draws from it, else None}.
+        The positions are seeding.generator_state dicts, plain JSON."""
+        random = [layer for layer in self.layers if isinstance(layer, RandomLayer)]
+        return {"shuffle_seed": self._shuffle_seed, "epochs_seen": self._epochs_seen,
+                "layer_generators": {layer.name: layer.get_generator_state()
+                                     for layer in random if layer.seed is not None},
+                "minicnn_generator": (seeding.generator_state(seeding.generator())
+                                      if any(layer.seed is None for layer in random) else None)}
 
     def set_training_state(self, state):
-        """Inverse of get_training_state; both values are checked before either is set."""
+        """Inverse of get_training_state; every value is checked before any is set. The two
+        generator entries may be missing (files from before they were kept: the random layers
+        then draw on from where their generators are). Restoring 'minicnn_generator' moves
+        minicnn's generator itself, so that the random layers drawing from it continue as in
+        one run."""
+        who = "set_training_state"
         seed = state.get("shuffle_seed")
         if seed is not None:
-            seed = check_int(seed, "set_training_state", "shuffle_seed")
-        epochs = check_int(state.get("epochs_seen"), "set_training_state", "epochs_seen")
+            seed = check_int(seed, who, "shuffle_seed")
+        epochs = check_int(state.get("epochs_seen"), who, "epochs_seen")
+        layer_generators = state.get("layer_generators") or {}
+        own = {layer.name: layer for layer in self.layers if isinstance(layer, RandomLayer) and layer.seed is not None}
+        if not isinstance(layer_generators, dict) or not set(layer_generators) <= set(own):
+            raise ValueError(f"{who}: layer_generators must name random layers with a seed of this model "
+                             f"({sorted(own)}), received {quote(layer_generators)}")
+        shared = state.get("minicnn_generator")
+        for saved in list(layer_generators.values()) + ([shared] if shared is not None else []):
+            seeding.restore_generator(np.random.default_rng(), saved, who)   # checked, nothing set yet
         self._shuffle_seed, self._epochs_seen = seed, epochs
+        for name, saved in layer_generators.items():
+            own[name].set_generator_state(saved)
+        if shared is not None:
+            seeding.restore_generator(seeding.generator(), shared, who)
 
 
     # -- the training machinery -------------------------------------------------------------
