@@ -111,9 +111,15 @@ def load_images(subset, seed, validation=0):
     return (x_train[..., None] * scale, y_train), (x_test[..., None] * scale, y_test)
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except None: those flags say their defaults in their own help."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_arguments(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_DefaultsHelp)
     parser.add_argument("--recipe", choices=sorted(RECIPE_DEFAULTS), default="seed",
                         help="seed: the tutorial's CNN; best: the stronger recipe (BN conv blocks, "
                              "dropout, augmentation, AdamW with warm-up and cosine decay)")

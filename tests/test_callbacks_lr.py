@@ -2,6 +2,7 @@
 in History and the progress lines, and rates that survive a model file."""
 import types
 
+import numpy as np
 import pytest
 
 import minicnn
@@ -205,3 +206,20 @@ def test_the_progress_bar_shows_the_rate(capsys):
     x, y = data()
     make_model(SGD(ExponentialDecay(0.1, 5, 0.5))).fit(x, y, epochs=1, batch_size=8, verbose=1)
     assert "learning_rate: 0.0500" in capsys.readouterr().err
+
+
+def test_keys_a_callback_adds_to_the_epoch_logs_reach_the_printed_line(capsys):
+    """Keras' order (the user's callbacks, History, then the progress line): the line printed
+    for an epoch once came first and missed what the others added."""
+    class AddKey(minicnn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["my_metric"] = 0.25 * (epoch + 1)
+
+    rng = np.random.default_rng(0)
+    model = minicnn.Sequential([minicnn.Dense(3, activation="softmax", input_shape=(4,))])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    history = model.fit(rng.random((20, 4)).astype(np.float32), rng.integers(0, 3, 20), epochs=2, verbose=2,
+                        callbacks=[AddKey()])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    assert [line.endswith(f"my_metric: {value:.4f}") for line, value in zip(lines, (0.25, 0.5))] == [True, True]
+    assert history.history["my_metric"] == [0.25, 0.5]

@@ -262,3 +262,15 @@ def test_example_reports_bad_model_and_out_in_one_line(tmp_path, case):
     errors = result.stderr.splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_help_says_each_default_once(capsys):
+    """Bug: --epochs and --batch-size, whose defaults depend on --recipe, showed theirs and then
+    "(default: None)"."""
+    example = load_example()
+    with pytest.raises(SystemExit):
+        example.parse_arguments(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "(default: 10 for the seed model, 12 for --recipe best)" in text
+    assert "(default: auto)" in text   # the others keep theirs

@@ -621,3 +621,21 @@ def test_a_metric_object_that_does_not_fit_the_loss_is_refused_at_compile(metric
     model = Sequential([Flatten(input_shape=(2, 2, 1)), Dense(3, activation="softmax")])
     with pytest.raises(ValueError, match=r"compile: metric .* takes .* but the loss .* gives .*metrics=\['accuracy'\]"):
         model.compile("adam", loss, metrics=[metric()])
+
+
+def test_a_nan_value_never_improves_for_early_stopping():
+    """minicnn's rule, documented where it parts from Keras 3 (which takes a NaN first value as
+    the best, so that nothing later beats it and training stops at epoch 2 here)."""
+    values = [float("nan"), 1.0, 0.9, 0.95, 0.96, 0.5, 0.4]
+
+    class Inject(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = values[epoch]
+
+    rng = np.random.default_rng(0)
+    model = Sequential([Dense(3, activation="softmax", input_shape=(4,))])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    stopper = EarlyStopping(patience=2)
+    history = model.fit(rng.random((20, 4)).astype(np.float32), rng.integers(0, 3, 20), epochs=len(values),
+                        verbose=0, callbacks=[Inject(), stopper])
+    assert len(history.history["loss"]) == 5 and stopper.stopped_epoch == 4   # best 0.9 at epoch 2

@@ -232,6 +232,9 @@ class EarlyStopping(Callback):
     best epoch when training ends, as Keras 3 does (also when patience never ran out); the
     optimizer state is not rewound. `baseline`: training stops unless the value beats it within
     `patience` epochs. `start_from_epoch`: epochs to wait before watching at all.
+    A NaN value never improves. Keras 3 differs there (left so on purpose): it takes the first
+    value as the best whatever it is, so a NaN first epoch stays the best and no later epoch
+    beats it.
     """
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
@@ -465,7 +468,9 @@ class ReduceLROnPlateau(Callback):
     is above min_lr, the rate becomes max(rate * factor, min_lr), the cooldown starts
     (`cooldown` epochs) and `wait` restarts. The optimizer's learning_rate must be a float, not
     a schedule object. The rate is logged as 'learning_rate' (before any reduction, as Keras);
-    the reduced rate is part of the optimizer's config, so a saved model keeps it.
+    the reduced rate is part of the optimizer's config, so a saved model keeps it. One step
+    differs: a NaN value never improves, where Keras 3 takes a NaN first value as the best
+    (EarlyStopping's note).
     """
 
     changes_learning_rate = True

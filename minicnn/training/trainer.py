@@ -135,8 +135,10 @@ class Trainer:
         steps = -(-len(x) // batch_size)
         progress = callbacks_module.ProgressLogger(verbose) if verbose else None
         history = callbacks_module.History()
+        # Keras' order: the user's callbacks, then History, then the progress line, which so
+        # shows what the others added to an epoch's logs
         callback_list = callbacks_module.CallbackList(
-            ([progress] if progress else []) + list(callbacks or []) + [history],
+            list(callbacks or []) + [history] + ([progress] if progress else []),
             self, {"epochs": int(epochs), "steps": steps, "verbose": verbose},
         )
         self.history = history
