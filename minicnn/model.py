@@ -13,7 +13,7 @@ from . import onnx_export, saving, summary
 from .errors import check_str, quote, shorten
 from .layers import REGISTRY as LAYERS
 from .layers.activations import ReLU, Softmax, ends_in_softmax
-from .layers.base import Layer, as_shape, unique_name
+from .layers.base import Layer, as_shape, keeps_caches, read_only_output, unique_name
 from .registry import MODELS
 from .training.trainer import Trainer
 
@@ -118,9 +118,10 @@ class Sequential(Trainer):
                 )
             self.build((None,) + x.shape[1:])
         layers = self.layers
+        keeps = keeps_caches(training)
         i = 0
         while i < len(layers):
-            layer = layers[i]
+            layer, before = layers[i], x
             follower = layers[i + 1] if i + 1 < len(layers) else None
             if layer.fuses_following_relu and type(follower) is ReLU:
                 # one pass for both (batch normalisation + ReLU): the same numbers, no pass over
@@ -143,6 +144,8 @@ class Sequential(Trainer):
             else:
                 x = layer.forward(x, training=training)
                 i += 1
+            if keeps:
+                read_only_output(x, before)   # a backward reads it (Layer.forward's note)
         return x
 
     __call__ = forward

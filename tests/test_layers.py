@@ -283,3 +283,25 @@ def test_set_weights_writes_nothing_when_any_weight_is_not_finite():
         model.set_weights(bad)
     for got, expected in zip(model.get_weights(), before):
         np.testing.assert_array_equal(got, expected)  # the first layer was not touched either
+
+
+def test_a_training_forward_hands_on_read_only_outputs_and_leaves_the_input_alone():
+    """A backward reads what a training forward returned (a ReLU's or softmax's output, the C
+    engine's fused ReLU mask): written in place, it silently changed the gradients (dkernel
+    all zeros after y -= 100). Read-only, the write raises; predict's outputs stay writable, and
+    a layer that passes its input on never makes the caller's array read-only."""
+    minicnn.set_seed(0)
+    model = Sequential([minicnn.Dropout(0.0, input_shape=(6, 6, 1)), Conv2D(2, 3, activation="relu"), Flatten(),
+                        Dense(4, activation="relu"), Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).random((2, 6, 6, 1)).astype(np.float32)
+    y = model.forward(x, training=True)
+    with pytest.raises(ValueError, match="read-only"):
+        y -= 100
+    hidden = model.layers[3].forward(model.layers[2].forward(model.layers[1].forward(x, training=True)), training=True)
+    with pytest.raises(ValueError, match="read-only"):
+        hidden[...] = 0
+    assert x.flags.writeable                                       # Dropout(0) returned x itself
+    model.backward(np.ones_like(y))
+    prediction = model.predict(x, verbose=0)
+    prediction *= 2                                                 # inference keeps no caches
+    assert model.forward(x, training=False).flags.writeable

@@ -385,6 +385,8 @@ def conv2d_relu_forward(x, kernel, bias, strides, pads, keep_cache=True):
     Shapes as conv2d_forward. conv2d_backward(dy, cache, need_dx) then takes dy with respect
     to the ReLU's output and applies the ReLU's gradient itself: dy where y > 0, else 0 (the
     gradient at exactly 0 is 0, as in Keras and PyTorch). NaN propagates forward like np.maximum.
+    The cache may read y itself (the C engine's mask): leave it unchanged until the backward
+    (the layers hand it on read-only while they keep the cache).
     """
     strides, pads = _check_conv_arguments(x, kernel, bias, strides, pads, "conv2d_relu_forward")
     y, cache = _active.conv2d_relu_forward(x, kernel, bias, strides, pads, bool(keep_cache))
@@ -394,7 +396,9 @@ def conv2d_relu_forward(x, kernel, bias, strides, pads, keep_cache=True):
 def dense_forward(x, kernel, bias, relu=False):
     """y = x @ kernel + bias, then max(y, 0) when relu; returns (y, cache).
 
-    x: (N, K); kernel: (K, F) as in Keras; bias: (F,) or None -> y: (N, F).
+    x: (N, K); kernel: (K, F) as in Keras; bias: (F,) or None -> y: (N, F). The cache reads x,
+    and with relu y itself (the C engine's mask): leave both unchanged until the backward (the
+    layers hand y on read-only while they keep the cache).
     """
     who = "dense_forward"
     if not isinstance(x, np.ndarray) or x.ndim != 2:

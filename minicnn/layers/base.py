@@ -60,6 +60,17 @@ def keeps_caches(training):
     """Whether a forward keeps what backward needs: when training, or inside keeping_caches()."""
     return bool(training) or getattr(_inference_keeping, "on", False)
 
+
+def read_only_output(y, x):
+    """y, made read-only unless it is the input itself: the output of a forward that keeps
+    caches, which the backward may read (a ReLU's or softmax's output, the C engine's fused
+    ReLU mask). Written in place, it would silently change the gradients; read-only, the write
+    raises instead. Caches are kept only when training (or inside keeping_caches()), so
+    predict's outputs stay writable."""
+    if y is not x and type(y) is np.ndarray:
+        y.flags.writeable = False
+    return y
+
 _name_counters = defaultdict(itertools.count)
 
 
@@ -165,7 +176,8 @@ class Layer:
         else:
             self._check_input_array(x, expected_shape=None)
             self.build(x.shape[1:])   # the shape this batch has, checked by build
-        return self._forward(x, training)
+        y = self._forward(x, training)
+        return read_only_output(y, x) if keeps_caches(training) else y
 
     def fuses_following_maxpool(self, following):
         """Whether Sequential.forward may run this layer and `following` (the next layer) as one
