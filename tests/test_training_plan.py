@@ -8,6 +8,7 @@ a test here that fails when the plan does not follow. Each comparison also asser
 ran (or, where it must not, that it did not), so none can pass by both sides taking the general
 path.
 """
+import contextlib
 import warnings
 
 import numpy as np
@@ -45,6 +46,16 @@ def planned_steps(monkeypatch):
 
 def _general_path_only(monkeypatch):
     monkeypatch.setattr(training_plan.FitPlans, "step", lambda self, *args: None)
+
+
+@contextlib.contextmanager
+def _on_path(monkeypatch, general):
+    """The planned path, or with general=True the layers only; minicnn's generator reseeded."""
+    with monkeypatch.context() as patch:
+        if general:
+            _general_path_only(patch)
+        minicnn.set_seed(0)
+        yield
 
 
 # -- the models ----------------------------------------------------------------------------------
@@ -311,10 +322,7 @@ def test_a_setting_changed_during_fit_makes_a_new_plan(monkeypatch, planned_step
 
 
 def _train_with(general, *, x, y, callbacks, monkeypatch, loss="sparse_categorical_crossentropy"):
-    with monkeypatch.context() as patch:
-        if general:
-            _general_path_only(patch)
-        minicnn.set_seed(0)
+    with _on_path(monkeypatch, general):
         model = Sequential(_seed_like())
         model.compile(optimizer=OPTIMIZERS["adam"](), loss=loss)
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
@@ -329,10 +337,7 @@ def test_two_models_sharing_an_optimizer_each_update_their_own_weights(monkeypat
     x, y = _data(_seed_like(), 32, 5, seed=16)
 
     def run(general):
-        with monkeypatch.context() as patch:
-            if general:
-                _general_path_only(patch)
-            minicnn.set_seed(0)
+        with _on_path(monkeypatch, general):
             a = Sequential(_seed_like())
             b = Sequential.from_config(a.get_config())
             b.set_weights(a.get_weights())
@@ -381,10 +386,7 @@ def test_a_step_whose_optimizer_refuses_leaves_its_gradients_in_the_layers(monke
     x, y = _data(_seed_like(), 16, 5, seed=17)
 
     def run(general):
-        with monkeypatch.context() as patch:
-            if general:
-                _general_path_only(patch)
-            minicnn.set_seed(0)
+        with _on_path(monkeypatch, general):
             model = Sequential(_seed_like())
             model.compile(optimizer=minicnn.optimizers.Adam(NaNFirst()), loss="sparse_categorical_crossentropy")
             with pytest.raises(ValueError, match="gave nan at step 0"):
