@@ -22,7 +22,8 @@ class OptionalBuildExt(build_ext):
     def _give_up(self, error):
         message = (
             f"minicnn: the C engine (minicnn._kernels) could not be built ({error}); "
-            "installing the pure-NumPy engine only. Install a C compiler and reinstall to get "
+            "installing the pure-NumPy engine only. Install a C compiler and Python's headers "
+            "(Debian/Ubuntu: apt-get install build-essential python3-dev) and reinstall to get "
             "the fast engine."
         )
         warnings.warn(message)

@@ -110,8 +110,13 @@ def make_ffibuilder(extra_compile_args=(), extra_link_args=(), openmp=None,
 
 
 def _openmp_from_environment():
-    value = os.environ.get("MINICNN_OPENMP", "").strip()
-    return None if value == "" else value not in ("0", "false", "no", "off")
+    """None (probe), True or False; a value that is none of them stops the build naming it."""
+    value = os.environ.get("MINICNN_OPENMP", "").strip().lower()
+    if value == "":
+        return None
+    if value in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value in ("1", "true", "yes", "on")
+    raise ValueError(f"MINICNN_OPENMP={value!r}: expected 1/true/yes/on, 0/false/no/off, or unset to probe")
 
 
 ffibuilder = make_ffibuilder(

@@ -9,7 +9,7 @@ class the model predicts.
 - Grad-CAM (Selvaraju et al., 2017): at a convolution layer's output A (after its activation,
   (h, w, K) per image), weight each channel k by the mean over h, w of d score / d A_k, sum
   w_k A_k, keep the positive part, and upsample (bilinear) to the input size. It shows which
-  regions the last feature maps found evidence in: coarse (7x7 for the seed model), smooth.
+  regions the last feature maps found evidence in: coarse (14x14 for the seed model), smooth.
 
 Every map is (H, W), normalised per image by its maximum to [0, 1]; a map with no positive
 value (all-zero gradient, or no evidence for the class) is all zeros, never NaN.

@@ -23,8 +23,8 @@ class Sequential(Trainer):
     """A linear stack of layers.
 
         model = Sequential([Conv2D(32, 3, activation="relu", input_shape=(28, 28, 1)), ...])
-        y = model.forward(x)              # x: (N, 28, 28, 1) in the model's dtype
-        dx = model.backward(dy)           # fills every layer's grads
+        y = model.forward(x, training=True)   # x: (N, 28, 28, 1) in the model's dtype
+        dx = model.backward(dy)               # fills every layer's grads (needs training=True)
     """
 
     def __init__(self, layers=None, name=None):

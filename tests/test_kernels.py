@@ -4,6 +4,8 @@ Tolerance: 1e-12 absolute on values of order 1 (float64). The grid covers non-sq
 odd sizes, strides 1, 2 and (2, 1), 'valid' and 'same', one and several channels, batch 1, and
 a kernel as large as the input.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -212,3 +214,19 @@ def test_backward_refuses_a_cache_from_another_operation(backend, rng):
 def test_set_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="'auto', 'c' or 'numpy'"):
         kernels.set_backend("cuda")
+
+
+@pytest.mark.parametrize("value, default, expected", [
+    ("", True, True), ("0", True, False), ("Off", True, False), ("no", True, False), ("TRUE", False, True),
+    ("1", False, True), ("offf", True, True), ("yes please", False, False)])
+def test_an_on_off_environment_variable_takes_only_on_off_words(monkeypatch, value, default, expected):
+    """Bug: MINICNN_ADAPTIVE_THREADS=offf (or any word but 0/false/no/off) silently meant on."""
+    from minicnn.config import environment_switch
+    monkeypatch.setenv("MINICNN_TEST_SWITCH", value)
+    known = value.strip().lower() in ("", "1", "true", "yes", "on", "0", "false", "no", "off")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert environment_switch("MINICNN_TEST_SWITCH", default) is expected
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == (
+        [] if known else [f"MINICNN_TEST_SWITCH={value!r} is not one of 1, true, yes, on, 0, false, no, off; "
+                          f"ignored (the default, {'on' if default else 'off'}, holds)"])

@@ -33,13 +33,14 @@ from collections import namedtuple
 
 import numpy as np
 
+from ..config import environment_switch
 from . import load, numpy_engine
 from .geometry import output_shape_2d, pads_2d, window_output_shape  # noqa: F401  (output_shape_2d, pads_2d: re-exported for layers/tests)
 
 _BACKEND_ENV = "MINICNN_BACKEND"
 _BUILD_HINT = (
     "build it with `pip install -e .` (or `pip install .`) from the minicnn source tree; this "
-    "needs a C compiler and cffi. Use MINICNN_BACKEND=numpy (or minicnn.set_backend('numpy')) "
+    "needs a C compiler, Python's headers (python3-dev) and cffi. Use MINICNN_BACKEND=numpy (or minicnn.set_backend('numpy')) "
     "to run on the pure-NumPy engine instead"
 )
 
@@ -98,7 +99,7 @@ def backend_info():
 
 
 _ADAPTIVE_THREADS_ENV = "MINICNN_ADAPTIVE_THREADS"
-_adaptive_threads = os.environ.get(_ADAPTIVE_THREADS_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+_adaptive_threads = environment_switch(_ADAPTIVE_THREADS_ENV)
 _load_monitor = None
 _load_cap = None
 

@@ -40,6 +40,7 @@ from collections import namedtuple
 import numpy as np
 
 from .._kernels import ffi, lib
+from ..config import environment_switch
 from ..errors import check_int
 from . import numpy_engine  # the optimizer updates' fallback for arrays C cannot update in place
 from .geometry import window_output_shape
@@ -648,7 +649,7 @@ _KEEP_FREED_BYTES = 256 * 1024 * 1024
 
 
 def _keep_freed_memory_from_environment():
-    if os.environ.get("MINICNN_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not environment_switch("MINICNN_KEEP_FREED_MEMORY"):
         return False
     return bool(lib.mc_keep_freed_memory(_KEEP_FREED_BYTES))
 
