@@ -10,7 +10,9 @@ _generator = np.random.default_rng()
 
 
 def set_seed(seed):
-    """Reseed minicnn's generator: same seed, same engine -> bit-identical weights and history."""
+    """Reseed minicnn's generator: same seed, engine and thread count -> bit-identical weights
+    and history (the C engine's kernel gradients sum their parts in the order of the threads
+    it lays the work out for; the NumPy engine does not depend on threads)."""
     global _generator
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"set_seed: seed must be a non-negative integer, received {quote(seed)}")

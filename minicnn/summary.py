@@ -5,6 +5,8 @@ from .errors import shorten
 def print_summary(model, line_length=65, print_fn=print):
     """Print Layer (type) | Output Shape | Param #, then the totals. Columns widen for long
     layer names instead of cutting them off."""
+    if not model.layers:
+        raise ValueError(f"Sequential '{shorten(model.name)}': the model has no layers to summarise; add some first")
     if not model.built:
         raise ValueError(
             f"Sequential '{shorten(model.name)}': the model is not built yet; give the first layer "

@@ -34,6 +34,13 @@ def test_summary_prints_keras_style_rows():
     assert "Total params: 421,642" in text and "Trainable params: 421,642" in text
 
 
+def test_summary_of_an_empty_or_unbuilt_model_says_what_to_do():
+    with pytest.raises(ValueError, match="has no layers to summarise; add some first"):
+        Sequential().summary()        # once: "call build()", which then refused a model with no layers
+    with pytest.raises(ValueError, match=r"not built yet; give the first layer input_shape=\.\.\. or call build\(\)"):
+        Sequential([Dense(2)]).summary()
+
+
 def test_forward_backward_shapes_and_float32_default():
     model = seed_model()
     x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)

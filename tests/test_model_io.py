@@ -1,4 +1,5 @@
 """Model files: round trips, resuming training exactly, and files that are not what they claim."""
+import copy
 import json
 import os
 import pickle
@@ -642,3 +643,23 @@ def test_training_state_is_public_and_checked(trained):
     assert fresh.get_training_state()["epochs_seen"] == 0
     fresh.set_training_state(state)
     assert fresh.get_training_state() == state
+
+
+@pytest.mark.parametrize("copy_of", ["deepcopy", "pickle"])
+def test_a_model_copied_between_a_training_forward_and_its_backward_carries_its_caches(copy_of):
+    """Bug: the forward caches held the engine module, so deepcopy and pickle failed after any
+    training forward the training plans did not clear (train_on_batch, a model with batch
+    normalisation, a snapshot from a callback). The copy's backward now gives the original's."""
+    minicnn.set_seed(0)
+    model = Sequential([Conv2D(3, 3, padding="same", activation="relu", input_shape=(6, 6, 1)), MaxPooling2D(),
+                        minicnn.BatchNormalization(), Flatten(), Dense(3, activation="softmax")])
+    x = data(4)[0]
+    y = model.forward(x, training=True)
+    copied = copy.deepcopy(model) if copy_of == "deepcopy" else pickle.loads(pickle.dumps(model))
+    dy = np.full(y.shape, 0.1, np.float32)
+    assert copied.backward(dy).tobytes() == model.backward(dy).tobytes()
+    for original, twin in zip(model.layers, copied.layers):
+        assert all(original.grads[key].tobytes() == twin.grads[key].tobytes() for key in original.grads)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.train_on_batch(x, np.arange(4) % 3)
+    assert copy.deepcopy(model).predict(x, verbose=0).tobytes() == model.predict(x, verbose=0).tobytes()

@@ -465,3 +465,39 @@ def test_a_dropped_model_drops_its_plans():
     gc.collect()
     assert alive() is None   # the plan cache holds no reference to the model
     assert len(trainer._inference_plans) == cached - 1
+
+
+def test_threads_predicting_larger_batches_with_one_model_get_the_sequential_answers():
+    """Bug: the general path (batches over 8) handed a convolution its fused pool through a layer
+    attribute, set and reset around the call; another thread's reset made a convolution run
+    without its pool, and GlobalAveragePooling2D took the unpooled maps: wrong probabilities,
+    silently. The pool is now an argument. A short switch interval widens any such window."""
+    import sys
+    minicnn.set_seed(0)
+    x = _images(120, size=12)
+    model = Sequential([Conv2D(8, 3, padding="same", activation="relu", input_shape=(12, 12, 1)),
+                        MaxPooling2D(), GlobalAveragePooling2D(), Dense(5, activation="softmax")])
+    expected = model.predict(x, batch_size=1000, verbose=0)
+    wrong, errors = [], []
+
+    def predict(batch):
+        for step in range(60):
+            start = (step * 7) % (len(x) - batch)
+            try:
+                got = model.predict(x[start:start + batch], batch_size=batch, verbose=0)
+                if not np.array_equal(got, expected[start:start + batch]):
+                    wrong.append(batch)
+            except Exception as error:   # noqa: BLE001 (any error is a failure, reported below)
+                errors.append(repr(error))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=predict, args=(batch,)) for batch in (9, 20, 33, 50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert (wrong, errors) == ([], [])

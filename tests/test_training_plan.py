@@ -536,3 +536,25 @@ def test_the_plans_workspace_follows_the_threads(monkeypatch, planned_steps):
         c_engine.set_num_threads(None)
         kernels.set_adaptive_threads(adaptive)
     assert planned_steps[-2] == 8
+
+
+def test_renamed_layers_keep_their_own_optimizer_state(monkeypatch, planned_steps):
+    """The optimizer keeps its state by layer name (get_state, model files). A layer renamed
+    during or after a fit once gave a bare KeyError, and two same-shaped layers that swapped
+    names silently swapped their Adam moments. Renaming changes nothing in the numbers."""
+    def rename(model, step):
+        conv, dense = model.layers[0], model.layers[5]
+        conv.name, dense.name = dense.name, conv.name    # a swap: each key now names the other
+        model.layers[6].name = "head"
+
+    x, y = _data(_seed_like(), 40, 5, seed=18)
+    kept = _train(_seed_like, OPTIMIZERS["adam"], x, y)[0]
+    renamed = _assert_same_fit(monkeypatch, planned_steps, _seed_like, OPTIMIZERS["adam"], x, y,
+                               callbacks=lambda: [_AtSteps([4], rename)])[0]
+    assert [w.tobytes() for w in renamed.get_weights()] == [w.tobytes() for w in kept.get_weights()]
+    assert ("head", "kernel", "m") in renamed.optimizer.get_state()["slots"]
+    assert planned_steps[-2] == 10
+    renamed.layers[1].name = renamed.layers[0].name   # a pool: no state, but the names must stay unique
+    renamed.layers[2].name = renamed.layers[0].name
+    with pytest.raises(ValueError, match=r"two layers are named '.*'; layer names must be unique"):
+        renamed.fit(x, y, batch_size=8, epochs=1, verbose=0)

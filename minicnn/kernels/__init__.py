@@ -255,7 +255,22 @@ def _check_conv_arguments(x, kernel, bias, strides, pads, who):
 # What every forward returns beside y: opaque to the caller. It remembers the engine that made
 # it (a backward always runs there), the output's shape and dtype (to check dy once, here) and
 # that engine's own cache.
-_Cache = namedtuple("_Cache", "kind engine y_shape dtype engine_cache")
+class _Cache(namedtuple("_Cache", "kind engine y_shape dtype engine_cache")):
+    __slots__ = ()
+
+    def __reduce__(self):
+        # the engine is a module, which neither pickle nor deepcopy takes: by name (a layer
+        # copied between a training forward and its backward carries its cache along)
+        name = next(name for name, engine in _engines.items() if engine is self.engine)
+        return _cache_from_engine_name, (self.kind, name, self.y_shape, self.dtype, self.engine_cache)
+
+
+def _cache_from_engine_name(kind, engine_name, y_shape, dtype, engine_cache):
+    engine = _engines.get(engine_name)
+    if engine is None:
+        raise ValueError(f"a forward cache made by the {engine_name!r} engine, which is not available here "
+                         f"({_c_engine_error}); run the forward again on this machine")
+    return _Cache(kind, engine, y_shape, dtype, engine_cache)
 
 
 def _unpack_cache(cache, kind, who, also=None):

@@ -171,13 +171,17 @@ class Layer:
     # -- computing --------------------------------------------------------------------------
     def forward(self, x, training=False):
         """y = layer(x). Builds the layer on first use like Keras."""
+        self._check_or_build(x)
+        y = self._forward(x, training)
+        return read_only_output(y, x) if keeps_caches(training) else y
+
+    def _check_or_build(self, x):
+        """forward's input check; an unbuilt layer is built for x's shape."""
         if self.built:
             self._check_input_array(x, expected_shape=self.input_shape)
         else:
             self._check_input_array(x, expected_shape=None)
             self.build(x.shape[1:])   # the shape this batch has, checked by build
-        y = self._forward(x, training)
-        return read_only_output(y, x) if keeps_caches(training) else y
 
     def fuses_following_maxpool(self, following):
         """Whether Sequential.forward may run this layer and `following` (the next layer) as one

@@ -4,7 +4,8 @@ import numpy as np
 from .. import kernels
 from ..errors import quote
 from .activations import WithActivation
-from .base import LARGEST_DIMENSION, REGISTRY, Layer, normalize_padding, normalize_tuple, window_geometry, keeps_caches
+from .base import (LARGEST_DIMENSION, REGISTRY, Layer, keeps_caches, normalize_padding, normalize_tuple,
+                   read_only_output, window_geometry)
 from .pooling import MaxPooling2D
 
 
@@ -50,8 +51,6 @@ class Conv2D(WithActivation, Layer):
 
     # Sequential runs a Conv2D and the MaxPooling2D right after it as one call each way
     # (forward_with_maxpool, backward_from_maxpool) when fuses_following_maxpool says so
-    _pool_follows = None
-
     def fuses_following_maxpool(self, following):
         """True for a built MaxPooling2D right after this layer (exactly these classes: a
         subclass may have passes of its own) when this layer's activation is none or the ReLU
@@ -65,22 +64,19 @@ class Conv2D(WithActivation, Layer):
         """pool.forward(self.forward(x, training), training) as one call
         (kernels.conv2d_maxpool_forward: the two layers' numbers, bit for bit, without keeping
         this layer's output); both layers keep their caches for backward_from_maxpool.
-        check_input=False skips the input check (Sequential checked the model's input once)."""
-        self._pool_follows = pool
-        try:
-            return self.forward(x, training) if check_input else self._forward(x, training)
-        finally:
-            self._pool_follows = None
+        check_input=False skips the input check (Sequential checked the model's input once).
+        The pool is an argument all the way down, never a layer attribute: two threads predicting
+        with one model once met in such an attribute, and one convolved without its pool."""
+        if check_input:
+            self._check_or_build(x)
+        pooled, cache, pool_cache = kernels.conv2d_maxpool_forward(
+            x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads,
+            pool.pool_size, pool.strides, relu=self.relu_in_kernel, keep_cache=keeps_caches(training))
+        self._cache = cache
+        pool.take_fused_cache(pool_cache, training)
+        return read_only_output(pooled, x) if keeps_caches(training) else pooled
 
     def _forward(self, x, training):
-        pool = self._pool_follows
-        if pool is not None:
-            pooled, cache, pool_cache = kernels.conv2d_maxpool_forward(
-                x, self.params["kernel"], self.params.get("bias"), self.strides, self.pads,
-                pool.pool_size, pool.strides, relu=self.relu_in_kernel, keep_cache=keeps_caches(training))
-            self._cache = cache
-            pool.take_fused_cache(pool_cache, training)
-            return pooled
         convolve = kernels.conv2d_relu_forward if self.relu_in_kernel else kernels.conv2d_forward
         # without training no backward follows (unless keeping_caches): the engine keeps
         # nothing for one (the C engine then never writes the padded batch)

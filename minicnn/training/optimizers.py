@@ -72,6 +72,7 @@ class Optimizer:
                 )
             self._variables = variables   # same names and shapes: follow the current layers
             self._model_id = id(model)
+            self._follow_renamed_layers()
             return
         slots = {}
         for layer, key in variables:
@@ -81,8 +82,23 @@ class Optimizer:
             if param.size > size:
                 self._scratch[param.dtype] = np.empty(param.size, dtype=param.dtype)
         self._slots = slots
+        self._slot_keys = list(slots)   # the (layer name, key) of each variable, in order
         self._variables = variables
         self._model_id = id(model)
+
+    def _follow_renamed_layers(self):
+        """The state is keyed by layer name (get_state, model files); a layer renamed since the
+        build keeps its own state under its new name (two layers that swap names swap keys,
+        not moments). Cheap when nothing changed: one list of names per step."""
+        names = [(layer.name, key) for layer, key in self._variables]
+        if names == self._slot_keys:
+            return
+        if len(set(names)) != len(names):
+            twice = next(name for index, (name, key) in enumerate(names) if (name, key) in names[:index])
+            raise ValueError(f"{type(self).__name__}: two layers are named {quote(twice)}; layer names "
+                             f"must be unique (the optimizer state is kept by name)")
+        self._slots = {new: self._slots[old] for new, old in zip(names, self._slot_keys)}
+        self._slot_keys = names
 
     @property
     def built(self):
@@ -156,6 +172,8 @@ class Optimizer:
         if self._variables is None or id(model) != self._model_id:
             # another model sharing this optimizer: update its parameters, not the last ones
             self.build(model)
+        else:
+            self._follow_renamed_layers()
         # Keras' order: the rate of this step comes from iterations before the increment.
         learning_rate = self._learning_rate if self._schedule is None else self._scheduled_rate()
         self.iterations += 1
@@ -185,6 +203,8 @@ class Optimizer:
 
     def get_state(self):
         """{'iterations': int, 'slots': {(layer name, param key, slot name): array}} (copies)."""
+        if self._variables is not None:
+            self._follow_renamed_layers()
         return {
             "iterations": self.iterations,
             "slots": {(layer, key, slot): array.copy()

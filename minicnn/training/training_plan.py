@@ -108,6 +108,7 @@ class _PlannedStep:
             return None   # the optimizer updates other parameters than the plan computes
         kind = "adam" if type(optimizer) is Adam else "sgd"
         slot_names = ("m", "v") if kind == "adam" else optimizer.slot_names
+        optimizer._follow_renamed_layers()   # its state is kept by layer name
         updates = []
         for layer, key in variables:
             named = optimizer._slots[(layer.name, key)]
