@@ -226,6 +226,16 @@ def _read(path, sections):
 
 
 def _read_npz(path, npz, file_size, sections):
+    # Every member must be an .npy array, each name once: NumPy looks a plain member named
+    # "weight_0000" up before "weight_0000.npy", so a look-alike could be loaded in place of the
+    # entry checked below (a memory bomb or a swapped kernel), and of two members with one name
+    # the last one wins.
+    members = npz.zip.namelist()
+    if len(set(members)) != len(members):
+        raise ModelFileError(path, "has two entries with one name")
+    if any(not member.endswith(".npy") for member in members):
+        odd = next(member for member in members if not member.endswith(".npy"))
+        raise ModelFileError(path, f"has an entry that is not a .npy array ({quote(odd)})")
     names = set(npz.files)
     if HEADER_ENTRY not in names:
         listed = ", ".join(sorted(names)[:8]) or "nothing"

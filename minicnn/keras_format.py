@@ -49,6 +49,7 @@ METADATA_ENTRY = "metadata.json"
 WEIGHTS_ENTRY = "model.weights.h5"
 MAX_JSON_BYTES = 16 << 20           # a config of thousands of layers is well under 1 MB
 MAX_WEIGHTS_BYTES = 8 << 30         # larger than any model minicnn can train
+_MAX_INFLATION = 200                # entry size / compressed size beyond which it is a zip bomb
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
 # The oldest Keras whose saving_lib reads what this module writes (the layout of Keras 3.0).
@@ -323,6 +324,7 @@ def _read_weights_h5(h5, model, keras_classes):
     """The arrays of `model`'s layers from an open h5 file, every dataset checked before it is read."""
     h5py = require_h5py()
     weights = []
+    declared, file_size = 0, h5.id.get_filesize()
     for layer, key in zip(model.layers, weight_keys(keras_classes)):
         expected = [array for _, array in layer.named_weights()]
         node, path = h5, ""
@@ -341,13 +343,20 @@ def _read_weights_h5(h5, model, keras_classes):
             dataset = _hard_child(h5py, node, str(index), f"layers/{key}/vars/{index}")
             if not isinstance(dataset, h5py.Dataset):
                 raise ValueError(f"'layers/{key}/vars/{index}' is not a dataset")
+            # first, before the shape: asking an unlimited virtual dataset its shape makes HDF5
+            # open the files it points at (another file read, or a hang on a FIFO)
+            if dataset.is_virtual or dataset.external:
+                raise ValueError(f"'layers/{key}/vars/{index}' keeps its data outside the file; refused")
             if dataset.shape != target.shape:
                 raise ValueError(f"{layer.describe()} expects weight {index} of shape {target.shape}, "
                                  f"the file has {dataset.shape}")
             if dataset.dtype.kind != "f" or dataset.dtype.itemsize > 8:
                 raise ValueError(f"'layers/{key}/vars/{index}' has dtype {dataset.dtype}, expected float32/float64")
-            if dataset.is_virtual or dataset.external:
-                raise ValueError(f"'layers/{key}/vars/{index}' keeps its data outside the file; refused")
+            # a dataset never written holds only its fill value: a 757-byte file could declare
+            # gigabytes. As in minicnn's .npz, the arrays may not declare more than the file holds.
+            declared += dataset.size * dataset.dtype.itemsize
+            if declared > file_size:
+                raise ValueError(f"the weights declare {declared} bytes but the file has {file_size}")
             weights.append(dataset[()])
     return weights
 
@@ -418,8 +427,9 @@ def load_model(filepath, build_model):
         raise ModelFileError(path, f"is damaged or truncated ({type(error).__name__}: {shorten(error, 300)})") from None
     try:
         config = json.loads(config_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ModelFileError(path, f"has an unreadable config.json ({shorten(error, 300)})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:   # RecursionError: nested too deeply
+        raise ModelFileError(path, f"has an unreadable config.json ({type(error).__name__}: "
+                                   f"{shorten(error, 300)})") from None
     minicnn_config, keras_classes = _guarded(path, "its architecture cannot be read by minicnn",
                                              minicnn_config_from_keras, config)
     model = _guarded(path, "its architecture is invalid", build_model, minicnn_config)
@@ -442,10 +452,16 @@ def _read_entry(archive, name, limit):
     info = entries[0]
     if info.file_size > limit:
         raise ModelFileError(path, f"entry '{name}' declares {info.file_size} bytes, more than the {limit} allowed")
+    # A zip bomb: Keras stores its entries or deflates JSON about 10x and weights hardly at all;
+    # a 1.6 KB entry declaring a gigabyte is refused before it inflates.
+    if info.file_size > _MAX_INFLATION * info.compress_size + (1 << 20):
+        raise ModelFileError(path, f"entry '{name}' declares {info.file_size} bytes from {info.compress_size} "
+                                   f"compressed, more than {_MAX_INFLATION}x: refused as a zip bomb")
+    cap = min(limit, info.file_size)   # zipfile stops at the declared size and checks the CRC
     with archive.open(info) as member:
-        data = member.read(limit + 1)
-    if len(data) > limit:
-        raise ModelFileError(path, f"entry '{name}' inflates past the {limit} bytes allowed")
+        data = member.read(cap + 1)
+    if len(data) > cap:
+        raise ModelFileError(path, f"entry '{name}' inflates past the {cap} bytes it declares")
     return data
 
 

@@ -18,6 +18,10 @@ from .registry import MODELS
 from .training.trainer import Trainer
 
 
+# Layers a model file or config may hold: far beyond any Sequential CNN (ResNet-152 has ~500).
+MAX_CONFIG_LAYERS = 4096
+
+
 @MODELS.register()
 class Sequential(Trainer):
     """A linear stack of layers.
@@ -266,6 +270,11 @@ class Sequential(Trainer):
         built when the config knows its input shape."""
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError("Sequential.from_config: expected a mapping with a 'layers' list")
+        if len(config["layers"]) > MAX_CONFIG_LAYERS:
+            # add() compares each layer with the ones before: 40,000 layers (a 129 KB file) took
+            # 279 s to load, and the JSON cap would allow hours
+            raise ValueError(f"Sequential.from_config: {len(config['layers']):,} layers, more than the "
+                             f"{MAX_CONFIG_LAYERS:,} a model file may hold")
         layers = []
         for entry in config["layers"]:
             if not isinstance(entry, dict) or entry.get("class_name") not in LAYERS:

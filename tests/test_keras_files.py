@@ -481,3 +481,64 @@ def test_every_minicnn_layer_class_has_a_keras_class():
 
     assert set(MINICNN_TO_KERAS) == set(minicnn.layers.REGISTRY.names)
     assert {v for v in KERAS_TO_MINICNN.values() if v} | {"Linear"} == set(minicnn.layers.REGISTRY.names)
+
+
+def test_an_entry_that_inflates_more_than_any_keras_file_is_refused_as_a_zip_bomb(tmp_path):
+    """Bug: a 1.6 KB archive inflated to a gigabyte in memory before HDF5 refused it (the only
+    cap was 8 GiB). Keras deflates JSON ~10x and weights hardly at all."""
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {"layers": []}}))
+        archive.writestr("model.weights.h5", bytes(16 << 20))   # 16 MB of zeros deflate to ~16 KB
+    with pytest.raises(ModelFileError, match=r"model.weights.h5' declares 16777216 bytes from \d+ compressed, "
+                                             r"more than 200x: refused as a zip bomb"):
+        minicnn.load_model(path)
+
+
+def test_weights_may_not_declare_more_than_their_file_holds(tmp_path):
+    """Bug: a never-written HDF5 dataset holds only its fill value, so a few-KB file declared a
+    gigabyte kernel and loading allocated and filled it."""
+    layers = [keras_layer("Flatten"), keras_layer("Dense", units=4096)]
+    config = json.loads(zipfile.ZipFile(write_archive(tmp_path / "model.keras", layers, input_shape=(16, 16, 1)))
+                        .read("config.json"))
+    buffer = bytes_io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        h5.create_group("layers/flatten/vars")
+        group = h5.create_group("layers/dense/vars")
+        group.create_dataset("0", shape=(256, 4096), dtype="f4", chunks=(64, 64), fillvalue=0.5)   # 4 MB, unwritten
+        group.create_dataset("1", data=np.zeros(4096, np.float32))
+    path = tmp_path / "fill.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("model.weights.h5", buffer.getvalue())
+    with pytest.raises(ModelFileError, match=r"the weights declare 4194304 bytes but the file has \d+"):
+        minicnn.load_model(path)
+
+
+def test_a_virtual_dataset_is_refused_before_hdf5_opens_its_sources(tmp_path):
+    """Bug: the shape was asked first, and an unlimited virtual dataset makes HDF5 open the
+    files it points at (a FIFO hung the load; another file's length came back in the error)."""
+    source = tmp_path / "secret.h5"
+    with h5py.File(source, "w") as h5:
+        h5.create_dataset("data", data=np.ones(36, np.float32), maxshape=(None,))
+    weights = tmp_path / "vds.weights.h5"
+    layout = h5py.VirtualLayout(shape=(36,), dtype=np.float32)   # the source's length, not the kernel's
+    layout[:] = h5py.VirtualSource(str(source), "data", shape=(36,))
+    with h5py.File(weights, "w") as h5:
+        h5.create_group("layers/flatten/vars")
+        group = h5.create_group("layers/dense/vars")
+        group.create_virtual_dataset("0", layout)
+        group["1"] = np.zeros(2, np.float32)
+    model = Sequential([Flatten(input_shape=(4, 4, 1)), Dense(2, kernel_initializer="zeros")])
+    with pytest.raises(ModelFileError, match="keeps its data outside the file; refused") as error:
+        model.load_weights(weights)
+    assert "36" not in str(error.value)   # nothing read from the other file reaches the message
+
+
+def test_a_config_nested_too_deeply_is_an_unreadable_config_not_a_traceback(tmp_path):
+    path = tmp_path / "deep.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "[" * 100_000 + "]" * 100_000)
+        archive.writestr("model.weights.h5", b"")
+    with pytest.raises(ModelFileError, match="has an unreadable config.json .RecursionError"):
+        minicnn.load_model(path)

@@ -1,9 +1,11 @@
 """Model files: round trips, resuming training exactly, and files that are not what they claim."""
 import copy
+import io
 import json
 import os
 import pickle
 import textwrap
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -663,3 +665,34 @@ def test_a_model_copied_between_a_training_forward_and_its_backward_carries_its_
     model.compile("adam", "sparse_categorical_crossentropy")
     model.train_on_batch(x, np.arange(4) % 3)
     assert copy.deepcopy(model).predict(x, verbose=0).tobytes() == model.predict(x, verbose=0).tobytes()
+
+
+def test_a_look_alike_or_duplicate_entry_is_refused_before_anything_is_read(trained, tmp_path):
+    """Bug: NumPy looks a plain member "weight_0000" up before "weight_0000.npy", so a file that
+    held both passed every check on the .npy and loaded the other (an 88 KB file reached 2.1 GB,
+    or a swapped kernel loaded silently); of two members with one name the last one won."""
+    _, path = trained
+    alias, twice = tmp_path / "alias.npz", tmp_path / "twice.npz"
+    for target, extra_name in ((alias, "weight_0000"), (twice, "weight_0000.npy")):
+        target.write_bytes(Path(path).read_bytes())
+        with zipfile.ZipFile(target, "a") as archive, warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # "Duplicate name"
+            buffer = io.BytesIO()
+            np.save(buffer, np.full((3, 2, 1, 3), 9.0, np.float32))
+            archive.writestr(extra_name, buffer.getvalue())
+    with pytest.raises(ModelFileError, match=r"has an entry that is not a .npy array \('weight_0000'\)"):
+        minicnn.load_model(alias)
+    with pytest.raises(ModelFileError, match="has two entries with one name"):
+        minicnn.load_model(twice)
+
+
+def test_shapes_and_layer_counts_a_file_may_declare_are_bounded():
+    """Bugs: an input shape (13, 1418980313362273202, 1) wrapped around in np.prod and loaded as
+    a 110-parameter model; 40,000 layers (a 129 KB file) took 279 s to build."""
+    with pytest.raises(ValueError, match=r"dimensions of at most 16,777,216"):
+        Sequential([Flatten(input_shape=(13, 1418980313362273202, 1)), Dense(10)])
+    with pytest.raises(ValueError, match=r"flattening \(16777216, 16777216, 16777216\) gives .* features"):
+        Flatten().build((2**24, 2**24, 2**24))
+    config = {"name": "many", "layers": [{"class_name": "ReLU", "config": {"name": f"r{i}"}} for i in range(4097)]}
+    with pytest.raises(ValueError, match="4,097 layers, more than the 4,096 a model file may hold"):
+        Sequential.from_config(config)

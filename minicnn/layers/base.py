@@ -347,6 +347,9 @@ def as_shape(shape, who, what):
     if not dims or not all(isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 1
                            for d in dims):
         raise ValueError(f"{who}: {what} must be a tuple of positive integers, received {quote(shape)}")
+    if any(d > LARGEST_DIMENSION for d in dims):   # a model file once declared (13, 1.4e18, 1)
+        raise ValueError(f"{who}: {what} must have dimensions of at most {LARGEST_DIMENSION:,} (the engines' "
+                         f"largest), received {quote(shape)}")
     return tuple(int(d) for d in dims)
 
 

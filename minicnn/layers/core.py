@@ -1,10 +1,15 @@
 """Dense and Flatten."""
+import math
+
 import numpy as np
 
 from .. import kernels
 from ..errors import quote
 from .activations import WithActivation
 from .base import LARGEST_DIMENSION, REGISTRY, Layer, keeps_caches
+
+# Features a Flatten may produce: the C engine's largest array (MC_LEN_MAX, 2**40 elements)
+LARGEST_FEATURES = 1 << 40
 
 
 @REGISTRY.register()
@@ -17,7 +22,11 @@ class Flatten(Layer):
             raise ValueError(f"{self.describe()}: only data_format='channels_last' is supported, received {quote(data_format)}")
 
     def _build(self, input_shape):
-        return (int(np.prod(input_shape)),)
+        size = math.prod(input_shape)   # Python ints: np.prod wrapped around for huge shapes
+        if size > LARGEST_FEATURES:
+            raise ValueError(f"{self.describe()}: flattening {input_shape} gives {size:,} features, more "
+                             f"than the {LARGEST_FEATURES:,} an array can hold here")
+        return (size,)
 
     def _forward(self, x, training):
         return x.reshape(x.shape[0], -1)
