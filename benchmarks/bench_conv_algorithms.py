@@ -23,7 +23,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from minicnn.kernels import c_engine  # noqa: E402
+try:
+    from minicnn.kernels import c_engine  # noqa: E402
+except ImportError as error:   # this script times the C engine's algorithms only
+    sys.exit(f"bench_conv_algorithms: the C engine is not built here ({error}); build it with pip install -e .")
 from minicnn.kernels.geometry import pads_2d  # noqa: E402
 
 DEFAULT_GRID = [
@@ -64,13 +67,15 @@ def time_passes(x, kernel, bias, pads, dy, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kernel", type=int, default=5, choices=[3, 5])
+    ap.add_argument("--kernel", type=int, default=5, choices=[3, 5], help="kernel size of every geometry")
     ap.add_argument("--geometry", action="append", default=[],
                     help="batch,H,C_in,F (repeatable; default: a grid around the thresholds)")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per cell (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="calls per round and algorithm (best of)")
     ap.add_argument("--threads", type=int, default=0, help="C engine threads (0: its default)")
     args = ap.parse_args()
+    if args.rounds < 1 or args.repeats < 1 or args.threads < 0:
+        ap.error("--rounds and --repeats must be at least 1, --threads at least 0")
     if args.threads:
         c_engine.set_num_threads(args.threads)
     grid = [tuple(int(v) for v in g.split(",")) for g in args.geometry] or DEFAULT_GRID

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_train  # noqa: E402  (its sys.path line picks this checkout's minicnn)
 from bench_train import OTHER_ARCHITECTURES, make_runner, row_data, row_label, table_rows  # noqa: E402
 
-from minicnn import Conv2D  # noqa: E402
+from minicnn import Conv2D, kernels  # noqa: E402
 
 WAYS = ("fused", "apart")
 
@@ -59,10 +59,15 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median)")
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed block")
     parser.add_argument("--infer-batches", type=int, default=2, help="batches of 1000 per inference block")
-    parser.add_argument("--arch", nargs="+", default=[], metavar="NAME",
+    parser.add_argument("--arch", nargs="+", default=[], metavar="NAME", choices=[*OTHER_ARCHITECTURES, "all"],
                         help=f"add these architectures' rows ({', '.join(OTHER_ARCHITECTURES)}, or all)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=2, help="C engine threads (2, as the other benchmarks)")
     args = parser.parse_args(argv)
+    for name in ("threads", "rounds", "steps", "infer_batches"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, received {getattr(args, name)}")
+    if "c" not in kernels.available_backends():
+        parser.error("the C engine is not built here (pip install -e .); fusion is a C engine feature")
     args.recipe = False
     bench_train.set_engine_threads(args.threads)
     rows = [row for row in table_rows(args) if row.kind != "predict"]   # the plan never fuses

@@ -159,7 +159,7 @@ def run(batches, repeats, rounds):
     lands in one round's share of a cell instead of all of it."""
     rng = np.random.default_rng(0)
     engines = [e for e in ("c", "numpy") if e in kernels.available_backends()]
-    per_round = max(1, repeats // rounds)
+    per_round = -(-repeats // rounds)   # rounded up: the header says how many were timed
     pooled = {}
     for round_index in range(rounds):
         for batch in batches:
@@ -219,12 +219,16 @@ def print_table(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--repeats", type=int, default=30, help="timings per cell, over all rounds")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 128], help="batch sizes, a table row each")
+    parser.add_argument("--repeats", type=int, default=30,
+                        help="timings per cell, over all rounds (rounded up to a multiple of --rounds)")
     parser.add_argument("--rounds", type=int, default=3, help="sweeps of the whole table")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads of every engine (C, NumPy's BLAS, PyTorch)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
+    for name in ("repeats", "rounds", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, received {getattr(args, name)}")
 
     if "c" in kernels.available_backends():
         from minicnn.kernels import c_engine
@@ -241,7 +245,8 @@ def main(argv=None):
 
     kernels.set_backend("c" if "c" in kernels.available_backends() else "numpy")
     info = kernels.backend_info()
-    print(f"minicnn layer benchmark: float32, {args.threads} threads, median of {args.repeats} "
+    timed = -(-args.repeats // args.rounds) * args.rounds
+    print(f"minicnn layer benchmark: float32, {args.threads} threads, median of {timed} "
           f"timings per cell taken in {args.rounds} sweeps")
     print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs; "
           f"Python {platform.python_version()}, NumPy {np.__version__}"

@@ -28,10 +28,19 @@ def main(argv=None):
     parser.add_argument("--inner-rounds", type=int, default=3,
                         help="timed sweeps inside each process (bench_train.py --rounds; its median)")
     parser.add_argument("--engines", nargs="+", default=["minicnn-c"], help="bench_train.py's engines")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="bench_train.py's --threads")
     parser.add_argument("--arch", nargs="+", default=[], metavar="NAME",
                         help="bench_train.py's --arch: add these architectures' rows")
     args = parser.parse_args(argv)
+    for checkout in args.checkouts:
+        # bench_train imports minicnn from MINICNN_HOME: a folder without one would quietly fall
+        # back to the installed minicnn and compare a checkout with itself
+        if not os.path.isfile(os.path.join(checkout, "minicnn", "__init__.py")):
+            parser.error(f"{checkout} holds no minicnn/ package")
+    if len({os.path.realpath(checkout) for checkout in args.checkouts}) != len(args.checkouts):
+        parser.error("each checkout may be named once (their figures would be merged)")
+    if args.rounds < 1 or args.inner_rounds < 1:
+        parser.error("--rounds and --inner-rounds must be at least 1")
     samples = {}
     for round_index in range(args.rounds):
         order = args.checkouts if round_index % 2 == 0 else args.checkouts[::-1]
