@@ -59,10 +59,11 @@ class Sequential(Trainer):
             )
         if self.layers:
             self._share_dtype(layer)
-        self.layers.append(layer)
         if self.built:
+            # built before it joins: a layer refused (built for another shape) stays out
             self.output_shape = layer.build(self.output_shape)
-        elif len(self.layers) == 1 and layer.declared_input_shape is not None:
+        self.layers.append(layer)
+        if not self.built and len(self.layers) == 1 and layer.declared_input_shape is not None:
             self.build((None,) + layer.declared_input_shape)
 
     def build(self, input_shape=None):
@@ -86,8 +87,16 @@ class Sequential(Trainer):
                 )
             shape = input_shape[1:]
         input_shape = tuple(shape)
-        for layer in self.layers:
-            shape = layer.build(shape)   # a no-op for a layer already built for this shape
+        fresh = [layer for layer in self.layers if not layer.built]
+        try:
+            for layer in self.layers:
+                shape = layer.build(shape)   # a no-op for a layer already built for this shape
+        except Exception:
+            # all or nothing: layers this call built go back to unbuilt, so a wrong first shape
+            # (a later layer refused it) does not tie them to that shape
+            for layer in fresh:
+                layer.unbuild()
+            raise
         self.input_shape = input_shape
         self.output_shape = tuple(shape)
         self.built = True

@@ -312,3 +312,21 @@ def test_a_training_forward_hands_on_read_only_outputs_and_leaves_the_input_alon
     prediction = model.predict(x, verbose=0)
     prediction *= 2                                                 # inference keeps no caches
     assert model.forward(x, training=False).flags.writeable
+
+
+def test_a_refused_build_or_add_leaves_the_model_as_it_was():
+    """Building all or nothing: a wrong first input that a later layer refuses once left the
+    earlier layers built for it, so the right input then failed; and add() kept a layer it
+    refused (built for another shape) in the model."""
+    model = Sequential([Conv2D(4, 3, activation="relu"), MaxPooling2D(), Conv2D(4, 3), Flatten(), Dense(2)])
+    with pytest.raises(ValueError, match="does not fit input"):
+        model.predict(np.zeros((1, 5, 5, 1), np.float32), verbose=0)
+    assert not any(layer.built for layer in model.layers)
+    assert model.predict(np.zeros((1, 28, 28, 1), np.float32), verbose=0).shape == (1, 2)
+    other = Dense(2)
+    Sequential([Dense(5, input_shape=(7,)), other])
+    head = Sequential([Dense(3, input_shape=(4,))])
+    with pytest.raises(ValueError, match="already built for inputs of shape"):
+        head.add(other)
+    assert len(head.layers) == 1 and head.output_shape == (3,)
+    assert head.predict(np.zeros((1, 4), np.float32), verbose=0).shape == (1, 3)

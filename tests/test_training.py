@@ -639,3 +639,17 @@ def test_a_nan_value_never_improves_for_early_stopping():
     history = model.fit(rng.random((20, 4)).astype(np.float32), rng.integers(0, 3, 20), epochs=len(values),
                         verbose=0, callbacks=[Inject(), stopper])
     assert len(history.history["loss"]) == 5 and stopper.stopped_epoch == 4   # best 0.9 at epoch 2
+
+
+def test_a_custom_metric_that_leaves_sparse_at_its_default_is_taken_with_any_loss():
+    """Only minicnn's own accuracies are checked against the loss's targets: a subclass that
+    never set `sparse` (it may not care) was refused with the default sparse loss."""
+    class Seen(minicnn.metrics.Metric):
+        def update(self, targets, y_pred):
+            self.count += len(targets)
+
+    model = Sequential([Flatten(input_shape=(2, 2, 1)), Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=[Seen("seen")])
+    rng = np.random.default_rng(0)
+    history = model.fit(rng.random((6, 2, 2, 1)).astype(np.float32), np.arange(6) % 3, epochs=1, verbose=0)
+    assert history.history["seen"] == [0.0]

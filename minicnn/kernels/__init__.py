@@ -261,7 +261,9 @@ class _Cache(namedtuple("_Cache", "kind engine y_shape dtype engine_cache")):
     def __reduce__(self):
         # the engine is a module, which neither pickle nor deepcopy takes: by name (a layer
         # copied between a training forward and its backward carries its cache along)
-        name = next(name for name, engine in _engines.items() if engine is self.engine)
+        name = next((name for name, engine in _engines.items() if engine is self.engine), None)
+        if name is None:
+            raise TypeError(f"a forward cache of an unknown engine ({self.engine!r}) cannot be copied")
         return _cache_from_engine_name, (self.kind, name, self.y_shape, self.dtype, self.engine_cache)
 
 

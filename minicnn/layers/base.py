@@ -153,6 +153,15 @@ class Layer:
         self.built = True
         return self.output_shape
 
+    def unbuild(self):
+        """Back to before build (no weights, no shapes): Sequential.build undoes the layers it
+        built when a later layer refuses the shape."""
+        self.params, self.state, self.grads = {}, {}, {}
+        self.input_shape = self.output_shape = None
+        self.built = False
+        if getattr(self, "activation", None) is not None:   # Conv2D/Dense's own activation layer
+            self.activation.unbuild()
+
     def _build(self, input_shape):
         """Subclasses: check the shape, create params, return the output shape."""
         return input_shape

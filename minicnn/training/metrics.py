@@ -75,7 +75,9 @@ def get(identifier, loss):
     one whose targets are not the loss's (integer labels or one-hot rows: Metric.sparse) is
     refused here, not by a broadcasting error in the first step."""
     if isinstance(identifier, Metric):
-        if bool(identifier.sparse) != bool(loss.sparse):
+        # minicnn's own accuracies only: a subclass's `sparse` may be left at its default
+        if type(identifier) in (SparseCategoricalAccuracy, CategoricalAccuracy) and \
+                bool(identifier.sparse) != bool(loss.sparse):
             takes = "integer labels" if identifier.sparse else "one-hot targets"
             gives = "integer labels" if loss.sparse else "one-hot targets"
             raise ValueError(

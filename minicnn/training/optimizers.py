@@ -42,6 +42,7 @@ class Optimizer:
 
     slot_names = ()
     _model_id = None   # id() of the model the optimizer was built (or last re-bound) for
+    _slot_keys = None  # the (layer name, key) the state is kept under, in _variables' order
 
     def __init__(self, learning_rate=0.001, name=None):
         who = type(self).__name__
@@ -93,6 +94,10 @@ class Optimizer:
         names = [(layer.name, key) for layer, key in self._variables]
         if names == self._slot_keys:
             return
+        if self._slot_keys is None:   # built before the keys were kept (an older pickle)
+            self._slot_keys = list(self._slots)
+            if names == self._slot_keys:
+                return
         if len(set(names)) != len(names):
             twice = next(name for index, (name, key) in enumerate(names) if (name, key) in names[:index])
             raise ValueError(f"{type(self).__name__}: two layers are named {quote(twice)}; layer names "
