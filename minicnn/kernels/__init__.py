@@ -476,11 +476,15 @@ def _check_update_arrays(who, param, grad, **state):
     _check_apart(who, arrays)
 
 
+def _is_number(value):
+    """A real number, a NumPy scalar too; not a bool, nor a "0.1" that float() would read."""
+    return type(value) is float or (not isinstance(value, (bool, np.bool_)) and
+                                    isinstance(value, (int, float, np.integer, np.floating)))
+
+
 def _check_numbers(who, **values):
-    """Each value a real number (a NumPy scalar too); no "0.1" or True read by float()."""
     for name, value in values.items():
-        if type(value) is not float and (isinstance(value, (bool, np.bool_)) or not isinstance(
-                value, (int, float, np.integer, np.floating))):
+        if not _is_number(value):
             raise TypeError(f"{who}: {name} must be a number, received {value!r}")
 
 
@@ -502,8 +506,7 @@ def dropout_forward(x, rate, key):
     key gives the same mask on every engine and thread count."""
     who = "dropout_forward"
     _check_float_array(x, who, "x")
-    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer, np.floating)) \
-            or not 0 <= rate < 1:
+    if not _is_number(rate) or not 0 <= rate < 1:
         raise ValueError(f"{who}: rate must be a number in [0, 1), received {rate!r}")
     if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < 2**64:
         raise ValueError(f"{who}: key must be an integer in [0, 2**64), received {key!r}")
@@ -651,8 +654,7 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, tra
             got = value.shape if isinstance(value, np.ndarray) else type(value).__name__
             raise ValueError(f"{who}: {name} must be an array of shape ({channels},), received {got}")
     _check_same_dtype(who, x=x, **vectors)
-    if isinstance(epsilon, (bool, np.bool_)) or not isinstance(epsilon, (int, float, np.integer, np.floating)) \
-            or not epsilon > 0:
+    if not _is_number(epsilon) or not epsilon > 0:
         raise ValueError(f"{who}: epsilon must be a positive number, received {epsilon!r}")
     engine = _active
     if not training:
